@@ -1,0 +1,27 @@
+# The two Quick start commands (README): `make demo` and `make test`. Both install what they need first.
+VENV ?= .venv
+BIN := $(VENV)/bin
+export PATH := $(abspath $(BIN)):$(PATH)
+
+.PHONY: install demo test test-fast bench-shard clean
+
+install:
+	@bash scripts/install.sh
+
+## Run the whole pipeline on the embedded default config (real data, CPU, minutes).
+demo: install
+	snakemake --profile cluster_profiles/local
+	@echo "demo: shards are in data/shards/; logs in results/logs/"
+
+## The whole test suite (what CI runs).
+test: install
+	python -m pytest -q
+
+test-fast: install
+	python -m pytest -q -m "not slow"
+
+bench-shard: install
+	esvit bench shard
+
+clean:
+	rm -rf data results/logs results/benchmarks .snakemake

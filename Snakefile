@@ -1,0 +1,18 @@
+# EsViT pipeline: shard -> pretrain -> extract -> knn / probe -> report.
+# No logic here: configuration, validation and the target lists live in workflow/rules/common.smk.
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+configfile: "configs/config.yaml"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/shard.smk"
+
+
+rule all:
+    input:
+        ALL_TARGETS,
+    default_target: True

@@ -1,0 +1,304 @@
+"""Typed, strict configuration.
+
+The workflow config (``configs/config.yaml``) is loaded into a tree of dataclasses. Loading is strict: an
+unknown key (with a did-you-mean), a wrong type, a zero or negative count, a missing path or an unknown
+source name raises :class:`ConfigError` with one message that names the key, the value and what is allowed.
+Snakemake validates the same YAML against ``workflow/schemas/config.schema.yaml``; a unit test keeps the
+two in step (same keys, same defaults).
+
+Field constraints live in ``dataclasses.field(metadata=...)``:
+
+- ``min`` / ``max``: inclusive bounds; ``gt``: exclusive lower bound (``gt=0`` = "positive");
+- ``choices``: allowed values (a tuple), or a callable returning them (registries);
+- ``path``: ``"exists"`` when the path must exist at load time;
+- ``help``: the description (also the schema's description).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import re
+import types
+import typing
+from pathlib import Path
+from typing import Any, Literal, Mapping
+
+import yaml
+
+__all__ = [
+    "ConfigError",
+    "DatasetConfig",
+    "ShardConfig",
+    "PipelineConfig",
+    "from_dict",
+    "load_config",
+    "load_yaml",
+    "apply_overrides",
+    "to_dict",
+]
+
+NAME_RE = re.compile(r"^[a-z][a-z0-9_]*$")
+
+
+class ConfigError(ValueError):
+    """A config value is wrong; the message names the key, the value and the fix."""
+
+
+def _field(default: Any = dataclasses.MISSING, *, factory: Any = None, help: str, **meta: Any) -> Any:
+    meta["help"] = help
+    if factory is not None:
+        return dataclasses.field(default_factory=factory, metadata=meta)
+    if isinstance(default, (list, dict)):
+        value = default
+        return dataclasses.field(default_factory=lambda: type(value)(value), metadata=meta)
+    return dataclasses.field(default=default, metadata=meta)
+
+
+def _source_names() -> tuple[str, ...]:
+    from esvit.data.sources import SOURCES  # lazy: keeps `import esvit.config` light
+
+    return tuple(sorted(SOURCES))
+
+
+@dataclasses.dataclass
+class ShardConfig:
+    """The sharding stage (``esvit shard``)."""
+
+    max_samples: int = _field(10000, gt=0, help="Samples per shard at most.")
+    max_mb: float = _field(1024.0, gt=0, help="Megabytes (1e6 bytes) per shard at most, tar bytes.")
+    workers: int = _field(2, gt=0, help="Worker processes that write shards.")
+    seed: int = _field(0, min=0, help="Seed of the global shuffle; same input and seed give identical shards.")
+    max_bad_fraction: float = _field(
+        0.001, min=0, max=1, help="Fail when more than this fraction of images is unreadable."
+    )
+    check: Literal["header", "decode", "none"] = _field(
+        "header",
+        help="Image check: header (parse header and end marker, fast), decode (full decode), none.",
+    )
+
+
+@dataclasses.dataclass
+class DatasetConfig:
+    """One dataset to shard."""
+
+    source: str = _field(choices=_source_names, help="Registered data source (`esvit sources` lists them).")
+    root: str | None = _field(None, help="Raw files of the source; null for packaged data or the default.")
+    splits: list[str] = _field(["train", "test"], nonempty=True, help="Splits to shard.")
+    options: dict[str, Any] = _field({}, help="Source-specific options (see `esvit sources`).")
+
+
+@dataclasses.dataclass
+class PipelineConfig:
+    """The workflow config: what Snakemake and the CLI read."""
+
+    data_dir: str = _field("data", help="Where shards and prepared raw data are written.")
+    datasets: dict[str, DatasetConfig] = _field({}, nonempty=True, help="Datasets to shard, by name (lower-case letters, digits and '_').")
+    shard: ShardConfig = _field(factory=ShardConfig, help="The sharding stage.")
+
+
+# ----------------------------------------------------------------------------------------------- loading
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return " | ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    if origin is list:
+        return f"a list of {_type_name(typing.get_args(tp)[0])}"
+    if origin is dict:
+        return "a mapping"
+    if tp is type(None):
+        return "null"
+    if dataclasses.is_dataclass(tp):
+        return "a mapping"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _did_you_mean(word: str, options: typing.Iterable[str]) -> str:
+    match = difflib.get_close_matches(str(word), list(options), n=1, cutoff=0.6)
+    return f" Did you mean {match[0]!r}?" if match else ""
+
+
+def _convert(value: Any, tp: Any, key: str) -> Any:
+    """Check ``value`` against the annotation ``tp``; return it converted (dataclasses built)."""
+    origin = typing.get_origin(tp)
+    if tp is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _convert(value, arg, key)
+            except ConfigError as exc:
+                errors.append(exc)
+        raise errors[0] if len(errors) == 1 else ConfigError(
+            f"{key} must be {_type_name(tp)} (got {value!r})"
+        )
+    if origin is Literal:
+        allowed = typing.get_args(tp)
+        if value not in allowed:
+            raise ConfigError(
+                f"{key} must be one of {', '.join(map(repr, allowed))} (got {value!r}).{_did_you_mean(value, map(str, allowed))}"
+            )
+        return value
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{key} must be {_type_name(tp)} (got {type(value).__name__} {value!r})")
+        (item,) = typing.get_args(tp)
+        return [_convert(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{key} must be a mapping (got {type(value).__name__} {value!r})")
+        _, item = typing.get_args(tp)
+        out = {}
+        for k, v in value.items():
+            if dataclasses.is_dataclass(item) and not (isinstance(k, str) and NAME_RE.match(k)):
+                raise ConfigError(
+                    f"{key}: name {k!r} must be lower-case letters, digits and '_' and start with a letter"
+                )
+            out[k] = _convert(v, item, f"{key}.{k}")
+        return out
+    if dataclasses.is_dataclass(tp):
+        return from_dict(tp, value, key)
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key} must be a number (got {type(value).__name__} {value!r})")
+        return float(value)
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key} must be an integer (got {type(value).__name__} {value!r})")
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key} must be true or false (got {type(value).__name__} {value!r})")
+        return value
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key} must be a string (got {type(value).__name__} {value!r})")
+        return value
+    raise TypeError(f"unsupported annotation {tp!r} for {key}")  # a bug in this module, not in the config
+
+
+def _check_meta(value: Any, meta: Mapping[str, Any], key: str) -> None:
+    if value is None:
+        return
+    if "gt" in meta and not value > meta["gt"]:
+        raise ConfigError(f"{key} must be > {meta['gt']} (got {value!r})")
+    if "min" in meta and not value >= meta["min"]:
+        raise ConfigError(f"{key} must be >= {meta['min']} (got {value!r})")
+    if "max" in meta and not value <= meta["max"]:
+        raise ConfigError(f"{key} must be <= {meta['max']} (got {value!r})")
+    if meta.get("nonempty") and len(value) == 0:
+        raise ConfigError(f"{key} must not be empty")
+    if "choices" in meta:
+        choices = meta["choices"]() if callable(meta["choices"]) else meta["choices"]
+        if value not in choices:
+            raise ConfigError(
+                f"{key}: unknown name {value!r}; known: {', '.join(choices)}.{_did_you_mean(value, choices)}"
+            )
+    if meta.get("path") == "exists" and not Path(value).exists():
+        raise ConfigError(f"{key}: path {value!r} does not exist; create it or point {key} at the right place")
+
+
+def from_dict(cls: type, data: Any, prefix: str = "") -> Any:
+    """Build dataclass ``cls`` from a mapping, strictly.
+
+    Args:
+        cls: a dataclass type from this module (or any dataclass whose fields use the same metadata).
+        data: the mapping read from YAML (``None`` means all defaults).
+        prefix: dotted key of ``data`` inside the whole config, for messages.
+
+    Returns:
+        An instance of ``cls``.
+
+    Raises:
+        ConfigError: naming the first bad key.
+    """
+    where = prefix or "config"
+    if data is None:
+        data = {}
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{where} must be a mapping of keys to values (got {type(data).__name__} {data!r})")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for k in data:
+        if k not in fields:
+            raise ConfigError(
+                f"{where}: unknown key {k!r}.{_did_you_mean(k, fields)} Allowed: {', '.join(fields)}"
+            )
+    kwargs = {}
+    for name, f in fields.items():
+        key = f"{prefix}.{name}" if prefix else name
+        if name not in data:
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:  # type: ignore
+                raise ConfigError(f"{where}: missing required key {name!r} ({f.metadata.get('help', '')})")
+            continue
+        value = _convert(data[name], hints[name], key)
+        _check_meta(value, f.metadata, key)
+        kwargs[name] = value
+    return cls(**kwargs)
+
+
+def to_dict(obj: Any) -> Any:
+    """The plain-YAML form of a config object (inverse of :func:`from_dict`)."""
+    return dataclasses.asdict(obj) if dataclasses.is_dataclass(obj) else obj
+
+
+def load_yaml(path: str | Path) -> dict:
+    """Read a YAML mapping with a clear error for a missing file or a syntax error."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {str(path)!r} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {str(path)!r} is not valid YAML: {exc}") from None
+    if data is None:
+        raise ConfigError(f"config file {str(path)!r} is empty")
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {str(path)!r} must hold a mapping at the top (got {type(data).__name__})")
+    return data
+
+
+def apply_overrides(data: dict, overrides: typing.Iterable[str]) -> dict:
+    """Apply ``a.b=c`` overrides (values parsed as YAML) to a config mapping, in place."""
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} must look like key.sub=value")
+        dotted, raw = item.split("=", 1)
+        node = data
+        parts = dotted.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {item!r}: {part!r} is not a mapping")
+        node[parts[-1]] = yaml.safe_load(raw)
+    return data
+
+
+def load_config(source: str | Path | Mapping, overrides: typing.Iterable[str] = ()) -> PipelineConfig:
+    """Load and validate the workflow config.
+
+    Args:
+        source: a YAML path or an already-read mapping (Snakemake's ``config``).
+        overrides: ``a.b=c`` strings applied before validation.
+
+    Returns:
+        The validated :class:`PipelineConfig`.
+    """
+    data = load_yaml(source) if isinstance(source, (str, Path)) else dict(source)
+    data = apply_overrides(data, overrides)
+    cfg = from_dict(PipelineConfig, data)
+    from esvit.data.sources import SOURCES
+
+    for name, ds in cfg.datasets.items():
+        SOURCES[ds.source].check_config(ds, f"datasets.{name}")
+    return cfg

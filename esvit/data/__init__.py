@@ -1,0 +1,9 @@
+"""Data: sources (raw datasets), shards (writer + verifier), pipeline (WebDataset readers)."""
+
+from esvit.data.sources import SOURCES, Record, Source, SourceError, get_source
+from esvit.data.shards import ShardError, ShardSettings, verify_shards, write_shards
+
+__all__ = [
+    "SOURCES", "Record", "Source", "SourceError", "get_source",
+    "ShardError", "ShardSettings", "verify_shards", "write_shards",
+]  # fmt: skip

@@ -1,0 +1,205 @@
+"""Readers for shard sets: the WebDataset pipelines later stages use.
+
+- **Training** (:func:`train_pipeline`): each (rank, worker) draws shards with replacement from a stream seeded
+  by ``(seed, epoch, rank, worker)``, shuffles samples in a buffer seeded the same way, and yields batches
+  without a partial tail. An epoch is a fixed number of batches (:func:`make_loader`), so every rank runs
+  the same number of steps (uneven shards cannot hang DDP), and the stream of an epoch is a pure function of
+  its seeds: resuming at batch ``k`` of an epoch skips exactly the samples the first ``k`` batches used,
+  before decoding them.
+- **Evaluation** (:func:`eval_pipeline`): ordered, every sample exactly once across ranks and workers; shards
+  are split between the (rank, worker) pairs when there are enough of them, otherwise samples are.
+
+Node and worker splitting are explicit (rank and world size are arguments, never guessed from the
+environment), as DESIGN.md's pitfalls list asks.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from itertools import islice
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import torch
+import webdataset as wds
+
+from esvit.data.shards import ShardError, load_manifest
+
+__all__ = ["ShardSet", "open_shards", "train_pipeline", "eval_pipeline", "make_loader", "IMAGE_KEYS"]
+
+IMAGE_KEYS = "jpg;png;jpeg;ppm;bmp;webp;tif;gif"
+
+
+@dataclass(frozen=True)
+class ShardSet:
+    """A complete shard set: its manifest and the tar paths in order."""
+
+    directory: Path
+    manifest: dict
+    urls: list[str]
+
+    @property
+    def total(self) -> int:
+        return int(self.manifest["total"])
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.manifest["classes"])
+
+
+def open_shards(directory: str | Path) -> ShardSet:
+    """Open a shard set after a cheap check (manifest present, every shard there with the right size).
+
+    Raises:
+        ShardError: naming the folder or shard and what to do.
+    """
+    directory = Path(directory)
+    manifest = load_manifest(directory)
+    urls = []
+    for s in manifest["shards"]:
+        path = directory / s["name"]
+        if not path.is_file() or path.stat().st_size != s["bytes"]:
+            raise ShardError(f"shard {str(path)!r} is missing or has the wrong size; run `esvit shard --verify {directory}`")
+        urls.append(str(path))
+    if not urls:
+        raise ShardError(f"{directory}: the manifest lists no shards")
+    return ShardSet(directory, manifest, urls)
+
+
+def _worker() -> tuple[int, int]:
+    info = torch.utils.data.get_worker_info()
+    return (info.id, info.num_workers) if info is not None else (0, 1)
+
+
+def _seed(*parts: int) -> int:
+    return hash(tuple(parts)) & 0x7FFFFFFF  # ints hash to themselves: stable across processes
+
+
+# ----------------------------------------------------------------------------------------------- training
+
+
+def _role(skip_batches: int) -> int:
+    """The worker whose stream this worker continues. DataLoader takes batches from its workers round-robin
+    starting at worker 0, so after ``skip_batches`` batches the next one came from worker ``skip % W``: on
+    resume, worker ``w`` plays the part of worker ``(w + skip) % W`` of the uninterrupted epoch."""
+    worker, num_workers = _worker()
+    return (worker + skip_batches) % num_workers
+
+
+class _ResampledShards(torch.utils.data.IterableDataset):
+    """Infinite shard stream, drawn with replacement, seeded by (seed, epoch, rank, worker)."""
+
+    def __init__(self, urls: list[str], seed: int, epoch: int, rank: int, skip_batches: int):
+        self.urls, self.seed, self.epoch, self.rank, self.skip = urls, seed, epoch, rank, skip_batches
+
+    def __iter__(self) -> Iterator[dict]:
+        rng = random.Random(_seed(self.seed, self.epoch, self.rank, _role(self.skip), 1))
+        while True:
+            yield {"url": rng.choice(self.urls)}
+
+
+def _skip_for_resume(skip_batches: int, batch_size: int) -> Callable:
+    """Drop the raw samples (before decoding) that the role's worker fed the first ``skip_batches`` batches:
+    worker r made batches r, r + W, r + 2W, ..."""
+
+    def stage(src: Iterator) -> Iterator:
+        _, num_workers = _worker()
+        mine = len(range(_role(skip_batches), skip_batches, num_workers))
+        yield from islice(src, mine * batch_size, None)
+
+    return stage
+
+
+def _seeded_shuffle(bufsize: int, seed: int, epoch: int, rank: int, skip_batches: int) -> Callable:
+    def stage(src: Iterator) -> Iterator:
+        rng = random.Random(_seed(seed, epoch, rank, _role(skip_batches), 2))
+        yield from wds.filters._shuffle(src, bufsize=bufsize, initial=bufsize, rng=rng)
+
+    return stage
+
+
+def train_pipeline(
+    shards: ShardSet,
+    transform: Callable[[Any], Any],
+    batch_size: int,
+    *,
+    rank: int = 0,
+    seed: int = 0,
+    epoch: int = 0,
+    shuffle_buffer: int = 2000,
+    skip_batches: int = 0,
+    collate: Callable = torch.utils.data.default_collate,
+) -> wds.DataPipeline:
+    """Infinite, shuffled, resampled training batches of ``(transform(image), label)``.
+
+    Args:
+        shards: from :func:`open_shards`.
+        transform: applied to each RGB PIL image (e.g. the multi-crop augmentation).
+        batch_size: per rank; partial batches are dropped.
+        rank: this process's global rank (seeds differ per rank, so ranks see different samples).
+        seed: base seed; epoch: the epoch, part of every seed.
+        shuffle_buffer: samples held in the shuffle buffer.
+        skip_batches: batches of this epoch already consumed (exact resume).
+        collate: batch collation.
+    """
+    return wds.DataPipeline(
+        _ResampledShards(shards.urls, seed, epoch, rank, skip_batches),
+        wds.tarfile_to_samples(),
+        _seeded_shuffle(shuffle_buffer, seed, epoch, rank, skip_batches),
+        _skip_for_resume(skip_batches, batch_size),
+        wds.decode("pilrgb"),
+        wds.to_tuple(IMAGE_KEYS, "cls"),
+        wds.map_tuple(transform, int),
+        wds.batched(batch_size, collation_fn=collate, partial=False),
+    )
+
+
+def make_loader(pipeline: wds.DataPipeline, num_workers: int, batches_per_epoch: int | None = None, **kw: Any) -> wds.WebLoader:
+    """Wrap a pipeline that already yields batches in a ``WebLoader``; ``batches_per_epoch`` fixes the epoch."""
+    loader = wds.WebLoader(
+        pipeline,
+        batch_size=None,
+        num_workers=num_workers,
+        persistent_workers=False,
+        prefetch_factor=4 if num_workers > 0 else None,
+        **kw,
+    )
+    return loader.with_epoch(batches_per_epoch) if batches_per_epoch else loader
+
+
+# --------------------------------------------------------------------------------------------- evaluation
+
+
+def eval_pipeline(
+    shards: ShardSet,
+    transform: Callable[[Any], Any],
+    batch_size: int,
+    *,
+    rank: int = 0,
+    world_size: int = 1,
+) -> wds.DataPipeline:
+    """Ordered batches of ``(keys, images, labels)``; across ranks and workers each sample appears once."""
+    n_urls = len(shards.urls)
+
+    def shard_stage(src: Iterator[dict]) -> Iterator[dict]:
+        worker, num_workers = _worker()
+        slot, slots = rank * num_workers + worker, world_size * num_workers
+        urls = [d["url"] for d in src]
+        yield from ({"url": u} for u in (urls[slot::slots] if n_urls >= slots else urls))
+
+    def sample_stage(src: Iterator[dict]) -> Iterator[dict]:
+        worker, num_workers = _worker()
+        slot, slots = rank * num_workers + worker, world_size * num_workers
+        yield from (src if n_urls >= slots else islice(src, slot, None, slots))
+
+    return wds.DataPipeline(
+        wds.SimpleShardList(shards.urls),
+        shard_stage,
+        wds.tarfile_to_samples(),
+        sample_stage,
+        wds.decode("pilrgb"),
+        wds.to_tuple("__key__", IMAGE_KEYS, "cls"),
+        wds.map_tuple(None, transform, int),
+        wds.batched(batch_size, collation_fn=torch.utils.data.default_collate, partial=True),
+    )

@@ -1,0 +1,66 @@
+"""Shared fixtures: the repo root, a PATH that finds this environment's python, small real shard sets."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+FASHION_ROOT = Path("/usr/share/datasets/fashion-mnist")
+
+
+def env_with_python() -> dict[str, str]:
+    """Environment whose PATH starts with this interpreter's bin dir (Snakemake rules call `python`)."""
+    env = dict(os.environ)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def run_cli(*args: str, cwd: Path | None = None, check: bool = False, timeout: float = 600) -> subprocess.CompletedProcess:
+    proc = subprocess.run(
+        [sys.executable, "-m", "esvit", *args], cwd=cwd or REPO, env=env_with_python(),
+        capture_output=True, text=True, timeout=timeout,
+    )  # fmt: skip
+    if check and proc.returncode != 0:
+        raise AssertionError(f"esvit {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def require_fashion_mnist() -> None:
+    if not FASHION_ROOT.is_dir():
+        msg = "Debian's dataset-fashion-mnist is not installed (make install installs it)"
+        if os.environ.get("CI"):
+            pytest.fail(msg)  # never skip silently on CI
+        pytest.skip(msg)
+
+
+@pytest.fixture(scope="session")
+def repo() -> Path:
+    return REPO
+
+
+@pytest.fixture(scope="session")
+def digits_shards(tmp_path_factory) -> Path:
+    """The scikit-learn digits train split as a shard set with several shards."""
+    from esvit.data.shards import ShardSettings, write_shards
+    from esvit.data.sources import get_source
+
+    out = tmp_path_factory.mktemp("digits") / "train"
+    write_shards(get_source("digits"), "digits", "train", out, ShardSettings(max_samples=150, workers=2), progress=False)
+    return out
+
+
+def make_jpeg(path: Path, seed: int, size=(64, 48), quality: int = 90) -> bytes:
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    arr = rng.integers(0, 255, size=(size[1], size[0], 3), dtype=np.uint8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(arr).save(path, format="JPEG", quality=quality)
+    return path.read_bytes()

@@ -1,0 +1,152 @@
+"""Config loading: the default loads; bad configs get one clear message; schema and dataclasses agree."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import typing
+
+import jsonschema
+import pytest
+import yaml
+
+from esvit.config import ConfigError, DatasetConfig, PipelineConfig, ShardConfig, load_config
+from tests.conftest import REPO, run_cli
+
+DEFAULT = yaml.safe_load((REPO / "configs/config.yaml").read_text())
+SCHEMA = yaml.safe_load((REPO / "workflow/schemas/config.schema.yaml").read_text())
+
+
+def packaged_only() -> dict:
+    """The default config without the dataset that needs a Debian package (so these tests run anywhere)."""
+    cfg = copy.deepcopy(DEFAULT)
+    cfg["datasets"].pop("fashion_mnist")
+    return cfg
+
+
+def test_default_config_loads():
+    cfg = load_config(packaged_only())
+    assert isinstance(cfg, PipelineConfig)
+    assert set(cfg.datasets) == set(DEFAULT["datasets"]) - {"fashion_mnist"}
+    assert cfg.shard.max_samples == DEFAULT["shard"]["max_samples"]
+    jsonschema.validate(DEFAULT, SCHEMA)
+
+
+def test_overrides_apply_and_are_validated():
+    cfg = load_config(packaged_only(), ["shard.workers=3", "shard.check=decode"])
+    assert cfg.shard.workers == 3 and cfg.shard.check == "decode"
+    with pytest.raises(ConfigError, match="shard.workers must be > 0"):
+        load_config(packaged_only(), ["shard.workers=0"])
+
+
+def _set(path: str, value):
+    def mutate(cfg: dict) -> None:
+        node = cfg
+        *parents, last = path.split(".")
+        for p in parents:
+            node = node[p]
+        node[last] = value
+
+    return mutate
+
+
+def _pop(path: str):
+    def mutate(cfg: dict) -> None:
+        *parents, last = path.split(".")
+        node = cfg
+        for p in parents:
+            node = node[p]
+        node.pop(last)
+
+    return mutate
+
+
+# (id, mutation, substrings the message must contain, the JSON schema rejects it too)
+BAD = [
+    ("unknown-top-key", _set("datasetz", {}), ["unknown key 'datasetz'", "Did you mean 'datasets'"], True),
+    ("unknown-nested-key", _set("shard.max_sample", 5), ["shard: unknown key 'max_sample'", "Did you mean 'max_samples'"], True),
+    ("int-as-string", _set("shard.workers", "two"), ["shard.workers must be an integer", "'two'"], True),
+    ("number-as-string", _set("shard.max_mb", "big"), ["shard.max_mb must be a number"], True),
+    ("bool-as-int", _set("shard.seed", True), ["shard.seed must be an integer"], True),
+    ("zero-count", _set("shard.max_samples", 0), ["shard.max_samples must be > 0", "got 0"], True),
+    ("negative-count", _set("shard.workers", -1), ["shard.workers must be > 0", "got -1"], True),
+    ("fraction-above-one", _set("shard.max_bad_fraction", 1.5), ["shard.max_bad_fraction must be <= 1"], True),
+    ("unknown-enum", _set("shard.check", "full"), ["shard.check must be one of", "'header'"], True),
+    ("unknown-source", _set("datasets.digits.source", "digitz"), ["datasets.digits.source: unknown name 'digitz'", "Did you mean 'digits'"], True),
+    ("missing-path", _set("datasets.imagenet", {"source": "image_folder", "root": "/no/such/imagenet"}), ["datasets.imagenet.root", "'/no/such/imagenet' does not exist"], False),
+    ("missing-required", _set("datasets.imagenet", {"root": "/tmp"}), ["datasets.imagenet: missing required key 'source'"], True),
+    ("splits-not-a-list", _set("datasets.digits.splits", "train"), ["datasets.digits.splits must be a list of str"], True),
+    ("empty-splits", _set("datasets.digits.splits", []), ["datasets.digits.splits must not be empty"], True),
+    ("bad-dataset-name", _set("datasets.Digits-2", {"source": "digits"}), ["name 'Digits-2' must be lower-case"], True),
+    ("unknown-split", _set("datasets.digits.splits", ["train", "val"]), ["unknown split 'val' for source 'digits'", "Allowed: train, test"], False),
+    ("unknown-option", _set("datasets.digits.options", {"test_frac": 0.3}), ["unknown option 'test_frac'", "Did you mean 'test_fraction'"], False),
+    ("no-datasets", _set("datasets", {}), ["datasets must not be empty"], True),
+    ("section-not-a-mapping", _set("shard", [1, 2]), ["shard must be a mapping"], True),
+    ("torchvision-unknown-class", _set("datasets.cifar", {"source": "torchvision", "root": "/tmp", "splits": ["train"], "options": {"class": "CIFAR11", "splits": {"train": {"train": True}}}}), ["unknown torchvision dataset 'CIFAR11'", "Did you mean 'CIFAR10'"], False),
+    ("missing-required-root", _pop("datasets.mnist5k.source"), ["datasets.mnist5k: missing required key 'source'"], True),
+]
+
+
+@pytest.mark.parametrize("name,mutate,expected,schema_rejects", BAD, ids=[b[0] for b in BAD])
+def test_bad_config_is_rejected_with_a_clear_message(name, mutate, expected, schema_rejects):
+    cfg = packaged_only()
+    mutate(cfg)
+    with pytest.raises(ConfigError) as info:
+        load_config(cfg)
+    message = str(info.value)
+    for part in expected:
+        assert part in message, f"{part!r} not in {message!r}"
+    assert "\n" not in message  # one line
+    if schema_rejects:
+        with pytest.raises(jsonschema.ValidationError):
+            jsonschema.validate(cfg, SCHEMA)
+
+
+@pytest.mark.parametrize(
+    "text,expected",
+    [("shard: [1, 2\n", "is not valid YAML"), ("- a\n- b\n", "must hold a mapping"), ("", "is empty")],
+    ids=["yaml-syntax", "top-level-list", "empty-file"],
+)
+def test_bad_config_files(tmp_path, text, expected):
+    path = tmp_path / "config.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=expected):
+        load_config(path)
+    proc = run_cli("shard", "--config", str(path), "--dataset", "digits")
+    assert proc.returncode == 2
+    assert expected in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_missing_config_file_names_it(tmp_path):
+    proc = run_cli("shard", "--config", str(tmp_path / "nope.yaml"), "--dataset", "digits")
+    assert proc.returncode == 2 and "nope.yaml' does not exist" in proc.stderr
+
+
+def _schema_for(cls) -> dict:
+    props = SCHEMA["properties"]
+    if cls is ShardConfig:
+        return props["shard"]["properties"]
+    if cls is DatasetConfig:
+        return props["datasets"]["additionalProperties"]["properties"]
+    return props
+
+
+@pytest.mark.parametrize("cls", [PipelineConfig, ShardConfig, DatasetConfig])
+def test_schema_and_dataclasses_agree(cls):
+    """Same keys, a description for each, and the same defaults (dataclass defaults vs schema defaults)."""
+    schema = _schema_for(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    assert set(schema) == set(fields)
+    for name, f in fields.items():
+        assert schema[name].get("description"), f"{cls.__name__}.{name} has no description in the schema"
+        assert schema[name]["description"] == f.metadata["help"]
+        if f.default is not dataclasses.MISSING:
+            assert schema[name]["default"] == f.default, name
+        elif f.default_factory is not dataclasses.MISSING and not dataclasses.is_dataclass(f.default_factory):
+            assert schema[name]["default"] == f.default_factory(), name
+        if "choices" in f.metadata:  # registry names appear as the schema's enum
+            choices = f.metadata["choices"]() if callable(f.metadata["choices"]) else f.metadata["choices"]
+            assert sorted(schema[name]["enum"]) == sorted(choices)
+        hint = typing.get_type_hints(cls)[name]
+        if typing.get_origin(hint) is typing.Literal:
+            assert sorted(schema[name]["enum"]) == sorted(typing.get_args(hint))

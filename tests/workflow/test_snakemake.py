@@ -1,0 +1,85 @@
+"""The Snakemake side: the dry run lists the expected jobs, the shard rule runs for real, bad configs stop it."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from esvit.data.shards import verify_shards
+from tests.conftest import REPO, env_with_python
+
+SNAKEMAKE = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile")]
+
+
+def snakemake(workdir: Path, *args: str, config: dict | None = None, timeout: float = 900) -> subprocess.CompletedProcess:
+    cmd = [*SNAKEMAKE, "--directory", str(workdir)]
+    if config is not None:
+        path = workdir / "config.yaml"
+        path.write_text(yaml.safe_dump(config))
+        cmd += ["--configfile", str(path)]
+    return subprocess.run([*cmd, *args], cwd=workdir, env=env_with_python(), capture_output=True, text=True, timeout=timeout)
+
+
+def job_counts(output: str) -> dict[str, int]:
+    """Parse the 'Job stats' table of a (dry) run."""
+    table = output.split("Job stats:", 1)[1]
+    return {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)$", table, re.M) if m.group(1) != "total"}
+
+
+def small_config() -> dict:
+    return {
+        "data_dir": "data",
+        "datasets": {"digits": {"source": "digits", "splits": ["train", "test"]}, "mnist5k": {"source": "mnist5k", "splits": ["test"]}},
+        "shard": {"max_samples": 400},
+    }
+
+
+def test_dry_run_of_the_default_config_lists_one_shard_job_per_dataset_split(tmp_path):
+    default = yaml.safe_load((REPO / "configs/config.yaml").read_text())
+    if not Path(default["datasets"]["fashion_mnist"]["root"]).is_dir():
+        default["datasets"].pop("fashion_mnist")
+    proc = snakemake(tmp_path, "-n", "--cores", "2", config=default)
+    assert proc.returncode == 0, proc.stderr + proc.stdout
+    expected = sum(len(d.get("splits", ["train", "test"])) for d in default["datasets"].values())
+    assert job_counts(proc.stdout + proc.stderr)["write_shards"] == expected
+
+
+def test_local_profile_dry_run_from_the_repo():
+    """`snakemake --profile cluster_profiles/local -n` on the embedded default (what the README says)."""
+    proc = subprocess.run([sys.executable, "-m", "snakemake", "--profile", "cluster_profiles/local", "-n"],
+                          cwd=REPO, env=env_with_python(), capture_output=True, text=True, timeout=300)  # fmt: skip
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out
+    assert "write_shards" in out or "Nothing to be done" in out
+
+
+def test_shard_rule_runs_for_real_and_then_is_up_to_date(tmp_path):
+    proc = snakemake(tmp_path, "--cores", "2", config=small_config())
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for ds, split in (("digits", "train"), ("digits", "test"), ("mnist5k", "test")):
+        out = tmp_path / "data" / "shards" / ds / split
+        assert verify_shards(out) == [], (ds, split)
+        log = (tmp_path / "results" / "logs" / "shard" / ds / f"{split}.log").read_text()
+        assert f"{ds}/{split}:" in log and "images/s" in log
+    assert (tmp_path / "results" / "benchmarks" / "shard" / "digits" / "train.tsv").is_file()
+    again = snakemake(tmp_path, "-n", "--cores", "2", config=small_config())
+    assert "Nothing to be done" in again.stdout + again.stderr
+
+
+def test_bad_config_stops_snakemake_with_the_key_named(tmp_path):
+    cfg = small_config()
+    cfg["shard"]["max_sampels"] = 3
+    proc = snakemake(tmp_path, "-n", "--cores", "1", config=cfg)
+    assert proc.returncode != 0
+    assert "shard: unknown key 'max_sampels'. Did you mean 'max_samples'?" in proc.stdout + proc.stderr
+
+
+def test_lint_has_no_findings_beyond_software_deployment():
+    proc = subprocess.run([*SNAKEMAKE, "--lint"], cwd=REPO, env=env_with_python(), capture_output=True, text=True, timeout=300)
+    findings = re.findall(r"^\s+\* (.+?):?$", proc.stdout + proc.stderr, re.M)
+    assert [f for f in findings if "conda environment or container" not in f] == []
