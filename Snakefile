@@ -10,6 +10,7 @@ configfile: "configs/config.yaml"
 
 include: "workflow/rules/common.smk"
 include: "workflow/rules/shard.smk"
+include: "workflow/rules/pretrain.smk"
 
 
 rule all:

@@ -118,6 +118,33 @@ def run_sources(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------------------------------- pretrain
+
+
+def _pretrain_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", help="training config YAML (a diff on the paper defaults); none = the defaults")
+    p.add_argument("--shards", help="training shard folder (sets data.shards)")
+    p.add_argument("--out", required=True, help="run folder: checkpoints, log.jsonl, config.yaml, final.pth, done.json")
+    p.add_argument("--launcher", choices=["local"], default="local", help="local: this process (CPU or one GPU, or torchrun)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar or progress lines")
+    p.add_argument("overrides", nargs="*", help="training-config overrides, key.sub=value")
+
+
+@command("pretrain", "EsViT self-supervised pretraining (resumes from <out>/checkpoint.pth)", _pretrain_args)
+def run_pretrain(args: argparse.Namespace) -> int:
+    import logging
+
+    from esvit.train.config import load_train_config
+    from esvit.train.loop import train
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    overrides = list(args.overrides) + ([f"data.shards={args.shards}"] if args.shards else [])
+    cfg = load_train_config(args.config, overrides)
+    final = train(cfg, args.out, show_progress=not args.no_progress)
+    print(f"pretrain: {final}")
+    return 0
+
+
 # ------------------------------------------------------------------------------------------------- bench
 
 
@@ -139,6 +166,15 @@ def run_bench(args: argparse.Namespace) -> int:
 
 class UsageError(ValueError):
     """Wrong command-line arguments."""
+
+
+def _training_errors() -> tuple[type[Exception], ...]:
+    if "esvit.train.loop" not in sys.modules:  # only imported (with torch) when a command needed it
+        return ()
+    from esvit.train.loop import TrainingError
+    from esvit.train.state import CheckpointError
+
+    return (TrainingError, CheckpointError)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -168,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, UsageError) as exc:
         print(f"esvit: error: {exc}", file=sys.stderr)
         return 2
-    except (ShardError, SourceError, FileNotFoundError) as exc:
+    except (ShardError, SourceError, FileNotFoundError, *_training_errors()) as exc:  # evaluated when raised
         print(f"esvit: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -31,6 +31,7 @@ __all__ = [
     "DatasetConfig",
     "ShardConfig",
     "PipelineConfig",
+    "PretrainRun",
     "from_dict",
     "load_config",
     "load_yaml",
@@ -89,12 +90,23 @@ class DatasetConfig:
 
 
 @dataclasses.dataclass
+class PretrainRun:
+    """One pretraining run: a training config (a diff on the paper defaults) and the data it reads."""
+
+    config: str = _field(path="exists", help="Training config YAML (configs/pretrain/*.yaml, configs/paper/*.yaml).")
+    dataset: str = _field(help="Dataset (a key of `datasets`) whose shards it trains on.")
+    split: str = _field("train", help="Split of that dataset.")
+    overrides: list[str] = _field([], help="Training-config overrides, key.sub=value.")
+
+
+@dataclasses.dataclass
 class PipelineConfig:
     """The workflow config: what Snakemake and the CLI read."""
 
     data_dir: str = _field("data", help="Where shards and prepared raw data are written.")
     datasets: dict[str, DatasetConfig] = _field({}, nonempty=True, help="Datasets to shard, by name (lower-case letters, digits and '_').")
     shard: ShardConfig = _field(factory=ShardConfig, help="The sharding stage.")
+    runs: dict[str, PretrainRun] = _field({}, help="Pretraining runs, by name (lower-case letters, digits and '_').")
 
 
 # ----------------------------------------------------------------------------------------------- loading
@@ -301,4 +313,19 @@ def load_config(source: str | Path | Mapping, overrides: typing.Iterable[str] = 
 
     for name, ds in cfg.datasets.items():
         SOURCES[ds.source].check_config(ds, f"datasets.{name}")
+    for name, run in cfg.runs.items():
+        key = f"runs.{name}"
+        if run.dataset not in cfg.datasets:
+            raise ConfigError(
+                f"{key}.dataset: unknown dataset {run.dataset!r}; known: {', '.join(cfg.datasets)}."
+                f"{_did_you_mean(run.dataset, cfg.datasets)}"
+            )
+        if run.split not in cfg.datasets[run.dataset].splits:
+            raise ConfigError(f"{key}.split: {run.split!r} is not among datasets.{run.dataset}.splits")
+        from esvit.train.config import load_train_config
+
+        try:
+            load_train_config(run.config, run.overrides)
+        except ConfigError as exc:
+            raise ConfigError(f"{key}: {run.config}: {exc}") from None
     return cfg

@@ -100,15 +100,44 @@ class _ResampledShards(torch.utils.data.IterableDataset):
 
 
 def _skip_for_resume(skip_batches: int, batch_size: int) -> Callable:
-    """Drop the raw samples (before decoding) that the role's worker fed the first ``skip_batches`` batches:
-    worker r made batches r, r + W, r + 2W, ..."""
+    """Drop the raw samples (before decoding) that the role's worker fed the first ``skip_batches`` batches
+    (worker r made batches r, r + W, r + 2W, ...), and number the rest: the number seeds the augmentation."""
 
-    def stage(src: Iterator) -> Iterator:
+    def stage(src: Iterator[dict]) -> Iterator[dict]:
         _, num_workers = _worker()
-        mine = len(range(_role(skip_batches), skip_batches, num_workers))
-        yield from islice(src, mine * batch_size, None)
+        mine = len(range(_role(skip_batches), skip_batches, num_workers)) * batch_size
+        for i, sample in enumerate(islice(src, mine, None), start=mine):
+            sample["__index__"] = i
+            yield sample
 
     return stage
+
+
+def _seeded_transform(transform: Callable, seed: int, epoch: int, rank: int, skip_batches: int) -> Callable:
+    """Apply ``transform`` with Python's and torch's RNGs seeded per sample from (seed, epoch, rank, role,
+    sample number), restoring the process RNGs afterwards: augmentations are the same whether an epoch runs
+    straight through or resumes, and the training process's own RNG stream is untouched."""
+
+    def stage(src: Iterator[dict]) -> Iterator[tuple]:
+        role = _role(skip_batches)
+        for sample in src:
+            s = _seed(seed, epoch, rank, role, 3, sample["__index__"])
+            py_state = random.getstate()
+            with torch.random.fork_rng(devices=[]):
+                random.seed(s)
+                torch.manual_seed(s)
+                out = transform(sample["__image__"])
+            random.setstate(py_state)
+            yield out, sample["__label__"]
+
+    return stage
+
+
+def _pick(sample: dict) -> dict:
+    image = next((sample[k] for k in IMAGE_KEYS.split(";") if k in sample), None)
+    if image is None:
+        raise ShardError(f"sample {sample.get('__key__')} in {sample.get('__url__')} has no image")
+    return {"__image__": image, "__label__": int(sample["cls"]), "__index__": sample["__index__"]}
 
 
 def _seeded_shuffle(bufsize: int, seed: int, epoch: int, rank: int, skip_batches: int) -> Callable:
@@ -149,14 +178,15 @@ def train_pipeline(
         _seeded_shuffle(shuffle_buffer, seed, epoch, rank, skip_batches),
         _skip_for_resume(skip_batches, batch_size),
         wds.decode("pilrgb"),
-        wds.to_tuple(IMAGE_KEYS, "cls"),
-        wds.map_tuple(transform, int),
+        wds.map(_pick),
+        _seeded_transform(transform, seed, epoch, rank, skip_batches),
         wds.batched(batch_size, collation_fn=collate, partial=False),
     )
 
 
 def make_loader(pipeline: wds.DataPipeline, num_workers: int, batches_per_epoch: int | None = None, **kw: Any) -> wds.WebLoader:
     """Wrap a pipeline that already yields batches in a ``WebLoader``; ``batches_per_epoch`` fixes the epoch."""
+    kw.setdefault("generator", torch.Generator())  # never draw worker seeds from the global RNG (exact resume)
     loader = wds.WebLoader(
         pipeline,
         batch_size=None,

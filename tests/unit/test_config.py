@@ -10,7 +10,7 @@ import jsonschema
 import pytest
 import yaml
 
-from esvit.config import ConfigError, DatasetConfig, PipelineConfig, ShardConfig, load_config
+from esvit.config import ConfigError, DatasetConfig, PipelineConfig, PretrainRun, ShardConfig, load_config
 from tests.conftest import REPO, run_cli
 
 DEFAULT = yaml.safe_load((REPO / "configs/config.yaml").read_text())
@@ -21,6 +21,8 @@ def packaged_only() -> dict:
     """The default config without the dataset that needs a Debian package (so these tests run anywhere)."""
     cfg = copy.deepcopy(DEFAULT)
     cfg["datasets"].pop("fashion_mnist")
+    for run in cfg["runs"].values():
+        run["dataset"] = "mnist5k"
     return cfg
 
 
@@ -84,6 +86,11 @@ BAD = [
     ("section-not-a-mapping", _set("shard", [1, 2]), ["shard must be a mapping"], True),
     ("torchvision-unknown-class", _set("datasets.cifar", {"source": "torchvision", "root": "/tmp", "splits": ["train"], "options": {"class": "CIFAR11", "splits": {"train": {"train": True}}}}), ["unknown torchvision dataset 'CIFAR11'", "Did you mean 'CIFAR10'"], False),
     ("missing-required-root", _pop("datasets.mnist5k.source"), ["datasets.mnist5k: missing required key 'source'"], True),
+    ("run-unknown-dataset", _set("runs.esvit_demo.dataset", "mnist5"), ["runs.esvit_demo.dataset: unknown dataset 'mnist5'", "Did you mean 'mnist5k'"], False),
+    ("run-missing-config-file", _set("runs.esvit_demo.config", "configs/pretrain/nope.yaml"), ["runs.esvit_demo.config: path 'configs/pretrain/nope.yaml' does not exist"], False),
+    ("run-unknown-model", _set("runs.esvit_demo.overrides", ["model.arch=swin_tiny_w8"]), ["model.arch: unknown name 'swin_tiny_w8'", "Did you mean 'swin_tiny_w7'"], False),
+    ("run-bad-training-key", _set("runs.esvit_demo.overrides", ["optim.lr=-1"]), ["runs.esvit_demo", "optim.lr must be > 0"], False),
+    ("run-bad-crops", _set("runs.esvit_demo.overrides", ["crops.local_size=[96, 64]"]), ["crops.local_number [4] and crops.local_size [96, 64] must have equal lengths"], False),
 ]
 
 
@@ -128,10 +135,12 @@ def _schema_for(cls) -> dict:
         return props["shard"]["properties"]
     if cls is DatasetConfig:
         return props["datasets"]["additionalProperties"]["properties"]
+    if cls is PretrainRun:
+        return props["runs"]["additionalProperties"]["properties"]
     return props
 
 
-@pytest.mark.parametrize("cls", [PipelineConfig, ShardConfig, DatasetConfig])
+@pytest.mark.parametrize("cls", [PipelineConfig, ShardConfig, DatasetConfig, PretrainRun])
 def test_schema_and_dataclasses_agree(cls):
     """Same keys, a description for each, and the same defaults (dataclass defaults vs schema defaults)."""
     schema = _schema_for(cls)

@@ -43,10 +43,16 @@ def test_dry_run_of_the_default_config_lists_one_shard_job_per_dataset_split(tmp
     default = yaml.safe_load((REPO / "configs/config.yaml").read_text())
     if not Path(default["datasets"]["fashion_mnist"]["root"]).is_dir():
         default["datasets"].pop("fashion_mnist")
+        for run in default["runs"].values():
+            run["dataset"] = "mnist5k"
+    for run in default["runs"].values():
+        run["config"] = str(REPO / run["config"])
     proc = snakemake(tmp_path, "-n", "--cores", "2", config=default)
     assert proc.returncode == 0, proc.stderr + proc.stdout
     expected = sum(len(d.get("splits", ["train", "test"])) for d in default["datasets"].values())
-    assert job_counts(proc.stdout + proc.stderr)["write_shards"] == expected
+    counts = job_counts(proc.stdout + proc.stderr)
+    assert counts["write_shards"] == expected
+    assert counts["pretrain"] == len(default["runs"])
 
 
 def test_local_profile_dry_run_from_the_repo():
@@ -83,3 +89,31 @@ def test_lint_has_no_findings_beyond_software_deployment():
     proc = subprocess.run([*SNAKEMAKE, "--lint"], cwd=REPO, env=env_with_python(), capture_output=True, text=True, timeout=300)
     findings = re.findall(r"^\s+\* (.+?):?$", proc.stdout + proc.stderr, re.M)
     assert [f for f in findings if "conda environment or container" not in f] == []
+
+
+TINY_TRAIN = {
+    "model": {"arch": "swin_pico", "out_dim": 256, "hidden_dim": 64, "bottleneck_dim": 32},
+    "crops": {"global_size": 32, "local_size": [16], "local_number": [2]},
+    "optim": {"batch_size_per_device": 8, "epochs": 1, "warmup_epochs": 0},
+    "data": {"num_workers": 0, "samples_per_epoch": 32},
+    "run": {"tensorboard": False, "threads": 2},
+}
+
+
+@pytest.mark.slow
+def test_pretrain_rule_runs_for_real_and_a_forced_rerun_touches_nothing_else(tmp_path):
+    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(TINY_TRAIN))
+    cfg = small_config()
+    cfg["runs"] = {
+        "tiny_a": {"config": str(tmp_path / "tiny.yaml"), "dataset": "digits"},
+        "tiny_b": {"config": str(tmp_path / "tiny.yaml"), "dataset": "digits", "overrides": ["loss.region_loss_weight=0"]},
+    }
+    proc = snakemake(tmp_path, "--cores", "2", config=cfg)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    for run in ("tiny_a", "tiny_b"):
+        done = yaml.safe_load((tmp_path / "results" / "pretrain" / run / "done.json").read_text())
+        assert done["global_step"] == 4 and done["arch"] == "swin_pico"
+    assert yaml.safe_load((tmp_path / "results/pretrain/tiny_b/done.json").read_text())["region_loss_weight"] == 0
+    again = snakemake(tmp_path, "-n", "--cores", "2", "results/pretrain/tiny_a/final.pth", "-f", config=cfg)
+    counts = job_counts(again.stdout + again.stderr)
+    assert counts == {"pretrain": 1}, counts

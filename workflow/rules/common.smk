@@ -17,11 +17,13 @@ validate(config, schema="../schemas/config.schema.yaml")
 DATA_DIR = CFG.data_dir.rstrip("/")
 DATASETS = list(CFG.datasets)
 SPLITS = sorted({s for ds in CFG.datasets.values() for s in ds.splits})
+RUNS = list(CFG.runs)
 
 
 wildcard_constraints:
     dataset="|".join(DATASETS),
     split="|".join(SPLITS),
+    run="|".join(RUNS) or "no_runs",
 
 
 SHARD_TARGETS = [
@@ -29,7 +31,8 @@ SHARD_TARGETS = [
     for name, ds in CFG.datasets.items()
     for split in ds.splits
 ]
-ALL_TARGETS = SHARD_TARGETS
+PRETRAIN_TARGETS = [f"results/pretrain/{run}/final.pth" for run in RUNS]
+ALL_TARGETS = SHARD_TARGETS + PRETRAIN_TARGETS
 
 
 def dataset_param(key):
@@ -40,3 +43,9 @@ def dataset_param(key):
         return json.dumps(value) if isinstance(value, (dict, list)) else value
 
     return get
+
+
+def run_shards_manifest(wildcards):
+    """The manifest of the shard set a pretraining run reads."""
+    run = CFG.runs[wildcards.run]
+    return f"{DATA_DIR}/shards/{run.dataset}/{run.split}/manifest.json"

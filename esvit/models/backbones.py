@@ -1,0 +1,144 @@
+"""Backbones via timm behind one interface: ``forward(images) -> (pooled [B, C], tokens [B, T, C])``.
+
+Conventions (reference §1.1, §2):
+
+- Swin (multi-stage): tokens = last-stage map after the final LayerNorm (eps 1e-6), pooled = their mean;
+  ``strict_img_size=False`` so 96-px local crops run (timm pads maps that windows do not divide).
+- ViT / DeiT: pooled = [CLS] after the final norm, tokens = the patch tokens (``dynamic_img_size=True``).
+- ResNet-50: tokens = the layer4 map flattened (no norm), pooled = its mean.
+
+The EsViT variants are registered with timm (``esvit_swin_tiny_w7``, ..., ``esvit_swin_nano``), so
+``timm.create_model(name, num_classes=0)`` builds the same network a checkpoint export loads into.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Any, Callable
+
+import timm
+import torch
+import torch.nn as nn
+from timm.models import register_model
+from timm.models.swin_transformer import SwinTransformer
+
+__all__ = ["Backbone", "build_backbone", "ARCHS", "arch_family"]
+
+_SWIN = {
+    # name: (embed_dim, depths, num_heads, window, design image size: windows are clamped for its maps)
+    "esvit_swin_tiny_w7": (96, (2, 2, 6, 2), (3, 6, 12, 24), 7, 224),
+    "esvit_swin_small_w7": (96, (2, 2, 18, 2), (3, 6, 12, 24), 7, 224),
+    "esvit_swin_base_w7": (128, (2, 2, 18, 2), (4, 8, 16, 32), 7, 224),
+    "esvit_swin_tiny_w14": (96, (2, 2, 6, 2), (3, 6, 12, 24), 14, 224),
+    "esvit_swin_small_w14": (96, (2, 2, 18, 2), (3, 6, 12, 24), 14, 224),
+    "esvit_swin_base_w14": (128, (2, 2, 18, 2), (4, 8, 16, 32), 14, 224),
+    # small variants for CPU demos and tests: 64-px global crops (maps 16-8-4-2), window 4
+    "esvit_swin_nano": (48, (1, 1, 3, 1), (3, 6, 12, 24), 4, 64),
+    "esvit_swin_pico": (24, (1, 1, 1, 1), (1, 2, 3, 6), 4, 64),
+}
+_TIMM_KW = ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir")
+
+
+def _make_swin(name: str, pretrained: bool = False, **kwargs: Any) -> SwinTransformer:
+    if pretrained:
+        raise ValueError(f"{name}: no hub weights here; pass checkpoint_path= to timm.create_model instead")
+    for k in _TIMM_KW:
+        kwargs.pop(k, None)
+    embed, depths, heads, window, size = _SWIN[name]
+    args = dict(
+        img_size=size, patch_size=4, embed_dim=embed, depths=depths, num_heads=heads, window_size=window,
+        mlp_ratio=4.0, qkv_bias=True, strict_img_size=False, norm_layer=partial(nn.LayerNorm, eps=1e-6),
+        num_classes=0, drop_path_rate=0.0,
+    )  # fmt: skip
+    args.update(kwargs)
+    return SwinTransformer(**args)
+
+
+for _name in _SWIN:
+    # timm's registry keys models by function name, so each gets a named function.
+    _fn = partial(_make_swin, _name)
+    _fn.__name__ = _name
+    _fn.__module__ = __name__
+    _fn.__doc__ = f"EsViT Swin {_name}: LayerNorm eps 1e-6, any input size (local crops)."
+    globals()[_name] = register_model(_fn)
+
+# Architectures the pipeline knows: short name -> (timm name, family, timm kwargs).
+ARCHS: dict[str, tuple[str, str, dict]] = {
+    **{n.removeprefix("esvit_"): (n, "swin", {}) for n in _SWIN},
+    "vit_small": ("vit_small_patch16_224", "vit", {"dynamic_img_size": True}),
+    "vit_base": ("vit_base_patch16_224", "vit", {"dynamic_img_size": True}),
+    "deit_small": ("deit_small_patch16_224", "vit", {"dynamic_img_size": True}),
+    "resnet50": ("resnet50", "resnet", {}),
+}
+
+
+def arch_family(arch: str) -> str:
+    return ARCHS[arch][1]
+
+
+class Backbone(nn.Module):
+    """A timm model plus the EsViT feature conventions.
+
+    Attributes:
+        net: the timm model (its ``state_dict`` is what an export writes).
+        family: ``swin``, ``vit`` or ``resnet``.
+        num_features: channels C of the pooled feature and of each token.
+    """
+
+    def __init__(self, arch: str, drop_path_rate: float = 0.0):
+        super().__init__()
+        if arch not in ARCHS:
+            raise ValueError(f"unknown arch {arch!r}; known: {', '.join(ARCHS)}")
+        timm_name, self.family, kw = ARCHS[arch]
+        self.arch = arch
+        if self.family == "resnet":
+            kw = {**kw, "drop_path_rate": drop_path_rate} if drop_path_rate else kw
+        else:
+            kw = {**kw, "drop_path_rate": drop_path_rate}
+        self.net = timm.create_model(timm_name, pretrained=False, num_classes=0, **kw)
+        self.num_features = self.net.num_features
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Returns ``(pooled [B, C], tokens [B, T, C])``."""
+        f = self.net.forward_features(x)
+        if self.family == "swin":
+            tokens = f.flatten(1, 2)  # NHWC after the final norm
+            return tokens.mean(1), tokens
+        if self.family == "vit":
+            n = self.net.num_prefix_tokens
+            return f[:, 0], f[:, n:]
+        tokens = f.flatten(2).transpose(1, 2)  # resnet: layer4 map, no norm
+        return tokens.mean(1), tokens
+
+    def last_blocks(self, x: torch.Tensor, n: int = 4) -> torch.Tensor:
+        """The ImageNet linear-probe feature (reference §4): the outputs of the last ``n`` blocks concatenated.
+
+        Swin: each block's output average-pooled (the final LayerNorm applied to last-stage blocks only);
+        ViT: the [CLS] token of each of the last ``n`` blocks after the final norm; ResNet: the pooled feature.
+        """
+        if self.family == "swin":
+            net = self.net
+            feats = []
+            h = net.patch_embed(x)
+            n_stages = len(net.layers)
+            for i, stage in enumerate(net.layers):
+                h = stage.downsample(h)
+                for blk in stage.blocks:
+                    h = blk(h)
+                    feats.append((i, h))
+            out = [(net.norm(f) if i == n_stages - 1 else f).flatten(1, 2).mean(1) for i, f in feats[-n:]]
+            return torch.cat(out, dim=-1)
+        if self.family == "vit":
+            inter = self.net.forward_intermediates(
+                x, indices=n, norm=True, output_fmt="NLC", intermediates_only=True, return_prefix_tokens=True
+            )
+            return torch.cat([prefix[:, 0] for _, prefix in inter], dim=-1)
+        return self.forward(x)[0]
+
+    def last_blocks_dim(self, n: int = 4) -> int:
+        with torch.no_grad():
+            return self.last_blocks(torch.zeros(1, 3, 64, 64), n).shape[-1]
+
+
+def build_backbone(arch: str, drop_path_rate: float = 0.0) -> Backbone:
+    return Backbone(arch, drop_path_rate)

@@ -1,0 +1,70 @@
+"""Student / teacher network: backbone + view head + region head, applied to a list of multi-crop views.
+
+Consecutive crops of equal size go through the backbone as one batch (reference §1.2); the heads then run
+once on everything (one large matmul each). The output keeps the groups apart, so the loss can batch all the
+pairs that share a crop size.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+
+from esvit.models.backbones import Backbone
+from esvit.models.heads import DINOHead
+
+__all__ = ["EsViTNet", "GroupOutput"]
+
+
+@dataclass
+class GroupOutput:
+    """Outputs for ``n`` crops of one size: view logits [n, B, K]; region logits [B, n, T, K] and backbone
+    region features [B, n, T, C], batch-major so the loss's per-image matrix products need no copy of the
+    [.., K] logits (``None`` without the region head)."""
+
+    view: torch.Tensor
+    region: torch.Tensor | None
+    features: torch.Tensor | None
+
+    @property
+    def n_crops(self) -> int:
+        return self.view.shape[0]
+
+    @property
+    def tokens(self) -> int:
+        return self.region.shape[2]
+
+
+class EsViTNet(nn.Module):
+    """``backbone`` + ``head`` (view) + ``head_dense`` (regions, absent when the region loss is off)."""
+
+    def __init__(self, backbone: Backbone, out_dim: int = 65536, region: bool = True, norm_last_layer: bool = False,
+                 hidden_dim: int = 2048, bottleneck_dim: int = 256):  # fmt: skip
+        super().__init__()
+        self.backbone = backbone
+        c = backbone.num_features
+        self.head = DINOHead(c, out_dim, hidden_dim, bottleneck_dim, norm_last_layer=norm_last_layer)
+        self.head_dense = DINOHead(c, out_dim, hidden_dim, bottleneck_dim, norm_last_layer=norm_last_layer) if region else None
+
+    def forward(self, crops: list[torch.Tensor]) -> list[GroupOutput]:
+        sizes = torch.tensor([c.shape[-1] for c in crops])
+        counts = torch.unique_consecutive(sizes, return_counts=True)[1].tolist()
+        pooled, tokens, start = [], [], 0
+        for n in counts:
+            p, t = self.backbone(torch.cat(crops[start : start + n]))
+            pooled.append(p)
+            tokens.append(t)
+            start += n
+        batch = crops[0].shape[0]
+        view = self.head(torch.cat(pooled)).split([p.shape[0] for p in pooled])
+        if self.head_dense is None:
+            return [GroupOutput(v.unflatten(0, (n, batch)), None, None) for v, n in zip(view, counts)]
+        # batch-major tokens [B, n, T, C]: reordering C-wide tokens here is far cheaper than K-wide logits later
+        feats = [t.unflatten(0, (n, batch)).transpose(0, 1).contiguous() for t, n in zip(tokens, counts)]
+        region = self.head_dense(torch.cat([f.flatten(0, 2) for f in feats])).split([f[..., 0].numel() for f in feats])
+        return [
+            GroupOutput(v.unflatten(0, (n, batch)), r.view(*f.shape[:3], -1), f)
+            for v, r, f, n in zip(view, region, feats, counts)
+        ]

@@ -1,0 +1,146 @@
+"""The training config: a dataclass tree with the paper's defaults (reference §1.5, §3).
+
+``configs/paper/*.yaml`` and ``configs/pretrain/*.yaml`` are small diffs on these defaults; unknown keys raise;
+``a.b=c`` overrides work; the resolved config is written to ``<run>/config.yaml``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Literal
+
+import yaml
+
+from esvit.config import ConfigError, _field, apply_overrides, from_dict, load_yaml, to_dict
+
+__all__ = ["TrainConfig", "load_train_config", "dump_train_config"]
+
+
+def _archs() -> tuple[str, ...]:
+    from esvit.models.backbones import ARCHS
+
+    return tuple(ARCHS)
+
+
+@dataclasses.dataclass
+class ModelConfig:
+    arch: str = _field("swin_tiny_w7", choices=_archs, help="Backbone (esvit.models.ARCHS): swin_tiny_w7, ..., vit_small, resnet50.")
+    drop_path_rate: float = _field(0.1, min=0, max=1, help="Student stochastic depth (Swin-T 0.1, Swin-S/B 0.2); teacher 0.")
+    out_dim: int = _field(65536, gt=0, help="Prototypes K of both heads.")
+    hidden_dim: int = _field(2048, gt=0, help="Head MLP hidden width.")
+    bottleneck_dim: int = _field(256, gt=0, help="Head bottleneck before the weight-normalised last layer.")
+    norm_last_layer: bool = _field(False, help="Freeze the last layer's weight_g at 1 (README runs: false).")
+
+
+@dataclasses.dataclass
+class LossConfig:
+    region_loss_weight: float = _field(0.5, min=0, max=1, help="w in (1-w) L_V + w L_R per pair; 0 = plain DINO, no region head.")
+    student_temp: float = _field(0.1, gt=0, help="Student temperature tau_s.")
+    teacher_temp: float = _field(0.07, gt=0, help="Teacher temperature after warm-up.")
+    warmup_teacher_temp: float = _field(0.04, gt=0, help="Teacher temperature at epoch 0.")
+    warmup_teacher_temp_epochs: int = _field(30, min=0, help="Epochs of linear teacher-temperature warm-up.")
+    center_momentum: float = _field(0.9, min=0, max=1, help="EMA momentum of both centres.")
+
+
+@dataclasses.dataclass
+class OptimConfig:
+    epochs: int = _field(300, gt=0, help="Training epochs.")
+    batch_size_per_device: int = _field(32, gt=0, help="Images per device (GPU or CPU process) per step.")
+    lr: float = _field(5e-4, gt=0, help="Base learning rate, scaled by total batch / 256.")
+    min_lr: float = _field(1e-6, min=0, help="Learning rate at the end of the cosine.")
+    warmup_epochs: int = _field(10, min=0, help="Epochs of linear learning-rate warm-up.")
+    weight_decay: float = _field(0.04, min=0, help="Weight decay at the start (cosine schedule).")
+    weight_decay_end: float = _field(0.4, min=0, help="Weight decay at the end.")
+    momentum_teacher: float = _field(0.996, min=0, max=1, help="Teacher EMA momentum at the start (cosine to 1).")
+    clip_grad: float = _field(3.0, min=0, help="Per-parameter gradient-norm clip (0 = off), as the reference does it.")
+    freeze_last_layer: int = _field(1, min=0, help="Epochs during which the heads' last layers get no gradient.")
+
+
+@dataclasses.dataclass
+class CropsConfig:
+    global_size: int = _field(224, gt=0, help="Side of the 2 global crops.")
+    global_scale: list[float] = _field([0.4, 1.0], help="RandomResizedCrop scale of global crops.")
+    local_number: list[int] = _field([8], help="Local crops per size (list: several sizes allowed).")
+    local_size: list[int] = _field([96], help="Side of local crops, one per entry of local_number.")
+    local_scale: list[float] = _field([0.05, 0.4], help="RandomResizedCrop scale of local crops.")
+
+
+@dataclasses.dataclass
+class DataConfig:
+    shards: str = _field("", help="Training shard folder (holding manifest.json); set by the pretrain rule.")
+    num_workers: int = _field(2, min=0, help="Data-loader worker processes per device.")
+    shuffle_buffer: int = _field(2000, gt=0, help="Samples in each worker's shuffle buffer.")
+    samples_per_epoch: int | None = _field(None, gt=0, help="Samples per epoch (default: the shard set's total).")
+
+
+@dataclasses.dataclass
+class RunConfig:
+    seed: int = _field(0, min=0, help="Seed of initialisation and data order.")
+    device: Literal["auto", "cpu", "cuda"] = _field("auto", help="auto: cuda when available.")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = _field(
+        "auto", help="auto: bf16 autocast on GPUs that support it, fp32 on CPU (fp32 is faster there)."
+    )
+    threads: int | None = _field(None, gt=0, help="torch CPU threads (default: torch's choice).")
+    checkpoint_every_steps: int = _field(0, min=0, help="Also checkpoint every N steps (0: only at epoch ends).")
+    keep_every_epochs: int = _field(5, min=0, help="Keep checkpoint{N:04d}.pth (after N epochs) every N epochs (0: never).")
+    log_every_steps: int = _field(10, gt=0, help="Steps between log.jsonl / TensorBoard records.")
+    max_steps: int | None = _field(None, gt=0, help="Stop after this many global steps (benchmarks, smoke runs).")
+    continual_from: str | None = _field(None, help="View-only checkpoint to start region-level training from (continual mode).")
+    tensorboard: bool = _field(True, help="Write TensorBoard scalars to <run>/tb.")
+    reuse_memory: bool = _field(True, help="Keep freed host memory for reuse (glibc); large CPU steps ~1.3x faster.")
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    model: ModelConfig = _field(factory=ModelConfig, help="Backbone and heads.")
+    loss: LossConfig = _field(factory=LossConfig, help="View and region losses.")
+    optim: OptimConfig = _field(factory=OptimConfig, help="Optimiser and schedules.")
+    crops: CropsConfig = _field(factory=CropsConfig, help="Multi-crop augmentation.")
+    data: DataConfig = _field(factory=DataConfig, help="Training data.")
+    run: RunConfig = _field(factory=RunConfig, help="Seeds, device, checkpoints, logging.")
+
+    def check(self) -> "TrainConfig":
+        c = self.crops
+        if len(c.local_number) != len(c.local_size):
+            raise ConfigError(f"crops.local_number {c.local_number} and crops.local_size {c.local_size} must have equal lengths")
+        for key, scale in (("crops.global_scale", c.global_scale), ("crops.local_scale", c.local_scale)):
+            if len(scale) != 2 or not 0 < scale[0] <= scale[1] <= 1:
+                raise ConfigError(f"{key} must be [low, high] with 0 < low <= high <= 1 (got {scale})")
+        if any(n < 0 for n in c.local_number) or any(s <= 0 for s in c.local_size):
+            raise ConfigError(f"crops.local_number must be >= 0 and crops.local_size > 0 (got {c.local_number}, {c.local_size})")
+        return self
+
+
+def load_train_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> TrainConfig:
+    """Defaults, then the YAML diff at ``path`` (its ``base:`` key names a file it extends), then overrides."""
+    data: dict = {}
+    if path is not None:
+        data = _with_bases(Path(path))
+    apply_overrides(data, overrides)
+    return from_dict(TrainConfig, data).check()
+
+
+def _with_bases(path: Path, seen: tuple = ()) -> dict:
+    data = load_yaml(path)
+    base = data.pop("base", None)
+    if base is None:
+        return data
+    base_path = (path.parent / base).resolve()
+    if base_path in seen:
+        raise ConfigError(f"{path}: `base:` chain loops back to {base_path}")
+    merged = _with_bases(base_path, seen + (base_path,))
+    _merge(merged, data)
+    return merged
+
+
+def _merge(into: dict, diff: dict) -> None:
+    for k, v in diff.items():
+        if isinstance(v, dict) and isinstance(into.get(k), dict):
+            _merge(into[k], v)
+        else:
+            into[k] = v
+
+
+def dump_train_config(cfg: TrainConfig) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)

@@ -1,0 +1,419 @@
+"""EsViT pretraining, top to bottom in DINO's phases: set-up -> data -> student/teacher -> loss -> optimizer
+-> schedules -> resume -> loop.
+
+One process on CPU or one GPU, DDP-ready (env:// rendezvous; see esvit.launch). Resuming restores every
+stateful object, so a run interrupted at step k and resumed ends bitwise-identical to an uninterrupted one
+(on CPU; tests/unit/test_train.py checks it).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.nn as nn
+
+from esvit.atomic import atomic_write_json, atomic_write_text
+from esvit.data.pipeline import make_loader, open_shards, train_pipeline
+from esvit.data.transforms import MultiCropAugmentation
+from esvit.launch.distributed import DistInfo, init_distributed
+from esvit.losses import EsViTLoss
+from esvit.models import Backbone, EsViTNet
+from esvit.progress import progress
+from esvit.train.config import TrainConfig, dump_train_config
+from esvit.train.ema import ema_update
+from esvit.train.memory import keep_freed_memory
+from esvit.train.schedules import cosine_schedule
+from esvit.train.state import CheckpointError, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+
+__all__ = ["train", "TrainingError", "build_models", "param_groups", "clip_gradients", "Trainer"]
+
+log = logging.getLogger("esvit")
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (non-finite loss, bad data); the last good checkpoint is kept."""
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+
+
+def build_models(cfg: TrainConfig) -> tuple[EsViTNet, EsViTNet]:
+    """Student (drop path from the config) and teacher (no drop path, a copy of the student, no gradients)."""
+    m = cfg.model
+    region = cfg.loss.region_loss_weight > 0
+    heads = dict(out_dim=m.out_dim, region=region, norm_last_layer=m.norm_last_layer, hidden_dim=m.hidden_dim,
+                 bottleneck_dim=m.bottleneck_dim)  # fmt: skip
+    student = EsViTNet(Backbone(m.arch, m.drop_path_rate), **heads)
+    teacher = EsViTNet(Backbone(m.arch, 0.0), **heads)
+    teacher.load_state_dict(student.state_dict())
+    for p in teacher.parameters():
+        p.requires_grad = False
+    return student, teacher
+
+
+def param_groups(model: nn.Module) -> list[dict]:
+    """Two groups (reference §1.5): weights with ndim > 1 get the weight-decay schedule; biases and norm
+    parameters (ndim 1) get none. Frozen parameters are left out."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (no_decay if name.endswith(".bias") or p.ndim == 1 else decay).append(p)
+    return [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+@torch.no_grad()
+def clip_gradients(model: nn.Module, clip: float) -> None:
+    """Per-parameter clipping as the reference does it: each tensor's gradient norm is clipped to ``clip``
+    independently (not a global norm), with factor clip / (norm + 1e-6) applied only when below 1."""
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    if not grads:
+        return
+    norms = torch.stack(torch._foreach_norm(grads))
+    coef = (clip / (norms + 1e-6)).clamp(max=1.0)
+    torch._foreach_mul_(grads, list(coef.unbind()))
+
+
+def cancel_last_layer_grads(model: nn.Module, epoch: int, freeze_epochs: int) -> None:
+    if epoch < freeze_epochs:
+        for name, p in model.named_parameters():
+            if "last_layer" in name:
+                p.grad = None
+
+
+def _device(cfg: TrainConfig) -> torch.device:
+    want = cfg.run.device
+    if want == "cuda" and not torch.cuda.is_available():
+        raise TrainingError("run.device is cuda but no CUDA device is visible; use run.device=cpu or auto")
+    return torch.device("cuda" if want == "cuda" or (want == "auto" and torch.cuda.is_available()) else "cpu")
+
+
+def _precision(cfg: TrainConfig, device: torch.device) -> str:
+    p = cfg.run.precision
+    if p == "auto":
+        return "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
+    if p in ("bf16", "fp16") and device.type == "cpu" and p == "fp16":
+        raise TrainingError("run.precision fp16 needs a GPU; use fp32 (or bf16) on CPU")
+    return p
+
+
+# ------------------------------------------------------------------------------------------------ trainer
+
+
+@dataclass
+class StepStats:
+    loss: float
+    view: float
+    region: float | None
+
+
+class Trainer:
+    """Holds the phases' objects; ``train()`` drives it. Tests and ``esvit bench train`` use ``step()``."""
+
+    def __init__(self, cfg: TrainConfig, run_dir: Path, iters_per_epoch: int, dist_info: DistInfo | None = None):
+        # -- set-up: device, precision, threads, seeds --------------------------------------------------------
+        self.cfg, self.run_dir = cfg, Path(run_dir)
+        self.device = _device(cfg)
+        self.dist = dist_info or DistInfo()
+        self.precision = _precision(cfg, self.device)
+        if cfg.run.threads:
+            torch.set_num_threads(cfg.run.threads)
+        if cfg.run.reuse_memory:
+            keep_freed_memory()
+        torch.manual_seed(cfg.run.seed + self.dist.rank)
+        self.iters_per_epoch = iters_per_epoch
+
+        # -- student and teacher -----------------------------------------------------------------------------
+        self.student, self.teacher = build_models(cfg)
+        if self.dist.distributed and cfg.model.arch == "resnet50":
+            self.student = nn.SyncBatchNorm.convert_sync_batchnorm(self.student)
+            self.teacher = nn.SyncBatchNorm.convert_sync_batchnorm(self.teacher)
+        self.student.to(self.device)
+        self.teacher.to(self.device)
+        self.student_ddp: nn.Module = self.student
+        if self.dist.distributed:
+            ids = [self.dist.local_rank] if self.device.type == "cuda" else None
+            self.student_ddp = nn.parallel.DistributedDataParallel(self.student, device_ids=ids)
+
+        # -- loss ----------------------------------------------------------------------------------------------
+        lc, oc = cfg.loss, cfg.optim
+        self.loss = EsViTLoss(cfg.model.out_dim, oc.epochs, lc.region_loss_weight, lc.student_temp, lc.teacher_temp,
+                              lc.warmup_teacher_temp, lc.warmup_teacher_temp_epochs, lc.center_momentum).to(self.device)  # fmt: skip
+
+        # -- optimizer -----------------------------------------------------------------------------------------
+        self.optimizer = torch.optim.AdamW(param_groups(self.student))
+        self.scaler = torch.amp.GradScaler("cuda") if self.precision == "fp16" else None
+
+        # -- schedules (per iteration; the teacher temperature is per epoch, inside the loss) ------------------
+        total_batch = oc.batch_size_per_device * self.dist.world_size
+        self.lr = cosine_schedule(oc.lr * total_batch / 256.0, oc.min_lr, oc.epochs, iters_per_epoch, oc.warmup_epochs)
+        self.wd = cosine_schedule(oc.weight_decay, oc.weight_decay_end, oc.epochs, iters_per_epoch)
+        self.momentum = cosine_schedule(oc.momentum_teacher, 1.0, oc.epochs, iters_per_epoch)
+        self.epoch, self.it, self.global_step = 0, 0, 0
+
+    # -- resume -----------------------------------------------------------------------------------------------
+    def state(self) -> dict[str, Any]:
+        return {
+            "student": self.student.state_dict(),
+            "teacher": self.teacher.state_dict(),
+            "loss": self.loss.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler else None,
+            "epoch": self.epoch,
+            "it": self.it,
+            "global_step": self.global_step,
+            "iters_per_epoch": self.iters_per_epoch,
+            "rng": rng_state(),
+            "config": json.loads(json.dumps(_plain(self.cfg))),
+        }
+
+    def load_state(self, ckpt: dict[str, Any], path: Path) -> None:
+        if ckpt.get("iters_per_epoch") != self.iters_per_epoch:
+            raise CheckpointError(
+                f"{path}: saved with {ckpt.get('iters_per_epoch')} iterations per epoch, this run has "
+                f"{self.iters_per_epoch} (batch size, world size or data changed); resume with the same settings"
+            )
+        self.student.load_state_dict(ckpt["student"])
+        self.teacher.load_state_dict(ckpt["teacher"])
+        self.loss.load_state_dict(ckpt["loss"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        if self.scaler and ckpt.get("scaler"):
+            self.scaler.load_state_dict(ckpt["scaler"])
+        self.epoch, self.it, self.global_step = ckpt["epoch"], ckpt["it"], ckpt["global_step"]
+        set_rng_state(ckpt["rng"])
+
+    def load_continual(self, path: Path) -> None:
+        """Start region-level training from a view-only checkpoint (reference §3, continuation mechanics):
+        backbone + view head restored in student and teacher, ``head_dense`` freshly initialised (the teacher
+        copies the student's), ``center_grid`` zero, a fresh optimizer, and the schedules continue at the
+        checkpoint's global iteration."""
+        ckpt = load_checkpoint(path)
+        for name, net in (("student", self.student), ("teacher", self.teacher)):
+            state = {k: v for k, v in ckpt[name].items() if not k.startswith("head_dense.")}
+            missing, unexpected = net.load_state_dict(state, strict=False)
+            bad = [k for k in missing if not k.startswith("head_dense.")] + list(unexpected)
+            if bad:
+                raise CheckpointError(f"{path}: {name} does not match model {self.cfg.model.arch} ({bad[:4]} ...)")
+        if self.teacher.head_dense is not None:
+            self.teacher.head_dense.load_state_dict(self.student.head_dense.state_dict())
+        self.loss.center.copy_(ckpt["loss"]["center"])
+        self.epoch, self.it, self.global_step = ckpt["epoch"], ckpt["it"], ckpt["global_step"]
+        log.info("continual: region-level training starts from %s at epoch %d, step %d", path, self.epoch, self.global_step)
+
+    # -- one step ---------------------------------------------------------------------------------------------
+    def autocast(self):
+        if self.precision == "fp32":
+            return contextlib.nullcontext()
+        dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
+        return torch.autocast(self.device.type, dtype=dtype)
+
+    def step(self, crops: list[torch.Tensor]) -> StepStats:
+        """One optimisation step at ``self.epoch`` / ``self.global_step``, then the EMA update."""
+        g, epoch = self.global_step, self.epoch
+        for i, group in enumerate(self.optimizer.param_groups):
+            group["lr"] = float(self.lr[g])
+            if i == 0:
+                group["weight_decay"] = float(self.wd[g])
+        crops = [c.to(self.device, non_blocking=True) for c in crops]
+        with self.autocast():
+            with torch.no_grad():
+                teacher_out = self.teacher(crops[:2])[0]
+            student_out = self.student_ddp(crops)
+            parts = self.loss(student_out, teacher_out, epoch)
+        loss = parts.total
+        if not math.isfinite(loss.item()):
+            raise TrainingError(
+                f"loss is {loss.item()} at epoch {epoch}, step {g}; stopped, the last good checkpoint is kept in "
+                f"{self.run_dir}. Try a lower optim.lr, run.precision=fp32, or a lower loss.teacher_temp"
+            )
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.scaler is None:
+            loss.backward()
+            if self.cfg.optim.clip_grad:
+                clip_gradients(self.student, self.cfg.optim.clip_grad)
+            cancel_last_layer_grads(self.student, epoch, self.cfg.optim.freeze_last_layer)
+            self.optimizer.step()
+        else:
+            self.scaler.scale(loss).backward()
+            if self.cfg.optim.clip_grad:
+                self.scaler.unscale_(self.optimizer)
+                clip_gradients(self.student, self.cfg.optim.clip_grad)
+            cancel_last_layer_grads(self.student, epoch, self.cfg.optim.freeze_last_layer)
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        ema_update(self.teacher, self.student, float(self.momentum[g]))
+        self.global_step += 1
+        self.it += 1
+        return StepStats(loss.item(), parts.view.item(), parts.region.item() if parts.region is not None else None)
+
+
+def _plain(obj: Any) -> Any:
+    import dataclasses
+
+    return dataclasses.asdict(obj) if dataclasses.is_dataclass(obj) else obj
+
+
+# --------------------------------------------------------------------------------------------------- train
+
+
+def train(cfg: TrainConfig, run_dir: str | Path, *, should_stop: Callable[[], bool] = lambda: False,
+          show_progress: bool = True) -> Path:  # fmt: skip
+    """Pretrain, resuming from ``<run_dir>/checkpoint.pth`` when it exists.
+
+    Args:
+        cfg: the resolved training config.
+        run_dir: where checkpoints, ``log.jsonl``, ``config.yaml``, ``tb/`` and finally ``final.pth`` +
+            ``done.json`` go.
+        should_stop: polled every step; when it returns True the run checkpoints and returns (preemption).
+        show_progress: progress bar / lines.
+
+    Returns:
+        The path of the last checkpoint written.
+    """
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    t_start = time.perf_counter()
+    device = _device(cfg)
+    dist_info = init_distributed(device)
+    main = dist_info.rank == 0
+
+    # -- data ---------------------------------------------------------------------------------------------------
+    if not cfg.data.shards:
+        raise TrainingError("data.shards is empty: point it at a training shard folder (holding manifest.json)")
+    shards = open_shards(cfg.data.shards)
+    samples = cfg.data.samples_per_epoch or shards.total
+    bs = cfg.optim.batch_size_per_device
+    iters = samples // (bs * dist_info.world_size)
+    if iters == 0:
+        raise TrainingError(
+            f"{samples} samples per epoch give no full batch of {bs} x {dist_info.world_size} ranks; lower "
+            "optim.batch_size_per_device or raise data.samples_per_epoch"
+        )
+    c = cfg.crops
+    augment = MultiCropAugmentation(c.global_size, c.global_scale, c.local_number, c.local_size, c.local_scale)
+
+    # -- student/teacher, loss, optimizer, schedules ------------------------------------------------------------
+    tr = Trainer(cfg, run_dir, iters, dist_info)
+
+    # -- resume -------------------------------------------------------------------------------------------------
+    latest = run_dir / "checkpoint.pth"
+    if latest.exists():
+        tr.load_state(load_checkpoint(latest), latest)
+        log.info("resumed from %s at epoch %d, step %d", latest, tr.epoch, tr.global_step)
+        if main:
+            _truncate_log(run_dir / "log.jsonl", tr.global_step)
+    elif cfg.run.continual_from:
+        tr.load_continual(Path(cfg.run.continual_from))
+    if main:
+        atomic_write_text(run_dir / "config.yaml", dump_train_config(cfg))
+
+    writer = None
+    if main and cfg.run.tensorboard:
+        from torch.utils.tensorboard import SummaryWriter
+
+        writer = SummaryWriter(str(run_dir / "tb"), purge_step=tr.global_step)
+
+    def checkpoint(keep_epoch: int | None = None) -> Path:
+        if main:
+            state = tr.state()
+            save_checkpoint(latest, state)
+            if keep_epoch is not None:
+                save_checkpoint(run_dir / f"checkpoint{keep_epoch:04d}.pth", state)
+        return latest
+
+    total_steps = cfg.optim.epochs * iters
+    if cfg.run.max_steps:
+        total_steps = min(total_steps, cfg.run.max_steps)
+    bar = progress(total_steps, "pretrain", unit="step", initial=tr.global_step, enabled=main and show_progress)
+    window: list[StepStats] = []
+    t_window, wait_window = time.perf_counter(), 0.0
+
+    # -- loop ---------------------------------------------------------------------------------------------------
+    stopped = False
+    while tr.epoch < cfg.optim.epochs and tr.global_step < total_steps and not stopped:
+        if tr.it >= iters:
+            tr.epoch, tr.it = tr.epoch + 1, 0
+            continue
+        pipe = train_pipeline(shards, augment, bs, rank=dist_info.rank, seed=cfg.run.seed, epoch=tr.epoch,
+                              shuffle_buffer=cfg.data.shuffle_buffer, skip_batches=tr.it)  # fmt: skip
+        loader = iter(make_loader(pipe, cfg.data.num_workers, iters - tr.it))
+        while tr.it < iters and tr.global_step < total_steps:
+            t0 = time.perf_counter()
+            crops, _ = next(loader)
+            wait_window += time.perf_counter() - t0
+            stats = tr.step(crops)
+            window.append(stats)
+            bar.update(1)
+            if main and (tr.global_step % cfg.run.log_every_steps == 0 or tr.global_step == total_steps or tr.it == iters):
+                dt = time.perf_counter() - t_window
+                record = _log_record(tr, window, len(window) * bs * dist_info.world_size / dt, wait_window)
+                _append_jsonl(run_dir / "log.jsonl", record)
+                if writer:
+                    for k, v in record.items():
+                        if isinstance(v, (int, float)) and v is not None and k not in ("epoch", "step"):
+                            writer.add_scalar(f"train/{k}", v, tr.global_step)
+                if hasattr(bar, "set_postfix"):
+                    bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.2e}")
+                window, t_window, wait_window = [], time.perf_counter(), 0.0
+            every = cfg.run.checkpoint_every_steps
+            if every and tr.global_step % every == 0 and tr.it < iters:
+                checkpoint()
+            if should_stop():
+                stopped = True
+                break
+        del loader
+        if tr.it >= iters:  # epoch finished: the checkpoint records the start of the next one
+            tr.epoch, tr.it = tr.epoch + 1, 0
+            keep = cfg.run.keep_every_epochs
+            checkpoint(tr.epoch if keep and tr.epoch % keep == 0 else None)  # named by epochs completed
+    bar.close()
+    path = checkpoint()
+    if writer:
+        writer.close()
+    if main and not stopped:
+        save_checkpoint(run_dir / "final.pth", tr.state())
+        atomic_write_json(run_dir / "done.json", {
+            "epochs": tr.epoch, "global_step": tr.global_step, "arch": cfg.model.arch,
+            "region_loss_weight": cfg.loss.region_loss_weight, "wall_s": round(time.perf_counter() - t_start, 1),
+        })  # fmt: skip
+        return run_dir / "final.pth"
+    return path
+
+
+def _log_record(tr: Trainer, window: list[StepStats], img_s: float, wait: float) -> dict:
+    g = tr.global_step - 1
+    regions = [s.region for s in window if s.region is not None]
+    return {
+        "epoch": tr.epoch,
+        "step": tr.global_step,
+        "loss": sum(s.loss for s in window) / len(window),
+        "loss_view": sum(s.view for s in window) / len(window),
+        "loss_region": sum(regions) / len(regions) if regions else None,
+        "lr": float(tr.lr[g]),
+        "wd": float(tr.wd[g]),
+        "momentum": float(tr.momentum[g]),
+        "teacher_temp": tr.loss.teacher_temp(tr.epoch),
+        "img_s": round(img_s, 2),
+        "data_wait_s": round(wait, 3),
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
+
+
+def _append_jsonl(path: Path, record: dict) -> None:
+    with open(path, "a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def _truncate_log(path: Path, step: int) -> None:
+    """Drop log records written after the checkpoint we resume from (a killed run may have logged past it)."""
+    if path.exists():
+        keep = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] <= step]
+        atomic_write_text(path, "".join(ln + "\n" for ln in keep))

@@ -1,0 +1,288 @@
+"""Training core: schedules, optimizer details, teacher updates, checkpoints and exact resume."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import pickle
+
+import numpy as np
+import pytest
+import torch
+
+from esvit.data.transforms import MultiCropAugmentation
+from esvit.train.config import load_train_config
+from esvit.train.loop import Trainer, TrainingError, build_models, clip_gradients, param_groups, train
+from esvit.train.schedules import cosine_schedule
+from esvit.train.state import CheckpointError, load_checkpoint, save_checkpoint
+
+TINY = [
+    "model.arch=swin_pico", "model.out_dim=256", "model.hidden_dim=64", "model.bottleneck_dim=32",
+    "model.drop_path_rate=0.1", "crops.global_size=32", "crops.local_size=[16]", "crops.local_number=[2]",
+    "optim.batch_size_per_device=8", "optim.epochs=2", "optim.warmup_epochs=1", "optim.lr=0.002",
+    "data.samples_per_epoch=48", "data.num_workers=2", "data.shuffle_buffer=64", "run.threads=2",
+    "run.tensorboard=false", "run.log_every_steps=2", "loss.warmup_teacher_temp_epochs=1",
+]  # fmt: skip
+
+
+def tiny_cfg(shards, *extra):
+    return load_train_config(None, [*TINY, f"data.shards={shards}", *extra])
+
+
+# ------------------------------------------------------------------------------------------------ schedules
+
+
+def test_cosine_schedule_at_first_warmup_end_and_last_steps():
+    base, final, epochs, ipe, warm = 1e-3, 1e-6, 10, 7, 2
+    s = cosine_schedule(base, final, epochs, ipe, warm)
+    assert len(s) == 70
+    assert s[0] == 0.0
+    assert s[warm * ipe - 1] == pytest.approx(base)  # warm-up ends at the base value
+    assert s[warm * ipe] == pytest.approx(base)  # cosine starts at the base value
+    n = (epochs - warm) * ipe
+    assert s[-1] == pytest.approx(final + 0.5 * (base - final) * (1 + math.cos(math.pi * (n - 1) / n)))
+    wd = cosine_schedule(0.04, 0.4, epochs, ipe)
+    assert wd[0] == pytest.approx(0.04) and wd[-1] == pytest.approx(0.4 - 0.18 * (1 + math.cos(math.pi * 69 / 70)))
+    m = cosine_schedule(0.996, 1.0, epochs, ipe)
+    assert m[0] == pytest.approx(0.996) and np.all(np.diff(m) >= 0) and m[-1] < 1.0
+
+
+def test_trainer_scales_lr_by_batch_over_256(digits_shards):
+    cfg = tiny_cfg(digits_shards)
+    tr = Trainer(cfg, digits_shards, iters_per_epoch=6)
+    assert tr.lr[5] == pytest.approx(0.002 * 8 / 256)  # end of the 1-epoch warm-up
+
+
+# ------------------------------------------------------------------------------------------------ optimizer
+
+
+def test_param_groups_decay_weights_only():
+    student, _ = build_models(load_train_config(None, TINY))
+    decay, no_decay = param_groups(student)
+    names = {id(p): n for n, p in student.named_parameters()}
+    assert all(p.ndim > 1 for p in decay["params"])
+    assert all(p.ndim == 1 or names[id(p)].endswith(".bias") for p in no_decay["params"])
+    assert no_decay["weight_decay"] == 0.0
+    assert any("relative_position_bias_table" in names[id(p)] for p in decay["params"])  # 2-D: decayed
+
+
+def test_clip_gradients_is_per_parameter_like_the_reference():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(5, 4), torch.nn.Linear(4, 3))
+    for p in model.parameters():
+        p.grad = torch.randn_like(p) * torch.rand(()) * 10
+    expected = []
+    for p in model.parameters():  # the reference's loop
+        g = p.grad.clone()
+        norm = g.norm(2)
+        coef = 3.0 / (norm + 1e-6)
+        expected.append(g * coef if coef < 1 else g)
+    clip_gradients(model, 3.0)
+    for p, e in zip(model.parameters(), expected):
+        torch.testing.assert_close(p.grad, e, rtol=0, atol=0)
+    assert all(p.grad.norm() <= 3.0 + 1e-5 for p in model.parameters())
+
+
+def crops_batch(cfg, n=8, seed=0):
+    torch.manual_seed(seed)
+    aug = MultiCropAugmentation(cfg.crops.global_size, cfg.crops.global_scale, cfg.crops.local_number,
+                                cfg.crops.local_size, cfg.crops.local_scale)  # fmt: skip
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    imgs = [Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)) for _ in range(n)]
+    per_image = [aug(im) for im in imgs]
+    return [torch.stack([c[i] for c in per_image]) for i in range(len(per_image[0]))]
+
+
+def test_step_no_gradient_reaches_teacher_and_teacher_is_the_ema(digits_shards):
+    cfg = tiny_cfg(digits_shards)
+    tr = Trainer(cfg, digits_shards, iters_per_epoch=6)
+    tr.epoch = 1  # past freeze_last_layer
+    old_teacher = [p.detach().clone() for p in tr.teacher.parameters()]
+    m = float(tr.momentum[0])
+    tr.step(crops_batch(cfg))
+    for p in tr.teacher.parameters():
+        assert p.grad is None and not p.requires_grad
+    for old, t, s in zip(old_teacher, tr.teacher.parameters(), tr.student.parameters()):
+        torch.testing.assert_close(t, m * old + (1 - m) * s.detach(), rtol=1e-6, atol=1e-7)
+    assert any(not torch.equal(o, t) for o, t in zip(old_teacher, tr.teacher.parameters()))
+
+
+def test_last_layer_is_frozen_in_epoch_zero(digits_shards):
+    cfg = tiny_cfg(digits_shards)
+    tr = Trainer(cfg, digits_shards, iters_per_epoch=6)
+    tr.global_step = 3  # lr > 0 (step 0 of the warm-up has lr 0), still epoch 0
+    before = {n: p.detach().clone() for n, p in tr.student.named_parameters()}
+    tr.step(crops_batch(cfg))
+    for n, p in tr.student.named_parameters():
+        if "last_layer" in n:
+            assert torch.equal(p, before[n]), n
+    assert not torch.equal(tr.student.head.mlp[0].weight, before["head.mlp.0.weight"])
+
+
+def test_multicrop_shapes_and_order():
+    from PIL import Image
+
+    aug = MultiCropAugmentation(64, (0.4, 1), local_number=[3, 2], local_size=[24, 32])
+    crops = aug(Image.new("RGB", (80, 70), (120, 30, 200)))
+    assert [c.shape[-1] for c in crops] == [64, 64, 32, 32, 24, 24, 24]
+    assert all(c.shape[0] == 3 for c in crops)
+
+
+# ---------------------------------------------------------------------------------------------- checkpoints
+
+
+class _Boom:
+    def __reduce__(self):
+        return (os.system, ("touch PWNED",))
+
+
+def test_malicious_pickle_is_refused(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "evil.pth"
+    with open(path, "wb") as f:
+        pickle.dump({"student": _Boom()}, f)
+    with pytest.raises(CheckpointError, match="safely"):
+        load_checkpoint(path)
+    assert not (tmp_path / "PWNED").exists()
+    torch.save({"x": _Boom()}, tmp_path / "evil2.pth")
+    with pytest.raises(CheckpointError):
+        load_checkpoint(tmp_path / "evil2.pth")
+    assert not (tmp_path / "PWNED").exists()
+
+
+def test_truncated_checkpoint_gives_a_clear_error(tmp_path):
+    path = tmp_path / "c.pth"
+    save_checkpoint(path, {"w": torch.ones(1000)})
+    path.write_bytes(path.read_bytes()[:300])
+    with pytest.raises(CheckpointError, match="truncated, corrupt"):
+        load_checkpoint(path)
+
+
+# --------------------------------------------------------------------------------------------------- resume
+
+
+def _weights(run_dir):
+    ckpt = load_checkpoint(run_dir / "checkpoint.pth")
+    return ckpt
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stop_at", [4, 6])  # mid-epoch (with workers) and exactly at the epoch boundary
+def test_interrupted_and_resumed_run_is_bitwise_identical(digits_shards, tmp_path, stop_at):
+    cfg = tiny_cfg(digits_shards)
+    full = tmp_path / "full"
+    train(cfg, full, show_progress=False)
+    part = tmp_path / "part"
+    steps = iter(range(1, 100))
+    train(cfg, part, should_stop=lambda: next(steps) >= stop_at, show_progress=False)
+    assert not (part / "final.pth").exists()
+    assert load_checkpoint(part / "checkpoint.pth")["global_step"] == stop_at
+    train(cfg, part, show_progress=False)  # resumes
+    a, b = _weights(full), _weights(part)
+    assert a["global_step"] == b["global_step"] == 12
+    for key in ("student", "teacher", "loss"):
+        for name, tensor in a[key].items():
+            assert torch.equal(tensor, b[key][name]), f"{key}.{name} differs"
+    for name, tensor in a["optimizer"]["state"].items():
+        assert all(torch.equal(tensor[k], b["optimizer"]["state"][name][k]) for k in tensor)
+    logged = [json.loads(l)["step"] for l in (part / "log.jsonl").read_text().splitlines()]
+    assert logged == sorted(set(logged))  # no duplicated log records after the resume
+
+
+def test_nan_loss_stops_with_a_clear_error_and_keeps_the_last_checkpoint(digits_shards, tmp_path, monkeypatch):
+    cfg = tiny_cfg(digits_shards, "run.checkpoint_every_steps=2")
+    from esvit.losses import esvit_loss
+
+    real = esvit_loss.EsViTLoss.forward
+    calls = {"n": 0}
+
+    def poisoned(self, student, teacher, epoch):
+        calls["n"] += 1
+        parts = real(self, student, teacher, epoch)
+        if calls["n"] == 4:
+            parts.total = parts.total * float("nan")
+        return parts
+
+    monkeypatch.setattr(esvit_loss.EsViTLoss, "forward", poisoned)
+    with pytest.raises(TrainingError, match="loss is nan at epoch 0, step 3.*last good checkpoint"):
+        train(cfg, tmp_path / "run", show_progress=False)
+    assert load_checkpoint(tmp_path / "run" / "checkpoint.pth")["global_step"] == 2
+
+
+@pytest.mark.slow
+def test_continual_mode_starts_region_training_from_a_view_only_checkpoint(digits_shards, tmp_path):
+    view = tiny_cfg(digits_shards, "loss.region_loss_weight=0", "run.max_steps=6")
+    train(view, tmp_path / "view", show_progress=False)
+    src = load_checkpoint(tmp_path / "view" / "final.pth")
+    assert not any(k.startswith("head_dense") for k in src["student"])
+    cfg = tiny_cfg(digits_shards, f"run.continual_from={tmp_path / 'view' / 'final.pth'}")
+    tr = Trainer(cfg, tmp_path / "cont", iters_per_epoch=6)
+    tr.load_continual(tmp_path / "view" / "final.pth")
+    for k, v in src["teacher"].items():
+        assert torch.equal(tr.teacher.state_dict()[k], v), k
+    for k, v in tr.student.head_dense.state_dict().items():
+        assert torch.equal(tr.teacher.head_dense.state_dict()[k], v)
+    assert torch.count_nonzero(tr.loss.center_grid) == 0 and torch.equal(tr.loss.center, src["loss"]["center"])
+    assert tr.global_step == 6 and tr.epoch == 1
+    train(cfg, tmp_path / "cont", show_progress=False)
+    log = [json.loads(l) for l in (tmp_path / "cont" / "log.jsonl").read_text().splitlines()]
+    assert log[0]["step"] > 6 and log[-1]["step"] == 12 and log[-1]["loss_region"] is not None
+
+
+@pytest.mark.slow
+def test_short_cpu_run_on_fashion_mnist_shards_lowers_the_loss(tmp_path):
+    """60 steps of the real pipeline (shards -> multi-crop -> EsViT loss) on real images: the loss goes down."""
+    from esvit.data.shards import ShardSettings, write_shards
+    from esvit.data.sources import get_source
+    from tests.conftest import FASHION_ROOT, require_fashion_mnist
+
+    require_fashion_mnist()
+    shards = tmp_path / "fm"
+    src = get_source("fashion_mnist", str(FASHION_ROOT), cache_dir=str(tmp_path / "raw"))
+    write_shards(src, "fashion_mnist", "test", shards, ShardSettings(max_samples=2500, workers=2), progress=False)
+    cfg = load_train_config("configs/pretrain/demo.yaml", [
+        f"data.shards={shards}", "run.max_steps=60", "run.log_every_steps=5", "run.tensorboard=false",
+        "model.arch=swin_pico", "model.out_dim=1024", "model.hidden_dim=256", "optim.batch_size_per_device=32",
+        "optim.warmup_epochs=0", "optim.lr=0.002", "crops.local_number=[2]",
+    ])  # fmt: skip
+    train(cfg, tmp_path / "run", show_progress=False)
+    losses = [json.loads(l)["loss"] for l in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert len(losses) == 12 and all(math.isfinite(v) for v in losses)
+    first, last = sum(losses[:3]) / 3, sum(losses[-3:]) / 3
+    assert last < first - 0.05, f"loss did not go down: {losses}"
+
+
+def test_pretrain_cli_writes_the_run_folder_and_names_bad_input(digits_shards, tmp_path):
+    from tests.conftest import run_cli
+
+    out = tmp_path / "run"
+    proc = run_cli("pretrain", "--shards", str(digits_shards), "--out", str(out), "--no-progress", *TINY, "run.max_steps=3")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    for name in ("final.pth", "done.json", "checkpoint.pth", "config.yaml", "log.jsonl"):
+        assert (out / name).is_file(), name
+    assert load_checkpoint(out / "final.pth")["global_step"] == 3
+    bad = run_cli("pretrain", "--shards", str(tmp_path / "nope"), "--out", str(out), *TINY)
+    assert bad.returncode == 1 and "manifest.json" in bad.stderr and "Traceback" not in bad.stderr
+    bad = run_cli("pretrain", "--out", str(out), "model.arch=swin_tiny_w8")
+    assert bad.returncode == 2 and "Did you mean 'swin_tiny_w7'" in bad.stderr
+
+
+PAPER_PARAMS_M = {"swin_tiny": 28, "swin_small": 49, "swin_base": 87}  # reference §2 (backbone, millions)
+
+
+@pytest.mark.parametrize("preset", sorted(p.stem for p in (__import__("pathlib").Path(__file__).parents[2] / "configs/paper").glob("*.yaml")))
+def test_paper_presets_load_with_the_papers_settings(preset):
+    from tests.conftest import REPO
+    from esvit.models import Backbone
+
+    cfg = load_train_config(REPO / "configs/paper" / f"{preset}.yaml")
+    assert cfg.optim.epochs == 300 and cfg.optim.lr == 5e-4 and cfg.model.out_dim == 65536
+    assert cfg.crops.local_number == [8] and cfg.crops.local_size == [96] and cfg.crops.global_scale == [0.4, 1.0]
+    assert cfg.loss.teacher_temp == 0.07 and cfg.loss.warmup_teacher_temp_epochs == 30 and not cfg.model.norm_last_layer
+    assert cfg.loss.region_loss_weight == (0.0 if preset.endswith("_view") else 0.5)
+    family = "_".join(cfg.model.arch.split("_")[:2])
+    n = sum(p.numel() for p in Backbone(cfg.model.arch).parameters()) / 1e6
+    assert abs(n - PAPER_PARAMS_M[family]) < 1.0, (cfg.model.arch, n)

@@ -1,0 +1,27 @@
+# Self-supervised pretraining, one job per run. A local rule: it runs `esvit pretrain` here (the local
+# launcher), or - with the Slurm issue - submits and waits for a multi-node job. Only the final artefacts are
+# outputs: Snakemake deletes outputs before a job runs, and the resume state (checkpoint.pth) must survive.
+
+
+rule pretrain:
+    input:
+        manifest=run_shards_manifest,
+    output:
+        final=ensure("results/pretrain/{run}/final.pth", non_empty=True),
+        done="results/pretrain/{run}/done.json",
+    log:
+        "results/logs/pretrain/{run}.log",
+    benchmark:
+        "results/benchmarks/pretrain/{run}.tsv"
+    params:
+        config=lambda w: config["runs"][w.run]["config"],
+        overrides=lambda w: " ".join(f"'{o}'" for o in config["runs"][w.run].get("overrides", [])),
+        out=lambda w, output: Path(output.final).parent,
+    threads: 2
+    resources:
+        mem_mb=8000,
+        runtime=1440,
+    localrule: True
+    shell:
+        "python -m esvit pretrain --config {params.config} --shards $(dirname {input.manifest})"
+        " --out {params.out} --no-progress {params.overrides} > {log} 2>&1"
