@@ -286,3 +286,21 @@ def test_paper_presets_load_with_the_papers_settings(preset):
     family = "_".join(cfg.model.arch.split("_")[:2])
     n = sum(p.numel() for p in Backbone(cfg.model.arch).parameters()) / 1e6
     assert abs(n - PAPER_PARAMS_M[family]) < 1.0, (cfg.model.arch, n)
+
+
+@pytest.mark.slow
+def test_two_process_ddp_run_with_env_rendezvous(digits_shards, tmp_path):
+    """torchrun (env:// rendezvous, gloo on CPU): 2 ranks split the epoch and finish together."""
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO, env_with_python
+
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "esvit",
+           "pretrain", "--shards", str(digits_shards), "--out", str(out), "--no-progress", *TINY,
+           "data.num_workers=0", "run.threads=1", "optim.epochs=1"]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=REPO, env=env_with_python(), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ckpt = load_checkpoint(out / "final.pth")
+    assert ckpt["iters_per_epoch"] == 48 // (8 * 2) and ckpt["global_step"] == 3

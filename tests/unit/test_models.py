@@ -1,0 +1,67 @@
+"""Backbones and heads: the (pooled, tokens) interface over the registry, timm registration, conventions."""
+
+from __future__ import annotations
+
+import pytest
+import timm
+import torch
+
+from esvit.models import ARCHS, Backbone, DINOHead, EsViTNet
+
+# arch -> (C, tokens at 224, tokens at 96)
+EXPECTED = {
+    "swin_tiny_w7": (768, 49, 9), "swin_small_w7": (768, 49, 9), "swin_base_w7": (1024, 49, 9),
+    "swin_tiny_w14": (768, 49, 9), "swin_small_w14": (768, 49, 9), "swin_base_w14": (1024, 49, 9),
+    "swin_nano": (384, 49, 9), "swin_pico": (192, 49, 9),
+    "vit_small": (384, 196, 36), "vit_base": (768, 196, 36), "deit_small": (384, 196, 36), "resnet50": (2048, 49, 9),
+}  # fmt: skip
+
+
+def test_every_registered_arch_is_covered():
+    assert set(EXPECTED) == set(ARCHS)
+
+
+@pytest.mark.parametrize("arch", sorted(EXPECTED))
+def test_interface_shapes_at_global_and_local_sizes(arch):
+    torch.manual_seed(0)
+    net = Backbone(arch).eval()
+    c, t224, t96 = EXPECTED[arch]
+    with torch.no_grad():
+        for size, tokens in ((224, t224), (96, t96)):
+            pooled, toks = net(torch.randn(2, 3, size, size))
+            assert pooled.shape == (2, c) and toks.shape == (2, tokens, c)
+            if net.family != "vit":  # multi-stage nets: the view feature is the mean of the region tokens
+                torch.testing.assert_close(pooled, toks.mean(1))
+
+
+def test_swin_conventions_match_timm_and_the_reference():
+    net = Backbone("swin_tiny_w7").eval()
+    norms = [m for m in net.modules() if isinstance(m, torch.nn.LayerNorm)]
+    assert norms and all(m.eps == 1e-6 for m in norms)
+    plain = timm.create_model("esvit_swin_tiny_w7", num_classes=0).eval()
+    plain.load_state_dict(net.net.state_dict(), strict=True)  # what an export loads into
+    x = torch.randn(1, 3, 224, 224)
+    with torch.no_grad():
+        assert torch.equal(plain(x), net(x)[0])  # timm's pooled feature = ours
+        assert net.last_blocks(x, 4).shape == (1, 2304)  # 2 x 384 (stage 3) + 2 x 768 (stage 4), reference §4
+        assert Backbone("vit_small").last_blocks(x, 4).shape == (1, 4 * 384)
+
+
+def test_dino_head_shapes_normalisation_and_frozen_g():
+    head = DINOHead(32, out_dim=100, hidden_dim=64, bottleneck_dim=16, norm_last_layer=True)
+    assert not head.last_layer.weight_g.requires_grad and torch.all(head.last_layer.weight_g == 1)
+    w = head.last_layer.weight()
+    torch.testing.assert_close(w.norm(dim=1), torch.ones(100))  # g = 1 -> unit rows
+    assert head(torch.randn(5, 32)).shape == (5, 100)
+    assert DINOHead(32, out_dim=100).last_layer.weight_g.requires_grad
+
+
+def test_net_groups_crops_by_size_and_keeps_regions_batch_major():
+    net = EsViTNet(Backbone("swin_pico"), out_dim=50, hidden_dim=32, bottleneck_dim=8)
+    crops = [torch.randn(3, 3, 64, 64)] * 2 + [torch.randn(3, 3, 32, 32)] * 4
+    out = net(crops)
+    assert [g.n_crops for g in out] == [2, 4]
+    assert out[0].view.shape == (2, 3, 50) and out[0].region.shape == (3, 2, 4, 50) and out[0].features.shape == (3, 2, 4, 192)
+    assert out[1].region.shape == (3, 4, 1, 50)
+    view_only = EsViTNet(Backbone("swin_pico"), out_dim=50, region=False, hidden_dim=32, bottleneck_dim=8)
+    assert view_only.head_dense is None and view_only(crops)[1].region is None
