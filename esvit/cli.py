@@ -145,6 +145,116 @@ def run_pretrain(args: argparse.Namespace) -> int:
     return 0
 
 
+# ------------------------------------------------------------------------------------------------ eval
+
+
+def _extract_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--checkpoint", help="an esvit checkpoint (final.pth, checkpoint.pth); omit with --random-init")
+    p.add_argument("--random-init", action="store_true", help="evaluate a randomly initialised --arch (baseline)")
+    p.add_argument("--arch", help="architecture (required with --random-init)")
+    p.add_argument("--seed", type=int, default=0, help="initialisation seed of --random-init")
+    p.add_argument("--shards", required=True, help="shard folder of one split")
+    p.add_argument("--out", required=True, help="feature cache file (.pt)")
+    p.add_argument("--image-size", type=int, help="eval crop size (default: the run's global crop size, else 224)")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--no-progress", action="store_true")
+
+
+@command("extract", "cache frozen teacher features (pooled + last-4-blocks) of one shard set", _extract_args)
+def run_extract(args: argparse.Namespace) -> int:
+    from esvit.eval.features import extract, load_backbone
+    from esvit.train.state import load_checkpoint
+
+    if bool(args.checkpoint) == args.random_init:
+        raise UsageError("give exactly one of --checkpoint or --random-init")
+    backbone, meta = load_backbone(args.checkpoint, args.arch, seed=args.seed)
+    size = args.image_size
+    if size is None:
+        size = load_checkpoint(args.checkpoint)["config"]["crops"]["global_size"] if args.checkpoint else 224
+    res = extract(backbone, args.shards, args.out, meta, image_size=size, batch_size=args.batch_size,
+                  num_workers=args.workers, device=args.device, show_progress=not args.no_progress)  # fmt: skip
+    print(f"extract: {len(res['keys'])} samples, pooled {tuple(res['pooled'].shape)}, "
+          f"last blocks {tuple(res['last_blocks'].shape)} -> {args.out}")  # fmt: skip
+    return 0
+
+
+def _metrics_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--train", required=True, help="train feature cache")
+    p.add_argument("--test", required=True, help="test feature cache")
+    p.add_argument("--out", required=True, help="metrics JSON")
+    p.add_argument("--run", required=True, help="run name (for the report)")
+    p.add_argument("--dataset", required=True, help="dataset name (for the report)")
+
+
+def _knn_args(p: argparse.ArgumentParser) -> None:
+    _metrics_args(p)
+    p.add_argument("--ks", default="10,20,100,200", help="k values (default %(default)s)")
+    p.add_argument("--temperature", type=float, default=0.07)
+
+
+def _write_metrics(args: argparse.Namespace, eval_name: str, metric: str, value: float, metrics: dict,
+                   hparams: dict, train: dict, test: dict, wall: float) -> None:  # fmt: skip
+    from esvit.atomic import atomic_write_json
+
+    meta = train["meta"]
+    atomic_write_json(args.out, {
+        "run": args.run, "arch": meta.get("arch"), "dataset": args.dataset, "eval": eval_name,
+        "metric_name": metric, "value": round(value, 4), "metrics": metrics, "n_train": len(train["labels"]),
+        "n_test": len(test["labels"]), "hparams": hparams, "checkpoint": meta.get("checkpoint"),
+        "checkpoint_sha256": meta.get("checkpoint_sha256"), "wall_s": round(wall, 3),
+    })  # fmt: skip
+    print(f"{eval_name} {args.run}/{args.dataset}: {metric} = {value:.2f}")
+
+
+@command("knn", "weighted k-NN on cached features -> metrics JSON", _knn_args)
+def run_knn(args: argparse.Namespace) -> int:
+    import time
+
+    from esvit.eval.features import load_features
+    from esvit.eval.knn import knn_classify
+
+    t0 = time.perf_counter()
+    train, test = load_features(args.train), load_features(args.test)
+    _check_same_source(train, test)
+    ks = tuple(int(k) for k in args.ks.split(","))
+    acc = knn_classify(train["pooled"], train["labels"], test["pooled"], test["labels"], ks, args.temperature)
+    best_k = 20 if 20 in acc else ks[0]
+    _write_metrics(args, "knn", "top1", acc[best_k], {f"top1_k{k}": v for k, v in acc.items()},
+                   {"k": best_k, "temperature": args.temperature}, train, test, time.perf_counter() - t0)  # fmt: skip
+    return 0
+
+
+def _probe_args(p: argparse.ArgumentParser) -> None:
+    _metrics_args(p)
+    p.add_argument("--metric", default="accuracy", choices=["accuracy", "mean_per_class", "11point_mAP"])
+    p.add_argument("--val", help="validation feature cache (default: a stratified 20 %% of train)")
+    p.add_argument("--device", default="cpu")
+
+
+@command("probe", "L2 logistic-regression probe with the lambda search -> metrics JSON", _probe_args)
+def run_probe_cmd(args: argparse.Namespace) -> int:
+    from esvit.eval.features import load_features
+    from esvit.eval.probe import run_probe
+
+    train, test = load_features(args.train), load_features(args.test)
+    _check_same_source(train, test)
+    val = load_features(args.val) if args.val else None
+    res = run_probe(train["pooled"], train["labels"], test["pooled"], test["labels"], args.metric,
+                    val["pooled"] if val else None, val["labels"] if val else None, device=args.device)  # fmt: skip
+    _write_metrics(args, "probe", args.metric, res.value, {args.metric: res.value},
+                   {"lambda": res.best_lambda, "val_scores": res.val_scores, "n_fit": res.n_train, "n_val": res.n_val},
+                   train, test, res.wall_s)  # fmt: skip
+    return 0
+
+
+def _check_same_source(train: dict, test: dict) -> None:
+    a, b = train["meta"].get("checkpoint_sha256"), test["meta"].get("checkpoint_sha256")
+    if a != b:
+        raise UsageError(f"train and test features come from different checkpoints ({a} vs {b}); re-extract")
+
+
 # ------------------------------------------------------------------------------------------------- bench
 
 

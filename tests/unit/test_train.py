@@ -259,10 +259,12 @@ def test_pretrain_cli_writes_the_run_folder_and_names_bad_input(digits_shards, t
     from tests.conftest import run_cli
 
     out = tmp_path / "run"
-    proc = run_cli("pretrain", "--shards", str(digits_shards), "--out", str(out), "--no-progress", *TINY, "run.max_steps=3")
+    proc = run_cli("pretrain", "--shards", str(digits_shards), "--out", str(out), "--no-progress", *TINY,
+                   "run.max_steps=3", "run.tensorboard=true")  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
     for name in ("final.pth", "done.json", "checkpoint.pth", "config.yaml", "log.jsonl"):
         assert (out / name).is_file(), name
+    assert list((out / "tb").glob("events.out.tfevents.*")), "no TensorBoard scalars"
     assert load_checkpoint(out / "final.pth")["global_step"] == 3
     bad = run_cli("pretrain", "--shards", str(tmp_path / "nope"), "--out", str(out), *TINY)
     assert bad.returncode == 1 and "manifest.json" in bad.stderr and "Traceback" not in bad.stderr

@@ -1,0 +1,142 @@
+"""Frozen features, extracted once per (checkpoint, dataset, split) and cached.
+
+A cache file holds the pooled feature (k-NN, transfer probes) and the last-n-blocks concatenation (the
+ImageNet linear protocol) as float16, the labels and sample keys, and ``meta``: the checkpoint's sha256 and
+the extraction settings. A cache whose meta differs from the request is recomputed. Extraction writes parts
+every few hundred batches, so a killed job resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from esvit.atomic import atomic_path
+from esvit.data.pipeline import eval_pipeline, make_loader, open_shards
+from esvit.data.transforms import eval_transform
+from esvit.models import Backbone
+from esvit.progress import progress
+from esvit.train.state import CheckpointError, load_checkpoint
+
+__all__ = ["load_backbone", "extract", "load_features", "file_sha256"]
+
+
+def file_sha256(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def load_backbone(checkpoint: str | Path | None, arch: str | None = None, key: str = "teacher", seed: int = 0) -> tuple[Backbone, dict[str, Any]]:
+    """The frozen backbone to evaluate, and what identifies it.
+
+    Args:
+        checkpoint: one of this project's checkpoints (its ``key`` network's backbone is used), or ``None``
+            for a randomly initialised ``arch`` (the baseline).
+        arch: required without a checkpoint; checked against the checkpoint's otherwise.
+        key: ``teacher`` (the paper's choice) or ``student``.
+        seed: initialisation seed of the random baseline.
+    """
+    if checkpoint is None:
+        if not arch:
+            raise ValueError("a random-init baseline needs --arch")
+        torch.manual_seed(seed)
+        return Backbone(arch).eval(), {"checkpoint": None, "checkpoint_sha256": f"random-init-seed{seed}", "arch": arch}
+    ckpt = load_checkpoint(checkpoint)
+    if key not in ckpt or "config" not in ckpt:
+        raise CheckpointError(
+            f"{checkpoint}: not an esvit checkpoint (keys {sorted(ckpt)[:6]}); official EsViT and timm checkpoints "
+            "need importing first"
+        )
+    ck_arch = ckpt["config"]["model"]["arch"]
+    if arch and arch != ck_arch:
+        raise CheckpointError(f"{checkpoint}: holds a {ck_arch}, not a {arch}")
+    net = Backbone(ck_arch)
+    prefix = "backbone."
+    state = {k[len(prefix) :]: v for k, v in ckpt[key].items() if k.startswith(prefix)}
+    net.load_state_dict(state, strict=True)
+    meta = {"checkpoint": str(checkpoint), "checkpoint_sha256": file_sha256(checkpoint), "arch": ck_arch,
+            "global_step": ckpt.get("global_step"), "key": key}  # fmt: skip
+    return net.eval(), meta
+
+
+@torch.no_grad()
+def extract(backbone: Backbone, shard_dir: str | Path, out: str | Path, meta: dict[str, Any], image_size: int = 224,
+            batch_size: int = 128, n_blocks: int = 4, num_workers: int = 2, device: str = "cpu",
+            part_batches: int = 200, show_progress: bool = True) -> dict[str, Any]:  # fmt: skip
+    """Extract and cache the features of one shard set.
+
+    Returns:
+        The cache dict (also written to ``out``): pooled, last_blocks (float16), labels, keys, meta.
+    """
+    out = Path(out)
+    shards = open_shards(shard_dir)
+    meta = {**meta, "shards": str(shard_dir), "shards_total": shards.total, "image_size": image_size,
+            "n_blocks": n_blocks, "transform": f"resize {round(image_size * 256 / 224)} bicubic + center crop {image_size}"}  # fmt: skip
+    if out.exists():
+        cached = load_features(out)
+        if cached["meta"] == meta:
+            return cached
+    parts_dir = out.with_name(out.name + ".parts")
+    part_meta = {**meta, "batch_size": batch_size, "num_workers": num_workers, "part_batches": part_batches}
+    parts = sorted(parts_dir.glob("part-*.pt")) if parts_dir.exists() else []
+    if parts and torch.load(parts[0], weights_only=True)["meta"] != part_meta:
+        shutil.rmtree(parts_dir)  # from other settings or another checkpoint
+        parts = []
+    parts_dir.mkdir(parents=True, exist_ok=True)
+    done_batches = len(parts) * part_batches
+    backbone = backbone.to(device).eval()
+    pipe = eval_pipeline(shards, eval_transform(image_size), batch_size)
+    n_batches = -(-shards.total // batch_size) if num_workers == 0 else None
+    bar = progress(n_batches, f"extract {Path(shard_dir).name}", unit="batch", initial=done_batches, enabled=show_progress)
+    buf: dict[str, list] = {"pooled": [], "last_blocks": [], "labels": [], "keys": []}
+
+    def flush() -> None:
+        if not buf["keys"]:
+            return
+        part = {"pooled": torch.cat(buf["pooled"]), "last_blocks": torch.cat(buf["last_blocks"]),
+                "labels": torch.cat(buf["labels"]), "keys": sum(buf["keys"], []), "meta": part_meta}  # fmt: skip
+        with atomic_path(parts_dir / f"part-{len(list(parts_dir.glob('part-*.pt'))):05d}.pt") as tmp:
+            torch.save(part, tmp)
+        for v in buf.values():
+            v.clear()
+
+    for i, (keys, images, labels) in enumerate(make_loader(pipe, num_workers)):
+        if i < done_batches:
+            continue
+        images = images.to(device)
+        buf["pooled"].append(backbone(images)[0].half().cpu())
+        buf["last_blocks"].append(backbone.last_blocks(images, n_blocks).half().cpu())
+        buf["labels"].append(labels.long())
+        buf["keys"].append(list(keys))
+        bar.update(1)
+        if (i + 1) % part_batches == 0:
+            flush()
+    flush()
+    bar.close()
+    loaded = [torch.load(p, weights_only=True) for p in sorted(parts_dir.glob("part-*.pt"))]
+    result = {k: torch.cat([p[k] for p in loaded]) for k in ("pooled", "last_blocks", "labels")}
+    result["keys"] = sum((p["keys"] for p in loaded), [])
+    result["meta"] = meta
+    if len(result["keys"]) != shards.total or len(set(result["keys"])) != shards.total:
+        raise RuntimeError(f"{shard_dir}: extracted {len(result['keys'])} samples, the manifest says {shards.total}")
+    with atomic_path(out) as tmp:
+        torch.save(result, tmp)
+    shutil.rmtree(parts_dir)
+    return result
+
+
+def load_features(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"feature cache {str(path)!r} does not exist; run `esvit extract` for it")
+    data = torch.load(path, weights_only=True)
+    if not {"pooled", "labels", "meta"} <= set(data):
+        raise ValueError(f"{path}: not an esvit feature cache")
+    return data

@@ -1,0 +1,115 @@
+"""Evaluation maths against independent references: naive k-NN, scikit-learn's LogisticRegression and metrics."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import balanced_accuracy_score
+
+from esvit.eval.knn import knn_classify
+from esvit.eval.metrics import accuracy, map_11point, mean_per_class
+from esvit.eval.probe import LAMBDA_GRID, fit_logreg, lambda_search, run_probe, standardize
+
+
+def gaussian_mixture(n: int, d: int, classes: int, seed: int, spread: float = 2.0):
+    rng = np.random.default_rng(seed)
+    centers = rng.normal(size=(classes, d)) * spread / np.sqrt(d) * 3
+    y = rng.integers(0, classes, n)
+    x = centers[y] + rng.normal(size=(n, d))
+    return torch.tensor(x, dtype=torch.float32), torch.tensor(y)
+
+
+def naive_knn(train, train_y, test, test_y, k, t):
+    train = train / train.norm(dim=1, keepdim=True)
+    test = test / test.norm(dim=1, keepdim=True)
+    hits = 0
+    for q, y in zip(test, test_y):
+        sims = [(float(q @ b), int(l)) for b, l in zip(train, train_y)]
+        sims.sort(key=lambda s: -s[0])
+        votes = {}
+        for s, l in sims[:k]:
+            votes[l] = votes.get(l, 0.0) + np.exp(s / t)
+        hits += max(votes, key=votes.get) == int(y)
+    return 100.0 * hits / len(test)
+
+
+def test_knn_matches_a_naive_implementation_with_chunking():
+    x, y = gaussian_mixture(260, 16, 5, seed=0, spread=0.7)
+    train, train_y, test, test_y = x[:200], y[:200], x[200:], y[200:]
+    got = knn_classify(train, train_y, test.half(), test_y, ks=(1, 10, 20, 250), query_chunk=7, bank_chunk=33)
+    for k in (1, 10, 20):
+        assert got[k] == pytest.approx(naive_knn(train, train_y, test, test_y, k, 0.07))
+    assert got[250] == pytest.approx(naive_knn(train, train_y, test, test_y, 200, 0.07))  # k clamped to the bank
+
+
+def test_metrics_against_references():
+    gen = torch.Generator().manual_seed(0)
+    scores = torch.randn(300, 6, generator=gen)
+    labels = torch.randint(0, 6, (300,), generator=gen)
+    assert accuracy(scores, labels) == pytest.approx(100 * float((scores.argmax(1) == labels).float().mean()))
+    assert mean_per_class(scores, labels) == pytest.approx(100 * balanced_accuracy_score(labels, scores.argmax(1)))
+    targets = (torch.rand(300, 4, generator=gen) < 0.3).long()
+    ml_scores = targets * 0.5 + torch.rand(300, 4, generator=gen)
+    ref = []
+    for c in range(4):  # VOC devkit's 11-point AP
+        order = np.argsort(-ml_scores[:, c].numpy())
+        t = targets[order, c].numpy()
+        tp, fp = np.cumsum(t), np.cumsum(1 - t)
+        rec, prec = tp / t.sum(), tp / np.maximum(tp + fp, 1e-12)
+        ref.append(np.mean([prec[rec >= r].max() if (rec >= r).any() else 0 for r in np.arange(0, 1.1, 0.1)]))
+    assert map_11point(ml_scores, targets) == pytest.approx(100 * np.mean(ref), abs=1e-4)
+
+
+def test_lambda_search_finds_the_peak_with_few_evaluations():
+    peak = 37
+    calls = []
+
+    def evaluate(i, warm):
+        calls.append(i)
+        return -abs(i - peak)
+
+    best, scores = lambda_search(evaluate)
+    assert best == peak
+    assert calls[:7] == [0, 16, 32, 48, 64, 80, 96] and len(calls) <= 7 + 8
+    assert len(LAMBDA_GRID) == 97 and LAMBDA_GRID[48] == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("lam", [1e-2, 1.0, 100.0])
+def test_fit_matches_sklearn_logistic_regression(lam):
+    x, y = gaussian_mixture(600, 20, 4, seed=1)
+    (xs,) = standardize(x)
+    ours = fit_logreg(xs, y, 4, lam, tol=1e-7)
+    ref = LogisticRegression(C=1.0 / lam, max_iter=5000, tol=1e-8).fit(xs.double().numpy(), y.numpy())
+    pred_ref = torch.tensor(ref.decision_function(xs.double().numpy()))
+    agree = (ours.logits(xs).argmax(1) == pred_ref.argmax(1)).float().mean()
+    assert agree >= 0.995
+    # the same optimum up to softmax's shift invariance: compare centred weights
+    w = ours.weight - ours.weight.mean(0)
+    w_ref = torch.tensor(ref.coef_, dtype=torch.float32)
+    w_ref = w_ref - w_ref.mean(0)
+    assert torch.allclose(w, w_ref, atol=2e-3 * max(1.0, float(w_ref.abs().max())))
+
+
+def test_probe_agrees_with_a_sklearn_search_within_half_a_point():
+    x, y = gaussian_mixture(3000, 32, 10, seed=2, spread=1.2)
+    res = run_probe(x[:2000], y[:2000], x[2000:], y[2000:])
+    # scikit-learn with the same split, standardisation and search
+    from esvit.data.sources import stratified_split
+
+    parts = stratified_split(y[:2000].numpy(), 0.2, 0)
+    fx, fy, vx, vy = x[:2000][parts["train"]], y[:2000][parts["train"]], x[:2000][parts["test"]], y[:2000][parts["test"]]
+    fxs, vxs = standardize(fx, vx)
+
+    def evaluate(i, warm):
+        m = LogisticRegression(C=1 / LAMBDA_GRID[i], max_iter=1000).fit(fxs.numpy(), fy.numpy())
+        return 100 * float((m.predict(vxs.numpy()) == vy.numpy()).mean())
+
+    best, _ = lambda_search(evaluate)
+    all_x, all_y = torch.cat([fx, vx]), torch.cat([fy, vy])
+    axs, txs = standardize(all_x, x[2000:])
+    m = LogisticRegression(C=1 / LAMBDA_GRID[best], max_iter=1000).fit(axs.numpy(), all_y.numpy())
+    ref = 100 * float((m.predict(txs.numpy()) == y[2000:].numpy()).mean())
+    assert abs(res.value - ref) <= 0.5, (res.value, ref, res.best_lambda, LAMBDA_GRID[best])
+    assert res.n_train == 1600 and res.n_val == 400 and res.n_test == 1000
