@@ -11,6 +11,8 @@ configfile: "configs/config.yaml"
 include: "workflow/rules/common.smk"
 include: "workflow/rules/shard.smk"
 include: "workflow/rules/pretrain.smk"
+include: "workflow/rules/features.smk"
+include: "workflow/rules/probe.smk"
 
 
 rule all:

@@ -262,6 +262,64 @@ def bench_train(args: argparse.Namespace) -> dict:
     }  # fmt: skip
 
 
+# ----------------------------------------------------------------------------------------------- probe
+
+
+def _probe_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--n", type=int, default=50000, help="training samples (default %(default)s)")
+    p.add_argument("--dim", type=int, default=768)
+    p.add_argument("--classes", type=int, default=100)
+    p.add_argument("--n-test", type=int, default=10000)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--sklearn-max-iter", type=int, default=1000, help="as CLIP's probe (default %(default)s)")
+
+
+@benchmark("probe", _probe_args)
+def bench_probe(args: argparse.Namespace) -> dict:
+    """The transfer probe's lambda search + refit vs scikit-learn's L-BFGS LogisticRegression, same search."""
+    import torch
+    from sklearn.linear_model import LogisticRegression
+
+    from esvit.data.sources import stratified_split
+    from esvit.eval.probe import LAMBDA_GRID, lambda_search, run_probe, standardize
+
+    torch.set_num_threads(args.threads)
+    rng = np.random.default_rng(0)
+    centers = rng.normal(size=(args.classes, args.dim)) * 0.35
+    y = rng.integers(0, args.classes, args.n + args.n_test)
+    x = (centers[y] + rng.normal(size=(len(y), args.dim))).astype(np.float32)
+    train_x, train_y = torch.from_numpy(x[: args.n]), torch.from_numpy(y[: args.n])
+    test_x, test_y = torch.from_numpy(x[args.n :]), torch.from_numpy(y[args.n :])
+
+    t0 = time.perf_counter()
+    ours = run_probe(train_x, train_y, test_x, test_y)
+    t_ours = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    parts = stratified_split(y[: args.n], 0.2, 0)
+    fx, vx = standardize(train_x[parts["train"]], train_x[parts["test"]])
+    fy, vy = y[: args.n][parts["train"]], y[: args.n][parts["test"]]
+    fits = {"n": 0}
+
+    def evaluate(i: int, warm: int | None) -> float:
+        fits["n"] += 1
+        m = LogisticRegression(C=1 / LAMBDA_GRID[i], max_iter=args.sklearn_max_iter).fit(fx.numpy(), fy)
+        return 100 * float((m.predict(vx.numpy()) == vy).mean())
+
+    best, _ = lambda_search(evaluate)
+    ax, tx = standardize(torch.cat([train_x[parts["train"]], train_x[parts["test"]]]), test_x)
+    ay = np.concatenate([fy, vy])
+    ref = LogisticRegression(C=1 / LAMBDA_GRID[best], max_iter=args.sklearn_max_iter).fit(ax.numpy(), ay)
+    ref_acc = 100 * float((ref.predict(tx.numpy()) == y[args.n :]).mean())
+    t_ref = time.perf_counter() - t0
+    return {
+        "n": args.n, "dim": args.dim, "classes": args.classes, "threads": args.threads,
+        "ours_s": round(t_ours, 1), "sklearn_s": round(t_ref, 1), "speedup": round(t_ref / t_ours, 2),
+        "ours_acc": round(ours.value, 2), "sklearn_acc": round(ref_acc, 2), "ours_lambda": ours.best_lambda,
+        "sklearn_lambda": float(LAMBDA_GRID[best]), "fits": fits["n"] + 1,
+    }  # fmt: skip
+
+
 # ----------------------------------------------------------------------------------------------- entry
 
 

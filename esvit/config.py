@@ -32,6 +32,7 @@ __all__ = [
     "ShardConfig",
     "PipelineConfig",
     "PretrainRun",
+    "EvalConfig",
     "from_dict",
     "load_config",
     "load_yaml",
@@ -87,6 +88,9 @@ class DatasetConfig:
     root: str | None = _field(None, help="Raw files of the source; null for packaged data or the default.")
     splits: list[str] = _field(["train", "test"], nonempty=True, help="Splits to shard.")
     options: dict[str, Any] = _field({}, help="Source-specific options (see `esvit sources`).")
+    metric: Literal["accuracy", "mean_per_class", "11point_mAP"] = _field(
+        "accuracy", help="Metric of its linear probe (datasets.md: accuracy, mean_per_class, 11point_mAP)."
+    )
 
 
 @dataclasses.dataclass
@@ -100,6 +104,18 @@ class PretrainRun:
 
 
 @dataclasses.dataclass
+class EvalConfig:
+    """Evaluation of every run on held-out datasets: cached features, k-NN and the linear probe."""
+
+    datasets: list[str] = _field([], help="Datasets (keys of `datasets`, with train and test splits) to evaluate on.")
+    random_init_baseline: bool = _field(True, help="Also evaluate each run's architecture at random initialisation ({run}_random).")
+    batch_size: int = _field(256, gt=0, help="Images per extraction batch.")
+    workers: int = _field(2, min=0, help="Data-loader workers per extraction job.")
+    knn_ks: list[int] = _field([10, 20, 100, 200], nonempty=True, help="k values of the k-NN (k=20 is reported).")
+    knn_temperature: float = _field(0.07, gt=0, help="Temperature of the k-NN vote weights.")
+
+
+@dataclasses.dataclass
 class PipelineConfig:
     """The workflow config: what Snakemake and the CLI read."""
 
@@ -107,6 +123,7 @@ class PipelineConfig:
     datasets: dict[str, DatasetConfig] = _field({}, nonempty=True, help="Datasets to shard, by name (lower-case letters, digits and '_').")
     shard: ShardConfig = _field(factory=ShardConfig, help="The sharding stage.")
     runs: dict[str, PretrainRun] = _field({}, help="Pretraining runs, by name (lower-case letters, digits and '_').")
+    eval: EvalConfig = _field(factory=EvalConfig, help="Evaluation of the runs.")
 
 
 # ----------------------------------------------------------------------------------------------- loading
@@ -313,6 +330,14 @@ def load_config(source: str | Path | Mapping, overrides: typing.Iterable[str] = 
 
     for name, ds in cfg.datasets.items():
         SOURCES[ds.source].check_config(ds, f"datasets.{name}")
+    for i, name in enumerate(cfg.eval.datasets):
+        if name not in cfg.datasets:
+            raise ConfigError(
+                f"eval.datasets[{i}]: unknown dataset {name!r}; known: {', '.join(cfg.datasets)}."
+                f"{_did_you_mean(name, cfg.datasets)}"
+            )
+        if not {"train", "test"} <= set(cfg.datasets[name].splits):
+            raise ConfigError(f"eval.datasets[{i}]: {name!r} needs train and test splits (has {cfg.datasets[name].splits})")
     for name, run in cfg.runs.items():
         key = f"runs.{name}"
         if run.dataset not in cfg.datasets:

@@ -10,7 +10,7 @@ import jsonschema
 import pytest
 import yaml
 
-from esvit.config import ConfigError, DatasetConfig, PipelineConfig, PretrainRun, ShardConfig, load_config
+from esvit.config import ConfigError, DatasetConfig, EvalConfig, PipelineConfig, PretrainRun, ShardConfig, load_config
 from tests.conftest import REPO, run_cli
 
 DEFAULT = yaml.safe_load((REPO / "configs/config.yaml").read_text())
@@ -23,6 +23,7 @@ def packaged_only() -> dict:
     cfg["datasets"].pop("fashion_mnist")
     for run in cfg["runs"].values():
         run["dataset"] = "mnist5k"
+    cfg["eval"]["datasets"] = [d for d in cfg["eval"]["datasets"] if d != "fashion_mnist"]
     return cfg
 
 
@@ -90,6 +91,8 @@ BAD = [
     ("run-missing-config-file", _set("runs.esvit_demo.config", "configs/pretrain/nope.yaml"), ["runs.esvit_demo.config: path 'configs/pretrain/nope.yaml' does not exist"], False),
     ("run-unknown-model", _set("runs.esvit_demo.overrides", ["model.arch=swin_tiny_w8"]), ["model.arch: unknown name 'swin_tiny_w8'", "Did you mean 'swin_tiny_w7'"], False),
     ("run-bad-training-key", _set("runs.esvit_demo.overrides", ["optim.lr=-1"]), ["runs.esvit_demo", "optim.lr must be > 0"], False),
+    ("eval-unknown-dataset", _set("eval.datasets", ["digits", "mnist"]), ["eval.datasets[1]: unknown dataset 'mnist'", "Did you mean 'mnist5k'"], False),
+    ("eval-bad-metric", _set("datasets.digits.metric", "top1"), ["datasets.digits.metric must be one of"], True),
     ("run-bad-crops", _set("runs.esvit_demo.overrides", ["crops.local_size=[96, 64]"]), ["crops.local_number [4] and crops.local_size [96, 64] must have equal lengths"], False),
 ]
 
@@ -137,10 +140,12 @@ def _schema_for(cls) -> dict:
         return props["datasets"]["additionalProperties"]["properties"]
     if cls is PretrainRun:
         return props["runs"]["additionalProperties"]["properties"]
+    if cls is EvalConfig:
+        return props["eval"]["properties"]
     return props
 
 
-@pytest.mark.parametrize("cls", [PipelineConfig, ShardConfig, DatasetConfig, PretrainRun])
+@pytest.mark.parametrize("cls", [PipelineConfig, ShardConfig, DatasetConfig, PretrainRun, EvalConfig])
 def test_schema_and_dataclasses_agree(cls):
     """Same keys, a description for each, and the same defaults (dataclass defaults vs schema defaults)."""
     schema = _schema_for(cls)

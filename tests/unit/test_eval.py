@@ -113,3 +113,76 @@ def test_probe_agrees_with_a_sklearn_search_within_half_a_point():
     ref = 100 * float((m.predict(txs.numpy()) == y[2000:].numpy()).mean())
     assert abs(res.value - ref) <= 0.5, (res.value, ref, res.best_lambda, LAMBDA_GRID[best])
     assert res.n_train == 1600 and res.n_val == 400 and res.n_test == 1000
+
+
+# ------------------------------------------------------------------------------------------ feature cache
+
+
+def test_extract_caches_every_sample_once_resumes_after_a_kill_and_invalidates(digits_shards, tmp_path):
+    import json
+
+    from esvit.eval.features import extract, load_backbone, load_features
+
+    net, meta = load_backbone(None, "swin_pico", seed=0)
+    ref = extract(net, digits_shards, tmp_path / "ref.pt", meta, image_size=32, batch_size=64, num_workers=0,
+                  part_batches=3, show_progress=False)  # fmt: skip
+    total = json.loads((digits_shards / "manifest.json").read_text())["total"]
+    assert len(ref["keys"]) == len(set(ref["keys"])) == total
+    assert ref["pooled"].dtype == torch.float16 and ref["pooled"].shape == (total, 192)
+    assert ref["last_blocks"].shape[0] == total and ref["meta"]["checkpoint_sha256"] == "random-init-seed0"
+
+    class Dying(torch.nn.Module):  # the backbone dies at its 8th batch, as a killed job would
+        def __init__(self, inner, die_at=None):
+            super().__init__()
+            self.inner, self.calls, self.die_at = inner, 0, die_at
+
+        def forward(self, x):
+            self.calls += 1
+            if self.calls == self.die_at:
+                raise KeyboardInterrupt
+            return self.inner(x)
+
+        def last_blocks(self, x, n):
+            return self.inner.last_blocks(x, n)
+
+    out = tmp_path / "f.pt"
+    with pytest.raises(KeyboardInterrupt):
+        extract(Dying(net, die_at=8), digits_shards, out, meta, image_size=32, batch_size=64, num_workers=0, part_batches=3,
+                show_progress=False)  # fmt: skip
+    assert not out.exists() and len(list((tmp_path / "f.pt.parts").glob("part-*.pt"))) == 2
+    again = Dying(net)
+    res = extract(again, digits_shards, out, meta, image_size=32, batch_size=64, num_workers=0, part_batches=3,
+                  show_progress=False)  # fmt: skip
+    assert again.calls == -(-total // 64) - 6  # the 6 batches in the parts were not recomputed
+    assert res["keys"] == ref["keys"] and torch.equal(res["pooled"], ref["pooled"])
+    assert load_features(out)["meta"] == ref["meta"]
+    net2, meta2 = load_backbone(None, "swin_pico", seed=1)  # another model: the cache is recomputed
+    res2 = extract(net2, digits_shards, out, meta2, image_size=32, batch_size=64, num_workers=0, show_progress=False)
+    assert res2["meta"]["checkpoint_sha256"] == "random-init-seed1" and not torch.equal(res2["pooled"], ref["pooled"])
+
+
+def test_cli_extract_knn_probe_write_the_metrics_contract(digits_shards, tmp_path):
+    import json
+
+    from esvit.data.shards import ShardSettings, write_shards
+    from esvit.data.sources import get_source
+    from tests.conftest import run_cli
+
+    test_shards = tmp_path / "test"
+    write_shards(get_source("digits"), "digits", "test", test_shards, ShardSettings(workers=1), progress=False)
+    for split, shards in (("train", digits_shards), ("test", test_shards)):
+        proc = run_cli("extract", "--random-init", "--arch", "swin_pico", "--shards", str(shards), "--out",
+                       str(tmp_path / f"{split}.pt"), "--image-size", "32", "--workers", "0", "--no-progress")  # fmt: skip
+        assert proc.returncode == 0, proc.stderr[-2000:]
+    for ev in ("knn", "probe"):
+        out = tmp_path / f"{ev}.json"
+        proc = run_cli(ev, "--train", str(tmp_path / "train.pt"), "--test", str(tmp_path / "test.pt"), "--out", str(out),
+                       "--run", "r", "--dataset", "digits")  # fmt: skip
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        m = json.loads(out.read_text())
+        assert {"run", "arch", "dataset", "eval", "metric_name", "value", "metrics", "n_train", "n_test", "hparams",
+                "checkpoint", "wall_s"} <= set(m)  # fmt: skip
+        assert m["eval"] == ev and m["n_train"] == 1438 and m["n_test"] == 359 and 10 < m["value"] <= 100
+    bad = run_cli("knn", "--train", str(tmp_path / "nope.pt"), "--test", str(tmp_path / "test.pt"), "--out",
+                  str(tmp_path / "x.json"), "--run", "r", "--dataset", "d")  # fmt: skip
+    assert bad.returncode == 1 and "esvit extract" in bad.stderr

@@ -101,19 +101,43 @@ TINY_TRAIN = {
 
 
 @pytest.mark.slow
-def test_pretrain_rule_runs_for_real_and_a_forced_rerun_touches_nothing_else(tmp_path):
+def test_whole_pipeline_runs_for_real_and_a_forced_rerun_touches_nothing_else(tmp_path):
+    """shard -> pretrain (2 runs) -> features -> k-NN + probe, then single-target reruns."""
     (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(TINY_TRAIN))
     cfg = small_config()
     cfg["runs"] = {
         "tiny_a": {"config": str(tmp_path / "tiny.yaml"), "dataset": "digits"},
         "tiny_b": {"config": str(tmp_path / "tiny.yaml"), "dataset": "digits", "overrides": ["loss.region_loss_weight=0"]},
     }
+    cfg["eval"] = {"datasets": ["digits"], "random_init_baseline": False, "workers": 0}
     proc = snakemake(tmp_path, "--cores", "2", config=cfg)
     assert proc.returncode == 0, proc.stderr[-4000:]
     for run in ("tiny_a", "tiny_b"):
         done = yaml.safe_load((tmp_path / "results" / "pretrain" / run / "done.json").read_text())
         assert done["global_step"] == 4 and done["arch"] == "swin_pico"
     assert yaml.safe_load((tmp_path / "results/pretrain/tiny_b/done.json").read_text())["region_loss_weight"] == 0
+    for run in ("tiny_a", "tiny_b"):
+        for ev in ("knn", "probe"):
+            m = yaml.safe_load((tmp_path / "results" / ev / run / "digits" / "metrics.json").read_text())
+            assert m["run"] == run and m["n_test"] == 359 and 0 < m["value"] <= 100
     again = snakemake(tmp_path, "-n", "--cores", "2", "results/pretrain/tiny_a/final.pth", "-f", config=cfg)
-    counts = job_counts(again.stdout + again.stderr)
-    assert counts == {"pretrain": 1}, counts
+    assert job_counts(again.stdout + again.stderr) == {"pretrain": 1}
+    again = snakemake(tmp_path, "-n", "--cores", "2", "results/probe/tiny_b/digits/metrics.json", "-f", config=cfg)
+    assert job_counts(again.stdout + again.stderr) == {"fit_linear_probe": 1}
+
+
+def test_eval_fans_out_per_model_and_dataset(tmp_path):
+    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(TINY_TRAIN))
+    cfg = small_config()
+    cfg["datasets"]["mnist5k"]["splits"] = ["train", "test"]
+    cfg["runs"] = {"tiny_a": {"config": str(tmp_path / "tiny.yaml"), "dataset": "digits"}}
+    cfg["eval"] = {"datasets": ["digits", "mnist5k"]}
+    proc = snakemake(tmp_path, "-n", "-p", "--cores", "2", config=cfg)
+    counts = job_counts(proc.stdout + proc.stderr)
+    models, datasets = 2, 2  # tiny_a and tiny_a_random
+    assert counts["extract_features"] == models * datasets * 2  # train + test
+    assert counts["knn_classify"] == counts["fit_linear_probe"] == models * datasets
+    assert counts["pretrain"] == 1 and counts["write_shards"] == 4
+    out = proc.stdout + proc.stderr
+    assert "--random-init --arch swin_pico --image-size 32" in out
+    assert "--checkpoint results/pretrain/tiny_a/final.pth --image-size 32" in out

@@ -24,4 +24,4 @@ rule pretrain:
     localrule: True
     shell:
         "python -m esvit pretrain --config {params.config} --shards $(dirname {input.manifest})"
-        " --out {params.out} --no-progress {params.overrides} > {log} 2>&1"
+        " --out {params.out} {params.overrides} > {log} 2>&1"

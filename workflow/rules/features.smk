@@ -1,0 +1,24 @@
+# Frozen features, once per (model, dataset, split): every k-NN and probe reads this cache.
+
+
+rule extract_features:
+    input:
+        unpack(eval_model_inputs),
+    output:
+        features=ensure("results/features/{run}/{dataset}/{split}.pt", non_empty=True),
+    log:
+        "results/logs/features/{run}/{dataset}/{split}.log",
+    benchmark:
+        "results/benchmarks/features/{run}/{dataset}/{split}.tsv"
+    params:
+        model=eval_model_args,
+        batch_size=lookup(dpath="eval/batch_size", within=config, default=256),
+        workers=lookup(dpath="eval/workers", within=config, default=2),
+    threads: 2
+    resources:
+        mem_mb=8000,
+        runtime=240,
+        gpu=1,
+    shell:
+        "python -m esvit extract {params.model} --shards $(dirname {input.manifest}) --out {output.features}"
+        " --batch-size {params.batch_size} --workers {params.workers} > {log} 2>&1"
