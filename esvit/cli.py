@@ -255,6 +255,39 @@ def _check_same_source(train: dict, test: dict) -> None:
         raise UsageError(f"train and test features come from different checkpoints ({a} vs {b}); re-extract")
 
 
+# ------------------------------------------------------------------------------------------- interop
+
+
+def _import_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--official", required=True, help="an official EsViT checkpoint (checkpoint.pth from microsoft/esvit)")
+    p.add_argument("--arch", required=True, help="its architecture, e.g. swin_tiny_w7, swin_base_w14")
+    p.add_argument("--out", required=True, help="the converted checkpoint, usable by esvit extract --checkpoint")
+    p.add_argument("--key", default="teacher", choices=["teacher", "student"])
+
+
+@command("import", "convert an official EsViT checkpoint (teacher backbone) for esvit extract", _import_args)
+def run_import(args: argparse.Namespace) -> int:
+    from esvit.models.checkpoint import import_official
+
+    print(f"import: {import_official(args.official, args.arch, args.out, args.key)}")
+    return 0
+
+
+def _export_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--checkpoint", required=True, help="an esvit checkpoint (final.pth)")
+    p.add_argument("--out", required=True, help="backbone state dict for timm")
+    p.add_argument("--key", default="teacher", choices=["teacher", "student"])
+
+
+@command("export", "write a checkpoint's backbone as a timm state dict (timm.create_model(..., num_classes=0))", _export_args)
+def run_export(args: argparse.Namespace) -> int:
+    from esvit.models.checkpoint import export_backbone
+
+    out, name = export_backbone(args.checkpoint, args.out, args.key)
+    print(f"export: {out}  (timm.create_model({name!r}, num_classes=0, checkpoint_path={str(out)!r}))")
+    return 0
+
+
 # ------------------------------------------------------------------------------------------------- bench
 
 
@@ -279,7 +312,7 @@ class UsageError(ValueError):
 
 
 def _training_errors() -> tuple[type[Exception], ...]:
-    if "esvit.train.loop" not in sys.modules:  # only imported (with torch) when a command needed it
+    if "esvit.train.state" not in sys.modules:  # only imported (with torch) when a command needed it
         return ()
     from esvit.train.loop import TrainingError
     from esvit.train.state import CheckpointError
