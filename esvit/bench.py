@@ -271,6 +271,7 @@ def _probe_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--classes", type=int, default=100)
     p.add_argument("--n-test", type=int, default=10000)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--separation", type=float, default=0.06, help="class-centre scale (default %(default)s: ~80 %% accuracy)")
     p.add_argument("--sklearn-max-iter", type=int, default=1000, help="as CLIP's probe (default %(default)s)")
 
 
@@ -285,7 +286,7 @@ def bench_probe(args: argparse.Namespace) -> dict:
 
     torch.set_num_threads(args.threads)
     rng = np.random.default_rng(0)
-    centers = rng.normal(size=(args.classes, args.dim)) * 0.35
+    centers = rng.normal(size=(args.classes, args.dim)) * args.separation
     y = rng.integers(0, args.classes, args.n + args.n_test)
     x = (centers[y] + rng.normal(size=(len(y), args.dim))).astype(np.float32)
     train_x, train_y = torch.from_numpy(x[: args.n]), torch.from_numpy(y[: args.n])

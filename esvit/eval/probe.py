@@ -56,7 +56,12 @@ def fit_logreg(x: torch.Tensor, y: torch.Tensor, n_classes: int, lam: float, ini
     """
     n, d = x.shape
     w = (init.weight.clone() if init else torch.zeros(n_classes, d, dtype=x.dtype, device=x.device)).requires_grad_()
-    b = (init.bias.clone() if init else torch.zeros(n_classes, dtype=x.dtype, device=x.device)).requires_grad_()
+    if init is None:  # the optimum for W = 0: log class priors (the strong-regularisation end of the path)
+        prior = torch.bincount(y, minlength=n_classes).to(x.dtype).clamp_min(0.5) / n
+        b = prior.log().to(x.device)
+    else:
+        b = init.bias.clone()
+    b.requires_grad_()
     opt = torch.optim.LBFGS([w, b], lr=1, max_iter=max_iter, history_size=20, line_search_fn="strong_wolfe",
                             tolerance_grad=tol, tolerance_change=1e-12)  # fmt: skip
 
@@ -82,8 +87,8 @@ def lambda_search(evaluate: Callable[[int, int | None], float], n_grid: int = le
     """
     scores: dict[int, float] = {}
     last = None
-    for i in range(0, n_grid, 16):  # 1e-6, 1e-4, ..., 1e6
-        scores[i] = evaluate(i, last)
+    for i in reversed(range(0, n_grid, 16)):  # 1e6, 1e4, ..., 1e-6: a regularisation path, each fit warm-
+        scores[i] = evaluate(i, last)  # started from the stronger-regularised one before it (few iterations)
         last = i
     best = max(scores, key=lambda i: (scores[i], i))
     step = 8

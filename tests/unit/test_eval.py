@@ -72,7 +72,7 @@ def test_lambda_search_finds_the_peak_with_few_evaluations():
 
     best, scores = lambda_search(evaluate)
     assert best == peak
-    assert calls[:7] == [0, 16, 32, 48, 64, 80, 96] and len(calls) <= 7 + 8
+    assert calls[:7] == [96, 80, 64, 48, 32, 16, 0] and len(calls) <= 7 + 8
     assert len(LAMBDA_GRID) == 97 and LAMBDA_GRID[48] == pytest.approx(1.0)
 
 
