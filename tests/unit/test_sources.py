@@ -115,3 +115,22 @@ def test_torchvision_missing_files_say_where(tmp_path):
     src = get_source("torchvision", str(tmp_path), {"class": "MNIST", "splits": {"train": {"train": True}}})
     with pytest.raises(SourceError, match="MNIST not found under"):
         src.records("train")
+
+
+def test_transfer_registry_matches_the_reference_table():
+    import csv
+
+    import yaml
+
+    from tests.conftest import REPO
+
+    registry = yaml.safe_load((REPO / "configs/datasets.yaml").read_text())
+    rows = {r["key"]: r for r in csv.DictReader((REPO / "configs/reference/transfer_datasets.csv").open())}
+    assert set(registry) == set(rows) and len(registry) == 18
+    import torchvision.datasets as tvd
+
+    for key, entry in registry.items():
+        assert entry["classes"] == int(rows[key]["num_classes"]), key
+        assert entry["metric"] == rows[key]["metric"], key
+        assert entry["class"] is None or hasattr(tvd, entry["class"]), key
+        assert entry["layout"] and entry["download"], key
