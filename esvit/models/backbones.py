@@ -14,7 +14,7 @@ The EsViT variants are registered with timm (``esvit_swin_tiny_w7``, ..., ``esvi
 from __future__ import annotations
 
 from functools import partial
-from typing import Any, Callable
+from typing import Any
 
 import timm
 import torch

@@ -21,6 +21,7 @@ import torch
 import torch.nn as nn
 
 from esvit.atomic import atomic_write_json, atomic_write_text
+from esvit.config import to_dict
 from esvit.data.pipeline import make_loader, open_shards, train_pipeline
 from esvit.data.transforms import MultiCropAugmentation
 from esvit.launch.distributed import DistInfo, init_distributed
@@ -172,7 +173,7 @@ class Trainer:
             "global_step": self.global_step,
             "iters_per_epoch": self.iters_per_epoch,
             "rng": rng_state(),
-            "config": json.loads(json.dumps(_plain(self.cfg))),
+            "config": json.loads(json.dumps(to_dict(self.cfg))),
         }
 
     def load_state(self, ckpt: dict[str, Any], path: Path) -> None:
@@ -253,12 +254,6 @@ class Trainer:
         self.global_step += 1
         self.it += 1
         return StepStats(loss.item(), parts.view.item(), parts.region.item() if parts.region is not None else None)
-
-
-def _plain(obj: Any) -> Any:
-    import dataclasses
-
-    return dataclasses.asdict(obj) if dataclasses.is_dataclass(obj) else obj
 
 
 # --------------------------------------------------------------------------------------------------- train
