@@ -11,7 +11,7 @@ install:
 ## Run the whole pipeline on the embedded default config (real data, CPU, minutes).
 demo: install
 	snakemake --profile cluster_profiles/local
-	@echo "demo: shards are in data/shards/; logs in results/logs/"
+	@echo "demo: shards in data/shards/, runs in results/pretrain/, metrics in results/knn/ and results/probe/, logs in results/logs/"
 
 ## The whole test suite (what CI runs).
 test: install
