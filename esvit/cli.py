@@ -165,14 +165,11 @@ def _extract_args(p: argparse.ArgumentParser) -> None:
 @command("extract", "cache frozen teacher features (pooled + last-4-blocks) of one shard set", _extract_args)
 def run_extract(args: argparse.Namespace) -> int:
     from esvit.eval.features import extract, load_backbone
-    from esvit.train.state import load_checkpoint
 
     if bool(args.checkpoint) == args.random_init:
         raise UsageError("give exactly one of --checkpoint or --random-init")
     backbone, meta = load_backbone(args.checkpoint, args.arch, seed=args.seed)
-    size = args.image_size
-    if size is None:
-        size = load_checkpoint(args.checkpoint)["config"]["crops"]["global_size"] if args.checkpoint else 224
+    size = args.image_size or meta.get("train_crop_size", 224)
     res = extract(backbone, args.shards, args.out, meta, image_size=size, batch_size=args.batch_size,
                   num_workers=args.workers, device=args.device, show_progress=not args.no_progress)  # fmt: skip
     print(f"extract: {len(res['keys'])} samples, pooled {tuple(res['pooled'].shape)}, "

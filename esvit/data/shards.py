@@ -34,7 +34,7 @@ from esvit import __version__
 from esvit.atomic import atomic_write_json
 from esvit.data.sources import Record, Source
 
-__all__ = ["ShardError", "ShardSettings", "write_shards", "verify_shards", "shard_pattern", "check_image"]
+__all__ = ["ShardError", "ShardSettings", "write_shards", "verify_shards", "shard_pattern", "check_image", "file_sha256"]
 
 MANIFEST = "manifest.json"
 TAR_BLOCK = 512
@@ -354,6 +354,15 @@ def write_shards(
 # ---------------------------------------------------------------------------------------------- the verifier
 
 
+def file_sha256(path: str | Path) -> str:
+    """sha256 of a file, read in 1 MB blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 def load_manifest(shard_dir: str | Path) -> dict:
     path = Path(shard_dir) / MANIFEST
     if not path.is_file():
@@ -396,12 +405,9 @@ def verify_shards(shard_dir: str | Path, deep: bool = True) -> list[str]:
         if not deep:
             total += s["count"]
             continue
-        h = hashlib.sha256()
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
-        if h.hexdigest() != s["sha256"]:
-            problems.append(f"{s['name']}: sha256 {h.hexdigest()[:12]}... differs from the manifest's {s['sha256'][:12]}...")
+        digest = file_sha256(path)
+        if digest != s["sha256"]:
+            problems.append(f"{s['name']}: sha256 {digest[:12]}... differs from the manifest's {s['sha256'][:12]}...")
             continue
         try:
             with tarfile.open(path) as tf:

@@ -8,7 +8,6 @@ every few hundred batches, so a killed job resumes where it stopped.
 
 from __future__ import annotations
 
-import hashlib
 import shutil
 from pathlib import Path
 from typing import Any
@@ -17,20 +16,14 @@ import torch
 
 from esvit.atomic import atomic_path
 from esvit.data.pipeline import eval_pipeline, make_loader, open_shards
+from esvit.data.shards import file_sha256
 from esvit.data.transforms import eval_transform
 from esvit.models import Backbone
 from esvit.progress import progress
+from esvit.models.checkpoint import backbone_state
 from esvit.train.state import CheckpointError, load_checkpoint
 
-__all__ = ["load_backbone", "extract", "load_features", "file_sha256"]
-
-
-def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+__all__ = ["load_backbone", "extract", "load_features"]
 
 
 def load_backbone(checkpoint: str | Path | None, arch: str | None = None, key: str = "teacher", seed: int = 0) -> tuple[Backbone, dict[str, Any]]:
@@ -49,20 +42,17 @@ def load_backbone(checkpoint: str | Path | None, arch: str | None = None, key: s
         torch.manual_seed(seed)
         return Backbone(arch).eval(), {"checkpoint": None, "checkpoint_sha256": f"random-init-seed{seed}", "arch": arch}
     ckpt = load_checkpoint(checkpoint)
-    if key not in ckpt or "config" not in ckpt:
-        raise CheckpointError(
-            f"{checkpoint}: not an esvit checkpoint (keys {sorted(ckpt)[:6]}); official EsViT and timm checkpoints "
-            "need importing first"
-        )
+    state = backbone_state(ckpt, key, checkpoint)
     ck_arch = ckpt["config"]["model"]["arch"]
     if arch and arch != ck_arch:
         raise CheckpointError(f"{checkpoint}: holds a {ck_arch}, not a {arch}")
     net = Backbone(ck_arch)
-    prefix = "backbone."
-    state = {k[len(prefix) :]: v for k, v in ckpt[key].items() if k.startswith(prefix)}
-    net.load_state_dict(state, strict=True)
+    net.net.load_state_dict(state, strict=True)
     meta = {"checkpoint": str(checkpoint), "checkpoint_sha256": file_sha256(checkpoint), "arch": ck_arch,
             "global_step": ckpt.get("global_step"), "key": key}  # fmt: skip
+    crop = ckpt["config"].get("crops", {}).get("global_size")
+    if crop:
+        meta["train_crop_size"] = int(crop)  # the default evaluation size
     return net.eval(), meta
 
 

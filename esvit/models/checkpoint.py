@@ -16,7 +16,7 @@ from esvit.atomic import atomic_path
 from esvit.models.backbones import ARCHS, Backbone
 from esvit.train.state import CheckpointError, load_checkpoint, save_checkpoint
 
-__all__ = ["filter_state_dict", "import_official", "export_backbone"]
+__all__ = ["filter_state_dict", "import_official", "export_backbone", "backbone_state"]
 
 _PREFIXES = ("module.", "backbone.")
 
@@ -74,6 +74,20 @@ def import_official(path: str | Path, arch: str, out: str | Path, key: str = "te
     return Path(out)
 
 
+def backbone_state(ckpt: dict, key: str, path: str | Path) -> dict[str, torch.Tensor]:
+    """The timm state dict of the ``key`` network's backbone in one of this project's checkpoints."""
+    if key not in ckpt or "config" not in ckpt:
+        raise CheckpointError(
+            f"{path}: not an esvit checkpoint (keys {sorted(ckpt)[:6]}); official EsViT checkpoints need "
+            "`esvit import` first"
+        )
+    prefix = "backbone.net."
+    state = {k[len(prefix) :]: v for k, v in ckpt[key].items() if k.startswith(prefix)}
+    if not state:
+        raise CheckpointError(f"{path}: its {key!r} holds no backbone weights")
+    return state
+
+
 def export_backbone(checkpoint: str | Path, out: str | Path, key: str = "teacher") -> tuple[Path, str]:
     """Write the backbone of one of this project's checkpoints as a plain timm state dict.
 
@@ -81,12 +95,7 @@ def export_backbone(checkpoint: str | Path, out: str | Path, key: str = "teacher
         (``out``, the timm model name): ``timm.create_model(name, num_classes=0)`` loads it with strict=True.
     """
     ckpt = load_checkpoint(checkpoint)
-    if key not in ckpt or "config" not in ckpt:
-        raise CheckpointError(f"{checkpoint}: not an esvit checkpoint (keys {sorted(ckpt)[:6]})")
-    prefix = "backbone.net."
-    state = {k[len(prefix) :]: v for k, v in ckpt[key].items() if k.startswith(prefix)}
-    if not state:
-        raise CheckpointError(f"{checkpoint}: its {key!r} holds no backbone weights")
+    state = backbone_state(ckpt, key, checkpoint)
     with atomic_path(out) as tmp:  # a bare state dict: nothing but the timm model's keys
         torch.save(state, tmp)
     return Path(out), ARCHS[ckpt["config"]["model"]["arch"]][0]
