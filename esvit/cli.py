@@ -215,6 +215,8 @@ def run_knn(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     train, test = load_features(args.train), load_features(args.test)
     _check_same_source(train, test)
+    if train["meta"].get("multilabel"):
+        raise UsageError(f"{args.train} is multi-label (a VOC-style set); k-NN classification does not apply, use `esvit probe`")
     ks = tuple(int(k) for k in args.ks.split(","))
     acc = knn_classify(train["pooled"], train["labels"], test["pooled"], test["labels"], ks, args.temperature)
     best_k = 20 if 20 in acc else ks[0]
@@ -238,12 +240,68 @@ def run_probe_cmd(args: argparse.Namespace) -> int:
     train, test = load_features(args.train), load_features(args.test)
     _check_same_source(train, test)
     val = load_features(args.val) if args.val else None
-    res = run_probe(train["pooled"], train["labels"], test["pooled"], test["labels"], args.metric,
-                    val["pooled"] if val else None, val["labels"] if val else None, device=args.device)  # fmt: skip
+    if train["meta"].get("multilabel") and args.metric != "11point_mAP":
+        raise UsageError(f"{args.train} is multi-label (a VOC-style set): use --metric 11point_mAP")
+    res = run_probe(train["pooled"], _targets(train), test["pooled"], _targets(test), args.metric,
+                    val["pooled"] if val else None, _targets(val) if val else None, device=args.device)  # fmt: skip
     _write_metrics(args, "probe", args.metric, res.value, {args.metric: res.value},
                    {"lambda": res.best_lambda, "val_scores": res.val_scores, "n_fit": res.n_train, "n_val": res.n_val},
                    train, test, res.wall_s)  # fmt: skip
     return 0
+
+
+def _linear_args(p: argparse.ArgumentParser) -> None:
+    _metrics_args(p)
+    p.add_argument("--mode", choices=["fast", "paper"], default="fast",
+                   help="fast: cached centre-crop features; paper: augmented views through the frozen backbone")  # fmt: skip
+    p.add_argument("--shards", help="training shard folder (paper mode)")
+    p.add_argument("--epochs", type=int, default=100)
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--lr", type=float, default=1e-3, help="base lr, scaled by batch / 256 (default %(default)s)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--workers", type=int, default=2, help="data-loader workers (paper mode)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--no-progress", action="store_true")
+
+
+@command("linear", "the ImageNet linear protocol (SGD on the last-4-blocks features) -> metrics JSON", _linear_args)
+def run_linear(args: argparse.Namespace) -> int:
+    from esvit.eval.features import load_backbone, load_features
+    from esvit.eval.linear import linear_fast, linear_paper
+
+    train, test = load_features(args.train), load_features(args.test)
+    _check_same_source(train, test)
+    for name, cache in (("train", train), ("test", test)):
+        if "last_blocks" not in cache:
+            raise UsageError(f"{name} feature cache has no last_blocks; re-extract it with `esvit extract`")
+    kw = dict(epochs=args.epochs, batch_size=args.batch_size, base_lr=args.lr, seed=args.seed, show_progress=not args.no_progress)
+    if args.mode == "fast":
+        res = linear_fast(train["last_blocks"], train["labels"], test["last_blocks"], test["labels"], **kw)
+    else:
+        if not args.shards:
+            raise UsageError("--mode paper needs --shards (the training split's shard folder)")
+        meta = train["meta"]
+        backbone, now = load_backbone(meta.get("checkpoint"), meta["arch"], seed=meta.get("seed", 0))
+        if now["checkpoint_sha256"] != meta["checkpoint_sha256"]:
+            raise UsageError(f"{meta['checkpoint']} changed since {args.train} was extracted; re-extract the features")
+        res = linear_paper(backbone, args.shards, test["last_blocks"], test["labels"], image_size=meta["image_size"],
+                           n_blocks=meta["n_blocks"], num_workers=args.workers, device=args.device, **kw)  # fmt: skip
+    _write_metrics(args, f"linear_{args.mode}", "top1", res.top1, {"top1": res.top1, "best_top1": res.best_top1,
+                   "best_epoch": res.best_epoch, "history": res.history},
+                   {"mode": args.mode, "epochs": res.epochs, "batch_size": args.batch_size, "lr": res.lr, "n_blocks": train["meta"].get("n_blocks")},
+                   train, test, res.wall_s)  # fmt: skip
+    return 0
+
+
+def _targets(cache: dict):
+    """Class indices, or multi-hot targets for a multi-label set (stored as bit masks, see esvit.data.transfer)."""
+    import torch
+
+    from esvit.data.transfer import decode_multilabel
+
+    if not cache["meta"].get("multilabel"):
+        return cache["labels"]
+    return torch.from_numpy(decode_multilabel(cache["labels"].numpy(), cache["meta"]["num_classes"]))
 
 
 def _check_same_source(train: dict, test: dict) -> None:

@@ -63,6 +63,12 @@ def _source_names() -> tuple[str, ...]:
     return tuple(sorted(SOURCES))
 
 
+def _archs() -> tuple[str, ...]:
+    from esvit.models.backbones import ARCHS
+
+    return tuple(ARCHS)
+
+
 @dataclasses.dataclass
 class ShardConfig:
     """The sharding stage (``esvit shard``)."""
@@ -89,18 +95,23 @@ class DatasetConfig:
     splits: list[str] = _field(["train", "test"], nonempty=True, help="Splits to shard.")
     options: dict[str, Any] = _field({}, help="Source-specific options (see `esvit sources`).")
     metric: Literal["accuracy", "mean_per_class", "11point_mAP"] = _field(
-        "accuracy", help="Metric of its linear probe (datasets.md: accuracy, mean_per_class, 11point_mAP)."
+        "accuracy", help="Metric of its linear probe (datasets.md: accuracy, mean_per_class, 11point_mAP); transfer sets default to the registry's."
     )
 
 
 @dataclasses.dataclass
 class PretrainRun:
-    """One pretraining run: a training config (a diff on the paper defaults) and the data it reads."""
+    """One run to evaluate: a pretraining (a training config, a diff on the paper defaults, and the data it
+    reads), or a released checkpoint evaluated as it is (``checkpoint`` + ``arch``, no pretraining)."""
 
-    config: str = _field(path="exists", help="Training config YAML (configs/pretrain/*.yaml, configs/paper/*.yaml).")
-    dataset: str = _field(help="Dataset (a key of `datasets`) whose shards it trains on.")
+    config: str | None = _field(None, path="exists", help="Training config YAML (configs/pretrain/*.yaml, configs/paper/*.yaml); or give checkpoint.")
+    dataset: str | None = _field(None, help="Dataset (a key of `datasets`) whose shards it trains on (with config).")
     split: str = _field("train", help="Split of that dataset.")
     overrides: list[str] = _field([], help="Training-config overrides, key.sub=value.")
+    checkpoint: str | None = _field(None, path="exists", help="A released checkpoint to evaluate without pretraining (instead of config).")
+    checkpoint_format: Literal["official", "esvit"] = _field("official", help="official: microsoft/esvit checkpoint.pth (imported with `esvit import`); esvit: this project's.")
+    arch: str | None = _field(None, choices=_archs, help="Architecture of checkpoint (esvit.models.ARCHS).")
+    image_size: int = _field(224, gt=0, help="Evaluation crop size of checkpoint.")
 
 
 @dataclasses.dataclass
@@ -113,6 +124,11 @@ class EvalConfig:
     workers: int = _field(2, min=0, help="Data-loader workers per extraction job.")
     knn_ks: list[int] = _field([10, 20, 100, 200], nonempty=True, help="k values of the k-NN (k=20 is reported).")
     knn_temperature: float = _field(0.07, gt=0, help="Temperature of the k-NN vote weights.")
+    linear_datasets: list[str] = _field([], help="Datasets (keys of `datasets`) for the ImageNet linear protocol on the last-4-blocks features.")
+    linear_mode: Literal["fast", "paper"] = _field("fast", help="fast: cached centre-crop features; paper: augmented views through the frozen backbone.")
+    linear_epochs: int = _field(100, gt=0, help="Epochs of the linear protocol (paper: 100).")
+    linear_lr: float = _field(1e-3, gt=0, help="Base learning rate of the linear protocol, scaled by batch / 256.")
+    linear_batch_size: int = _field(256, gt=0, help="Batch size of the linear protocol.")
 
 
 @dataclasses.dataclass
@@ -227,13 +243,13 @@ def _check_meta(value: Any, meta: Mapping[str, Any], key: str) -> None:
         raise ConfigError(f"{key} must be <= {meta['max']} (got {value!r})")
     if meta.get("nonempty") and len(value) == 0:
         raise ConfigError(f"{key} must not be empty")
-    if "choices" in meta:
+    if "choices" in meta and value is not None:
         choices = meta["choices"]() if callable(meta["choices"]) else meta["choices"]
         if value not in choices:
             raise ConfigError(
                 f"{key}: unknown name {value!r}; known: {', '.join(choices)}.{_did_you_mean(value, choices)}"
             )
-    if meta.get("path") == "exists" and not Path(value).exists():
+    if meta.get("path") == "exists" and value is not None and not Path(value).exists():
         raise ConfigError(f"{key}: path {value!r} does not exist; create it or point {key} at the right place")
 
 
@@ -330,16 +346,27 @@ def load_config(source: str | Path | Mapping, overrides: typing.Iterable[str] = 
 
     for name, ds in cfg.datasets.items():
         SOURCES[ds.source].check_config(ds, f"datasets.{name}")
-    for i, name in enumerate(cfg.eval.datasets):
+        entry = getattr(SOURCES[ds.source], "entry", None)  # a transfer set: its registry metric by default
+        if entry and "metric" not in (data["datasets"][name] or {}):
+            ds.metric = entry["metric"]
+    for i, name in [(f"datasets[{i}]", n) for i, n in enumerate(cfg.eval.datasets)] + [
+            (f"linear_datasets[{i}]", n) for i, n in enumerate(cfg.eval.linear_datasets)]:  # fmt: skip
         if name not in cfg.datasets:
             raise ConfigError(
-                f"eval.datasets[{i}]: unknown dataset {name!r}; known: {', '.join(cfg.datasets)}."
+                f"eval.{i}: unknown dataset {name!r}; known: {', '.join(cfg.datasets)}."
                 f"{_did_you_mean(name, cfg.datasets)}"
             )
-        if not {"train", "test"} <= set(cfg.datasets[name].splits):
-            raise ConfigError(f"eval.datasets[{i}]: {name!r} needs train and test splits (has {cfg.datasets[name].splits})")
+        splits = set(cfg.datasets[name].splits)
+        if "train" not in splits or not splits & {"test", "val"}:
+            raise ConfigError(f"eval.{i}: {name!r} needs a train and a test (or val) split (has {cfg.datasets[name].splits})")
     for name, run in cfg.runs.items():
         key = f"runs.{name}"
+        if (run.config is None) == (run.checkpoint is None):
+            raise ConfigError(f"{key}: give either config (+ dataset) to pretrain, or checkpoint (+ arch) to evaluate a released one")
+        if run.checkpoint is not None:
+            if run.arch is None:
+                raise ConfigError(f"{key}.arch is required with checkpoint (e.g. swin_tiny_w7)")
+            continue
         if run.dataset not in cfg.datasets:
             raise ConfigError(
                 f"{key}.dataset: unknown dataset {run.dataset!r}; known: {', '.join(cfg.datasets)}."

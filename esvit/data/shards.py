@@ -330,6 +330,7 @@ def write_shards(
         "split": split,
         "classes": classes,
         "num_classes": len(classes),
+        "multilabel": bool(getattr(source, "multilabel", False)),  # then cls is a bit mask of the classes
         "total": sum(s["count"] for s in shards),
         "shards": shards,
         "bad": bad,

@@ -78,6 +78,7 @@ class Source:
 
     name: ClassVar[str]
     needs_root: ClassVar[bool] = True
+    root_must_exist: ClassVar[bool] = True  # checked when the config loads
     default_root: ClassVar[str | None] = None
     options: ClassVar[dict[str, Any]] = {}
     doc: ClassVar[str] = ""
@@ -102,7 +103,7 @@ class Source:
         root = ds.root or cls.default_root
         if cls.needs_root and not root:
             raise ConfigError(f"{key}.root is required for source {cls.name!r}. {cls.missing_hint}")
-        if cls.needs_root and not Path(root).exists():
+        if cls.needs_root and cls.root_must_exist and not Path(root).exists():
             raise ConfigError(f"{key}.root: path {root!r} does not exist. {cls.missing_hint}")
         allowed = cls.split_names(ds)
         if allowed is not None:
@@ -222,9 +223,14 @@ class TorchvisionSource(Source):
     def _dataset(self, split: str):
         import torchvision.datasets as tvd
 
+        import inspect
+
         kwargs = dict(self.opts["splits"].get(split, {}))
+        cls = getattr(tvd, self.opts["class"])
+        if "download" in inspect.signature(cls).parameters:  # FER2013 has no downloader
+            kwargs["download"] = False
         try:
-            return getattr(tvd, self.opts["class"])(root=str(self.root), download=False, **kwargs)
+            return cls(root=str(self.root), **kwargs)
         except (RuntimeError, FileNotFoundError) as exc:
             raise SourceError(
                 f"torchvision {self.opts['class']} not found under {str(self.root)!r} ({exc}). "

@@ -40,7 +40,7 @@ def load_backbone(checkpoint: str | Path | None, arch: str | None = None, key: s
         if not arch:
             raise ValueError("a random-init baseline needs --arch")
         torch.manual_seed(seed)
-        return Backbone(arch).eval(), {"checkpoint": None, "checkpoint_sha256": f"random-init-seed{seed}", "arch": arch}
+        return Backbone(arch).eval(), {"checkpoint": None, "checkpoint_sha256": f"random-init-seed{seed}", "arch": arch, "seed": seed}
     ckpt = load_checkpoint(checkpoint)
     state = backbone_state(ckpt, key, checkpoint)
     ck_arch = ckpt["config"]["model"]["arch"]
@@ -67,7 +67,8 @@ def extract(backbone: Backbone, shard_dir: str | Path, out: str | Path, meta: di
     """
     out = Path(out)
     shards = open_shards(shard_dir)
-    meta = {**meta, "shards": str(shard_dir), "shards_total": shards.total, "image_size": image_size,
+    meta = {**meta, "shards": str(shard_dir), "shards_total": shards.total, "num_classes": shards.manifest.get("num_classes"),
+            "multilabel": bool(shards.manifest.get("multilabel", False)), "image_size": image_size,
             "n_blocks": n_blocks, "transform": f"resize {round(image_size * 256 / 224)} bicubic + center crop {image_size}"}  # fmt: skip
     if out.exists():
         cached = load_features(out)

@@ -49,14 +49,19 @@ def fit_logreg(x: torch.Tensor, y: torch.Tensor, n_classes: int, lam: float, ini
     """Minimise sum CE + lam/2 ||W||^2 with L-BFGS (strong Wolfe line search).
 
     Args:
-        x: [N, D] float32 features; y: [N] int labels.
+        x: [N, D] float32 features; y: [N] int labels, or [N, C] multi-hot float targets (multi-label: one
+            binary logistic regression per class, all with the same lambda, summed).
         lam: the L2 strength (scikit-learn's 1 / C).
         init: warm start.
         max_iter: L-BFGS iterations at most; tol: stop when the max-abs gradient, relative to N, is below it.
     """
     n, d = x.shape
     w = (init.weight.clone() if init else torch.zeros(n_classes, d, dtype=x.dtype, device=x.device)).requires_grad_()
-    if init is None:  # the optimum for W = 0: log class priors (the strong-regularisation end of the path)
+    multilabel = y.ndim == 2
+    if init is None and multilabel:  # the optimum for W = 0: the logit of each class's frequency
+        freq = ((y.sum(0) + 0.5) / (n + 1)).to(x.dtype)
+        b = (freq.log() - (1 - freq).log()).to(x.device)
+    elif init is None:  # the optimum for W = 0: log class priors (the strong-regularisation end of the path)
         prior = torch.bincount(y, minlength=n_classes).to(x.dtype).clamp_min(0.5) / n
         b = prior.log().to(x.device)
     else:
@@ -68,7 +73,10 @@ def fit_logreg(x: torch.Tensor, y: torch.Tensor, n_classes: int, lam: float, ini
     def closure() -> torch.Tensor:
         opt.zero_grad()
         # scaled by 1/N so tolerances do not depend on the dataset size; the minimiser is the same
-        loss = F.cross_entropy(x @ w.T + b, y, reduction="mean") + lam / (2 * n) * (w * w).sum()
+        logits = x @ w.T + b
+        data = (F.binary_cross_entropy_with_logits(logits, y, reduction="sum") / n if multilabel
+                else F.cross_entropy(logits, y, reduction="mean"))  # fmt: skip
+        loss = data + lam / (2 * n) * (w * w).sum()
         loss.backward()
         return loss
 
@@ -116,7 +124,10 @@ class ProbeResult:
 def run_probe(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor, test_y: torch.Tensor,
               metric: str = "accuracy", val_x: torch.Tensor | None = None, val_y: torch.Tensor | None = None,
               val_fraction: float = 0.2, seed: int = 0, device: str = "cpu") -> ProbeResult:  # fmt: skip
-    """The whole protocol: split (if no val), standardise, search lambda, refit on train + val, score test."""
+    """The whole protocol: split (if no val), standardise, search lambda, refit on train + val, score test.
+
+    Labels are [N] class indices, or [N, C] multi-hot targets for multi-label sets (metric 11point_mAP).
+    """
     t0 = time.perf_counter()
     if metric not in METRICS:
         raise ValueError(f"unknown metric {metric!r}; known: {', '.join(METRICS)}")
@@ -124,15 +135,23 @@ def run_probe(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor
     for name, t in (("train features", train_x), ("test features", test_x)):
         if not torch.isfinite(t).all():
             raise ValueError(f"{name} hold non-finite values; re-extract them")
+    multilabel = train_y.ndim == 2
+    if multilabel:
+        train_y, test_y = train_y.float(), test_y.float()
     if val_x is None:
         from esvit.data.sources import stratified_split
 
-        parts = stratified_split(train_y.numpy(), val_fraction, seed)
-        tr, va = torch.from_numpy(parts["train"]), torch.from_numpy(parts["test"])
+        if multilabel:  # no single class to stratify on: a seeded random fraction
+            perm = torch.from_numpy(np.random.default_rng(seed).permutation(len(train_y)))
+            va, tr = perm[: round(val_fraction * len(perm))].sort().values, perm[round(val_fraction * len(perm)) :].sort().values
+        else:
+            parts = stratified_split(train_y.numpy(), val_fraction, seed)
+            tr, va = torch.from_numpy(parts["train"]), torch.from_numpy(parts["test"])
         fit_x, fit_y, val_x, val_y = train_x[tr], train_y[tr], train_x[va], train_y[va]
     else:
         fit_x, fit_y, val_x = train_x, train_y, val_x.float()
-    n_classes = int(max(train_y.max(), test_y.max(), val_y.max())) + 1
+        val_y = val_y.float() if multilabel else val_y
+    n_classes = train_y.shape[1] if multilabel else int(max(train_y.max(), test_y.max(), val_y.max())) + 1
     score = METRICS[metric]
 
     fx, vx = (t.to(device) for t in standardize(fit_x, val_x))

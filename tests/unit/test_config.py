@@ -160,7 +160,7 @@ def test_schema_and_dataclasses_agree(cls):
             assert schema[name]["default"] == f.default_factory(), name
         if "choices" in f.metadata:  # registry names appear as the schema's enum
             choices = f.metadata["choices"]() if callable(f.metadata["choices"]) else f.metadata["choices"]
-            assert sorted(schema[name]["enum"]) == sorted(choices)
+            assert sorted(v for v in schema[name]["enum"] if v is not None) == sorted(choices)
         hint = typing.get_type_hints(cls)[name]
         if typing.get_origin(hint) is typing.Literal:
             assert sorted(schema[name]["enum"]) == sorted(typing.get_args(hint))

@@ -174,15 +174,65 @@ def test_cli_extract_knn_probe_write_the_metrics_contract(digits_shards, tmp_pat
         proc = run_cli("extract", "--random-init", "--arch", "swin_pico", "--shards", str(shards), "--out",
                        str(tmp_path / f"{split}.pt"), "--image-size", "32", "--workers", "0", "--no-progress")  # fmt: skip
         assert proc.returncode == 0, proc.stderr[-2000:]
-    for ev in ("knn", "probe"):
+    for ev, extra in (("knn", ()), ("probe", ()), ("linear", ("--epochs", "3", "--no-progress"))):
         out = tmp_path / f"{ev}.json"
         proc = run_cli(ev, "--train", str(tmp_path / "train.pt"), "--test", str(tmp_path / "test.pt"), "--out", str(out),
-                       "--run", "r", "--dataset", "digits")  # fmt: skip
+                       "--run", "r", "--dataset", "digits", *extra)  # fmt: skip
         assert proc.returncode == 0, proc.stderr[-2000:]
         m = json.loads(out.read_text())
         assert {"run", "arch", "dataset", "eval", "metric_name", "value", "metrics", "n_train", "n_test", "hparams",
                 "checkpoint", "wall_s"} <= set(m)  # fmt: skip
-        assert m["eval"] == ev and m["n_train"] == 1438 and m["n_test"] == 359 and 10 < m["value"] <= 100
+        assert m["eval"] == (ev if ev != "linear" else "linear_fast") and m["n_train"] == 1438 and m["n_test"] == 359 and 10 < m["value"] <= 100
     bad = run_cli("knn", "--train", str(tmp_path / "nope.pt"), "--test", str(tmp_path / "test.pt"), "--out",
                   str(tmp_path / "x.json"), "--run", "r", "--dataset", "d")  # fmt: skip
     assert bad.returncode == 1 and "esvit extract" in bad.stderr
+
+
+def test_linear_fast_reaches_the_accuracy_of_an_unregularised_sklearn_fit():
+    from esvit.eval.linear import linear_fast
+
+    x, y = gaussian_mixture(3000, 32, 6, seed=3, spread=0.8)
+    train_x, train_y, val_x, val_y = x[:2400].half(), y[:2400], x[2400:].half(), y[2400:]
+    res = linear_fast(train_x, train_y, val_x, val_y, epochs=30, batch_size=128, base_lr=0.5, show_progress=False)
+    ref = LogisticRegression(C=1e4, max_iter=2000).fit(train_x.float().numpy(), train_y.numpy())
+    ref_acc = 100 * float((ref.predict(val_x.float().numpy()) == val_y.numpy()).mean())
+    assert len(res.history) == 30 and res.best_top1 == max(res.history) and res.top1 == res.history[-1]
+    assert res.lr == pytest.approx(0.5 * 128 / 256)
+    assert abs(res.top1 - ref_acc) < 1.5, (res.top1, ref_acc)
+    again = linear_fast(train_x, train_y, val_x, val_y, epochs=30, batch_size=128, base_lr=0.5, show_progress=False)
+    assert again.history == res.history  # seeded
+
+
+def test_linear_paper_mode_trains_only_the_head_on_augmented_views(digits_shards, tmp_path):
+    from esvit.eval.features import extract, load_backbone
+    from esvit.eval.linear import linear_paper
+
+    net, meta = load_backbone(None, "swin_pico", seed=0)
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    val = extract(net, digits_shards, tmp_path / "val.pt", meta, image_size=32, batch_size=64, num_workers=0, show_progress=False)
+    res = linear_paper(net, digits_shards, val["last_blocks"], val["labels"], image_size=32, epochs=3, batch_size=64,
+                       base_lr=0.5, num_workers=0, show_progress=False)  # fmt: skip
+    assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())  # the backbone stayed frozen
+    assert len(res.history) == 3 and res.best_top1 > 30  # 10 classes: chance is 10 %
+
+
+@pytest.mark.parametrize("lam", [0.1, 10.0])
+def test_multilabel_fit_is_one_sklearn_binary_regression_per_class(lam):
+    x, y = gaussian_mixture(500, 12, 4, seed=5)
+    gen = torch.Generator().manual_seed(0)
+    targets = torch.nn.functional.one_hot(y, 4).float()
+    targets[torch.rand(500, generator=gen) < 0.3, 2] = 1.0  # a second label on some images
+    (xs,) = standardize(x)
+    ours = fit_logreg(xs.double(), targets.double(), 4, lam, tol=1e-9)  # float64: compare the optimum itself
+    for c in range(4):
+        ref = LogisticRegression(C=1.0 / lam, max_iter=5000, tol=1e-8).fit(xs.double().numpy(), targets[:, c].numpy())
+        assert torch.allclose(ours.weight[c], torch.tensor(ref.coef_[0]), atol=2e-3)
+        assert ours.bias[c] == pytest.approx(float(ref.intercept_[0]), abs=2e-3)
+
+
+def test_multilabel_probe_scores_11point_map():
+    x, y = gaussian_mixture(900, 16, 5, seed=6, spread=1.5)
+    targets = torch.nn.functional.one_hot(y, 5)
+    targets[::3, 0] = 1
+    res = run_probe(x[:700], targets[:700], x[700:], targets[700:], "11point_mAP")
+    assert res.metric == "11point_mAP" and 30 < res.value <= 100 and res.n_val == 140

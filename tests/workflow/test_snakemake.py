@@ -141,3 +141,50 @@ def test_eval_fans_out_per_model_and_dataset(tmp_path):
     out = proc.stdout + proc.stderr
     assert "--random-init --arch swin_pico --image-size 32" in out
     assert "--checkpoint results/pretrain/tiny_a/final.pth --image-size 32" in out
+
+
+def test_transfer_config_fans_out_over_the_18_sets_with_their_splits(tmp_path):
+    """configs/transfer.yaml (released checkpoints, no pretraining): one import per run, and per dataset the
+    extraction of each split, a k-NN (not for multi-label VOC) and a probe that reads the val split if any."""
+    cfg = yaml.safe_load((REPO / "configs/transfer.yaml").read_text())
+    for name, run in cfg["runs"].items():
+        (tmp_path / f"{name}.pth").write_bytes(b"x")
+        run["checkpoint"] = str(tmp_path / f"{name}.pth")
+    for split in ("train", "val"):
+        (tmp_path / "imagenet" / split).mkdir(parents=True)
+    cfg["datasets"]["imagenet"]["root"] = str(tmp_path / "imagenet")
+    proc = snakemake(tmp_path, "-n", "-p", "--cores", "2", config=cfg)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-3000:]
+    counts = job_counts(out)
+    runs, sets = len(cfg["runs"]), len(cfg["eval"]["datasets"])
+    assert sets == 18 and counts["import_checkpoint"] == runs and "pretrain" not in counts
+    assert counts["fit_linear_probe"] == runs * sets and counts["knn_classify"] == runs * (sets - 1)
+    assert counts["linear_protocol"] == runs  # ImageNet
+    n_splits = sum(len(cfg["datasets"][d]["splits"]) for d in cfg["datasets"])
+    assert counts["extract_features"] == runs * n_splits and counts["write_shards"] == n_splits
+    assert "--metric 11point_mAP --val results/features/esvit_swin_tiny_w7/voc2007/val.pt" in out
+    assert "--dataset fgvc_aircraft --metric mean_per_class --val" in out
+    assert re.search(r"--dataset cifar10 --metric accuracy +>", out)  # no val split: 20 % of train
+
+
+@pytest.mark.slow
+def test_released_checkpoint_is_imported_and_evaluated_without_pretraining(tmp_path):
+    """runs.<name>.checkpoint: an official-layout checkpoint -> import -> features -> k-NN, probe, linear."""
+    import torch
+
+    from esvit.models import Backbone
+    from tests.unit.test_checkpoint_interop import official_layout
+
+    torch.manual_seed(0)
+    torch.save(official_layout(Backbone("swin_pico")), tmp_path / "released.pth")
+    cfg = small_config()
+    cfg["runs"] = {"released": {"checkpoint": str(tmp_path / "released.pth"), "arch": "swin_pico", "image_size": 32}}
+    cfg["eval"] = {"datasets": ["digits"], "linear_datasets": ["digits"], "linear_epochs": 3, "random_init_baseline": False, "workers": 0}
+    proc = snakemake(tmp_path, "--cores", "2", config=cfg)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    for ev in ("knn", "probe", "linear"):
+        m = yaml.safe_load((tmp_path / "results" / ev / "released" / "digits" / "metrics.json").read_text())
+        assert m["run"] == "released" and m["arch"] == "swin_pico" and m["n_test"] == 359 and 0 < m["value"] <= 100
+        assert m["checkpoint"] == "results/imported/released/final.pth"
+    assert not (tmp_path / "results" / "pretrain").exists()

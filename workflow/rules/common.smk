@@ -18,16 +18,38 @@ validate(config, schema="../schemas/config.schema.yaml")
 DATA_DIR = CFG.data_dir.rstrip("/")
 DATASETS = list(CFG.datasets)
 SPLITS = sorted({s for ds in CFG.datasets.values() for s in ds.splits})
-RUNS = list(CFG.runs)
-# Evaluated models: each run's final teacher, and (optionally) the same architecture at random init.
+RUNS = [name for name, run in CFG.runs.items() if run.config]  # pretrained here
+IMPORTS = [name for name, run in CFG.runs.items() if run.checkpoint and run.checkpoint_format == "official"]
+# Evaluated models: each run's final teacher (or its released checkpoint), and optionally the same
+# architecture at random initialisation ({run}_random).
 EVAL_MODELS = {}
 for _name, _run in CFG.runs.items():
-    _train = load_train_config(_run.config, _run.overrides)
-    _spec = {"arch": _train.model.arch, "image_size": _train.crops.global_size}
-    EVAL_MODELS[_name] = {**_spec, "checkpoint": f"results/pretrain/{_name}/final.pth"}
+    if _run.config:
+        _train = load_train_config(_run.config, _run.overrides)
+        _spec = {"arch": _train.model.arch, "image_size": _train.crops.global_size}
+        _ckpt = f"results/pretrain/{_name}/final.pth"
+    else:
+        _spec = {"arch": _run.arch, "image_size": _run.image_size}
+        _ckpt = f"results/imported/{_name}/final.pth" if _name in IMPORTS else _run.checkpoint
+    EVAL_MODELS[_name] = {**_spec, "checkpoint": _ckpt}
     if CFG.eval.random_init_baseline:
         EVAL_MODELS[f"{_name}_random"] = {**_spec, "checkpoint": None}
 EVAL_DATASETS = list(CFG.eval.datasets)
+LINEAR_DATASETS = list(CFG.eval.linear_datasets)
+
+
+def eval_splits(dataset):
+    """(train, val or None, test) split names of an evaluation dataset: test is `test`, else `val`; a val
+    split next to a test split is the probe's validation split (else 20 % of train is held out)."""
+    splits = CFG.datasets[dataset].splits
+    test = "test" if "test" in splits else "val"
+    return "train", ("val" if test == "test" and "val" in splits else None), test
+
+
+def is_multilabel(dataset):
+    from esvit.data.sources import SOURCES
+
+    return bool(getattr(SOURCES[CFG.datasets[dataset].source], "entry", {}).get("multilabel"))
 
 
 wildcard_constraints:
@@ -44,10 +66,11 @@ SHARD_TARGETS = [
 PRETRAIN_TARGETS = [f"results/pretrain/{run}/final.pth" for run in RUNS]
 EVAL_TARGETS = [
     f"results/{ev}/{model}/{dataset}/metrics.json"
-    for ev in ("knn", "probe")
     for model in EVAL_MODELS
     for dataset in EVAL_DATASETS
-]
+    for ev in ("knn", "probe")
+    if not (ev == "knn" and is_multilabel(dataset))  # k-NN classification needs one label per image
+] + [f"results/linear/{model}/{dataset}/metrics.json" for model in EVAL_MODELS for dataset in LINEAR_DATASETS]
 ALL_TARGETS = SHARD_TARGETS + PRETRAIN_TARGETS + EVAL_TARGETS
 
 
@@ -65,6 +88,13 @@ def run_shards_manifest(wildcards):
     """The manifest of the shard set a pretraining run reads."""
     run = CFG.runs[wildcards.run]
     return f"{DATA_DIR}/shards/{run.dataset}/{run.split}/manifest.json"
+
+
+def eval_features(wildcards):
+    """The cached features a k-NN / probe / linear job reads: train, test and (if any) val."""
+    train, val, test = eval_splits(wildcards.dataset)
+    base = f"results/features/{wildcards.run}/{wildcards.dataset}"
+    return {"train": f"{base}/{train}.pt", "test": f"{base}/{test}.pt"} | ({"val": f"{base}/{val}.pt"} if val else {})
 
 
 def eval_model_inputs(wildcards):

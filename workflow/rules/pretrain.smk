@@ -25,3 +25,19 @@ rule pretrain:
     shell:
         "python -m esvit pretrain --config {params.config} --shards $(dirname {input.manifest})"
         " --out {params.out} {params.overrides} > {log} 2>&1"
+
+
+# A released checkpoint (runs.<name>.checkpoint, checkpoint_format: official) in this project's format:
+# teacher weights, DINO heads dropped, keys renamed for timm's Swin (reference §2.1).
+rule import_checkpoint:
+    input:
+        official=lambda w: CFG.runs[w.run].checkpoint,
+    output:
+        final=ensure("results/imported/{run}/final.pth", non_empty=True),
+    log:
+        "results/logs/import/{run}.log",
+    params:
+        arch=lambda w: CFG.runs[w.run].arch,
+    localrule: True
+    shell:
+        "python -m esvit import --official {input.official} --arch {params.arch} --out {output.final} > {log} 2>&1"

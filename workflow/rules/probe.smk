@@ -4,8 +4,7 @@
 
 rule knn_classify:
     input:
-        train="results/features/{run}/{dataset}/train.pt",
-        test="results/features/{run}/{dataset}/test.pt",
+        unpack(eval_features),
     output:
         metrics=ensure("results/knn/{run}/{dataset}/metrics.json", non_empty=True),
     log:
@@ -24,8 +23,7 @@ rule knn_classify:
 
 rule fit_linear_probe:
     input:
-        train="results/features/{run}/{dataset}/train.pt",
-        test="results/features/{run}/{dataset}/test.pt",
+        unpack(eval_features),
     output:
         metrics=ensure("results/probe/{run}/{dataset}/metrics.json", non_empty=True),
     log:
@@ -34,9 +32,38 @@ rule fit_linear_probe:
         "results/benchmarks/probe/{run}/{dataset}.tsv"
     params:
         metric=lambda w: CFG.datasets[w.dataset].metric,
+        val=lambda w, input: f"--val {input.val}" if "val" in input.keys() else "",
     resources:
         mem_mb=8000,
         runtime=120,
     shell:
         "python -m esvit probe --train {input.train} --test {input.test} --out {output.metrics}"
-        " --run {wildcards.run} --dataset {wildcards.dataset} --metric {params.metric} > {log} 2>&1"
+        " --run {wildcards.run} --dataset {wildcards.dataset} --metric {params.metric} {params.val} > {log} 2>&1"
+
+
+rule linear_protocol:
+    input:
+        unpack(eval_features),
+        manifest=lambda w: f"{DATA_DIR}/shards/{w.dataset}/train/manifest.json",
+    output:
+        metrics=ensure("results/linear/{run}/{dataset}/metrics.json", non_empty=True),
+    log:
+        "results/logs/linear/{run}/{dataset}.log",
+    benchmark:
+        "results/benchmarks/linear/{run}/{dataset}.tsv"
+    params:
+        mode=CFG.eval.linear_mode,
+        epochs=CFG.eval.linear_epochs,
+        lr=CFG.eval.linear_lr,
+        batch_size=CFG.eval.linear_batch_size,
+        workers=CFG.eval.workers,
+    threads: 2
+    resources:
+        mem_mb=16000,
+        runtime=600,
+        gpu=lambda w: int(CFG.eval.linear_mode == "paper"),
+    shell:
+        "python -m esvit linear --train {input.train} --test {input.test} --out {output.metrics}"
+        " --run {wildcards.run} --dataset {wildcards.dataset} --mode {params.mode} --epochs {params.epochs}"
+        " --lr {params.lr} --batch-size {params.batch_size} --workers {params.workers}"
+        " --shards $(dirname {input.manifest}) --no-progress > {log} 2>&1"
