@@ -13,9 +13,11 @@ include: "workflow/rules/shard.smk"
 include: "workflow/rules/pretrain.smk"
 include: "workflow/rules/features.smk"
 include: "workflow/rules/probe.smk"
+include: "workflow/rules/report.smk"
 
 
 rule all:
     input:
         ALL_TARGETS,
+        "results/report/report.html",
     default_target: True

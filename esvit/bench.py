@@ -321,6 +321,40 @@ def bench_probe(args: argparse.Namespace) -> dict:
     }  # fmt: skip
 
 
+def _extract_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--archs", default="swin_nano:64,swin_tiny_w7:224", help="arch:image_size list (default %(default)s: the demo model, Swin-T)")
+    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--workers", type=int, default=2, help="data-loader workers (default %(default)s)")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+
+
+@benchmark("extract", _extract_args)
+def bench_extract(args: argparse.Namespace) -> dict:
+    """``esvit extract`` end to end (shards -> decode -> eval transform -> pooled + last-4-blocks), images/s."""
+    import torch
+
+    from esvit.data.shards import ShardSettings, write_shards
+    from esvit.data.sources import get_source
+    from esvit.eval.features import extract, load_backbone
+
+    torch.set_num_threads(args.threads)
+    out: dict[str, Any] = {"batch": args.batch, "workers": args.workers, "threads": args.threads, "device": args.device}
+    with tempfile.TemporaryDirectory() as tmp:
+        src = get_source("digits")  # 1,438 real images; the eval transform resizes them to each model's input size
+        write_shards(src, "digits", "train", Path(tmp) / "shards", ShardSettings(workers=1), progress=False)
+        for spec in args.archs.split(","):
+            arch, size = spec.split(":")
+            net, meta = load_backbone(None, arch)
+            t0 = time.perf_counter()
+            res = extract(net, Path(tmp) / "shards", Path(tmp) / f"{arch}.pt", meta, image_size=int(size), batch_size=args.batch,
+                          num_workers=args.workers, device=args.device, show_progress=False)  # fmt: skip
+            dt = time.perf_counter() - t0
+            out[f"{arch}@{size}_img_s"] = round(len(res["keys"]) / dt, 1)
+            out[f"{arch}@{size}_images"] = len(res["keys"])
+    return out
+
+
 # ----------------------------------------------------------------------------------------------- entry
 
 

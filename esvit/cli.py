@@ -310,6 +310,26 @@ def _check_same_source(train: dict, test: dict) -> None:
         raise UsageError(f"train and test features come from different checkpoints ({a} vs {b}); re-extract")
 
 
+# -------------------------------------------------------------------------------------------- report
+
+
+def _report_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--results", default="results", help="results folder to read (default %(default)s)")
+    p.add_argument("--out", help="output folder (default <results>/report)")
+    p.add_argument("--baseline", help="run the transfer table counts wins against (default: the first *_random run)")
+
+
+@command("report", "tables beside the paper, plots and report.html from every metrics JSON", _report_args)
+def run_report(args: argparse.Namespace) -> int:
+    from esvit.report import build_report
+
+    if not Path(args.results).is_dir():
+        raise UsageError(f"results folder {args.results!r} does not exist; run the pipeline first (make demo)")
+    files = build_report(args.results, args.out, args.baseline)
+    print(f"report: {files['report.html']} ({', '.join(sorted(files))})")
+    return 0
+
+
 # ------------------------------------------------------------------------------------------- interop
 
 

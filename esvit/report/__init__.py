@@ -1,0 +1,189 @@
+"""``esvit report``: every metrics JSON under ``results/`` in tables beside the paper, plots and one HTML page.
+
+Writes ``summary.csv`` (one row per result, with the stale flag), ``summary.md``, ``report.html`` (tables and
+the figures embedded, a single self-contained file) and the figures as PNG.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+from pathlib import Path
+
+import pandas as pd
+
+from esvit.atomic import atomic_write_text
+from esvit.report import plots
+from esvit.report.tables import (collect_metrics, imagenet_table, mark_stale, paper_table, run_descriptions,
+                                 transfer_table)  # fmt: skip
+
+__all__ = ["build_report"]
+
+DASH = "—"
+
+
+def _fmt(v) -> str:
+    if v is None or (isinstance(v, float) and pd.isna(v)):
+        return DASH
+    if isinstance(v, float):
+        return f"{v:.2f}"
+    return str(v)
+
+
+def _md_table(df: pd.DataFrame, index: bool = True) -> str:
+    cols = ([df.index.name or ""] if index else []) + [str(c) for c in df.columns]
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for idx, row in df.iterrows():
+        cells = ([str(idx)] if index else []) + [_fmt(v) for v in row.tolist()]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _html_table(df: pd.DataFrame, cls: str, index: bool = True) -> str:
+    head = ([df.index.name or ""] if index else []) + [str(c) for c in df.columns]
+    out = [f'<table class="{cls}"><thead><tr>' + "".join(f"<th>{html.escape(h)}</th>" for h in head) + "</tr></thead><tbody>"]
+    for idx, row in df.iterrows():
+        cells = ([str(idx)] if index else []) + [_fmt(v) for v in row.tolist()]
+        out.append("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>")
+    out.append("</tbody></table>")
+    return "".join(out)
+
+
+def _img(path: Path, alt: str) -> str:
+    data = base64.b64encode(path.read_bytes()).decode()
+    return f'<figure><img alt="{html.escape(alt)}" src="data:image/png;base64,{data}"><figcaption>{html.escape(alt)}</figcaption></figure>'
+
+
+def _throughputs(bench_dir: Path) -> dict[str, float]:
+    """arch -> images/s from ``esvit bench infer`` records (the paper's throughput column), newest wins."""
+    out: dict[str, float] = {}
+    path = bench_dir / "infer.jsonl"
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            for arch, v in (rec.get("img_s") or {}).items():
+                out[arch] = float(v)
+    return out
+
+
+def build_report(results: str | Path = "results", out: str | Path | None = None, baseline: str | None = None,
+                 paper_csv: str | Path | None = None) -> dict[str, Path]:  # fmt: skip
+    """Build the report from ``results``; returns the written files by name.
+
+    Args:
+        baseline: the run the transfer table counts wins against (default: the first ``*_random`` run).
+    """
+    results = Path(results)
+    out = Path(out) if out else results / "report"
+    out.mkdir(parents=True, exist_ok=True)
+    paper = paper_table(paper_csv) if paper_csv else paper_table()
+    df = mark_stale(collect_metrics(results), results)
+    desc = run_descriptions(results, df) if len(df) else pd.DataFrame(columns=["run", "arch", "paper_arch", "window", "tasks", "source"])
+    runs = sorted(df.run.unique()) if len(df) else []
+    if baseline is None:
+        baseline = next((r for r in runs if r.endswith("_random")), None)
+    files: dict[str, Path] = {}
+
+    # -- tables ------------------------------------------------------------------------------------------
+    summary = df.drop(columns=["path"]).sort_values(["eval", "dataset", "run"])
+    files["summary.csv"] = out / "summary.csv"
+    atomic_write_text(files["summary.csv"], summary.to_csv(index=False))
+    imnet = imagenet_table(df, desc, paper) if len(desc) else pd.DataFrame()
+    tables = {ev: transfer_table(df, ev, baseline) for ev in ("probe", "knn")}
+    headline = paper[paper.table == 1][["method", "arch", "window", "tasks", "params_m", "throughput_img_s", "imagenet_linear", "imagenet_knn"]]
+    transfer_ref = paper[paper.table == 3][["method", "arch", "pretrain_data", "tasks", "imagenet_linear", "imagenet_knn", "transfer18_avg", "transfer18_wins"]]
+    stale = summary.loc[summary["stale"].astype(bool), ["run", "dataset", "eval", "checkpoint"]]
+
+    # -- figures -----------------------------------------------------------------------------------------
+    figures: list[tuple[Path, str]] = []
+    probe = tables["probe"]
+    pair = [r for r in probe.table.columns if r != baseline][:1] + ([baseline] if baseline in probe.table.columns else [])
+    figures.append((plots.transfer_bars(probe.table, pair, out / "transfer_bars.png", probe.metric),
+                    f"Linear probe per dataset: {' vs '.join(pair) or 'no results yet'} (the paper's Figure 3 style)"))  # fmt: skip
+    speeds = _throughputs(results / "bench")
+    ours = [{"label": r["run"], "throughput": speeds[r["arch"]], "linear": r["linear"]}
+            for _, r in imnet.iterrows() if r.get("linear") is not None and not pd.isna(r.get("linear")) and r["arch"] in speeds] if len(imnet) else []  # fmt: skip
+    figures.append((plots.accuracy_vs_throughput(paper, ours, out / "accuracy_vs_throughput.png"),
+                    "ImageNet linear top-1 vs throughput: the paper's Table 1 and this project's runs (the paper's Figure 1 style)"))  # fmt: skip
+    logs = {p.parent.name: plots.read_log(p) for p in sorted(results.glob("pretrain/*/log.jsonl"))}
+    figures.append((plots.training_curves(logs, out / "training_curves.png"),
+                    "Pretraining curves (log.jsonl of each run)" if logs else "Pretraining curves: no run pretrained here"))  # fmt: skip
+    for name in ("correspondence.png",):
+        if (results / "viz" / name).is_file():
+            figures.append((results / "viz" / name, "Region correspondence: matched regions of two views (esvit viz)"))
+    corr = _read_json(results / "viz" / "correspondence.json")
+
+    # -- markdown ----------------------------------------------------------------------------------------
+    md = ["# EsViT pipeline report", "", f"Results read: {len(df)} metrics files under `{results}`."]
+    if len(desc):
+        md += ["", "## Runs", "", _md_table(desc.set_index("run"))]
+    md += ["", "## ImageNet-1K: this project beside the paper", ""]
+    md += [_md_table(imnet.set_index("run")) if len(imnet) and imnet[["linear", "knn"]].notna().any().any()
+           else "No ImageNet results yet (add `imagenet` to eval.linear_datasets / eval.datasets)."]  # fmt: skip
+    md += ["", "### The paper's Table 1 (ImageNet-1K linear / k-NN top-1, throughput)", "", _md_table(headline, index=False)]
+    for ev, title in (("probe", "Transfer: linear probe"), ("knn", "Transfer: k-NN top-1")):
+        t = tables[ev]
+        if t.table.empty:
+            continue
+        shown = t.table.copy()
+        shown.insert(0, "metric", [t.metric.get(d, "") for d in shown.index])
+        md += ["", f"## {title} (datasets x runs)", "", _md_table(shown)]
+        if t.baseline:
+            md += ["", f"Wins against `{t.baseline}`: " + ", ".join(f"{r} {n}/{len(shown) - 1}" for r, n in t.wins.items())]
+        if t.missing:
+            md += ["", "Missing (—): " + ", ".join(f"{r}/{d}" for r, d in t.missing)]
+    md += ["", "### The paper's Table 3 (18-dataset average and #wins vs supervised)", "", _md_table(transfer_ref, index=False)]
+    if corr:
+        md += ["", "## Region correspondence", "", f"Correspondence accuracy of `{corr.get('checkpoint')}`: "
+               f"**{corr['accuracy']:.1f} %** over {corr.get('pairs')} view pairs (paper: 95 % DINO DeiT-S, 66 % multi-stage "
+               "view-only, 91 % with the region loss)."]  # fmt: skip
+    md += ["", "## Stale results", "", _md_table(stale, index=False) if len(stale) else "None: every result used its run's newest checkpoint."]
+    md += ["", "## Figures", ""] + [f"![{cap}]({p.name})" for p, cap in figures if p.parent == out]
+    files["summary.md"] = out / "summary.md"
+    atomic_write_text(files["summary.md"], "\n".join(md) + "\n")
+
+    # -- html --------------------------------------------------------------------------------------------
+    body = [f"<h1>EsViT pipeline report</h1><p>Results read: {len(df)} metrics files under <code>{html.escape(str(results))}</code>.</p>"]
+    if len(desc):
+        body += ["<h2>Runs</h2>", _html_table(desc.set_index("run"), "runs")]
+    body += ["<h2>ImageNet-1K: this project beside the paper</h2>"]
+    body += [_html_table(imnet.set_index("run"), "imagenet") if len(imnet) and imnet[["linear", "knn"]].notna().any().any()
+             else "<p>No ImageNet results yet (add <code>imagenet</code> to eval.linear_datasets / eval.datasets).</p>"]  # fmt: skip
+    body += ["<h3>The paper's Table 1</h3>", _html_table(headline, "paper", index=False)]
+    for ev, title in (("probe", "Transfer: linear probe"), ("knn", "Transfer: k-NN top-1")):
+        t = tables[ev]
+        if t.table.empty:
+            continue
+        shown = t.table.copy()
+        shown.insert(0, "metric", [t.metric.get(d, "") for d in shown.index])
+        body += [f"<h2>{title}</h2>", _html_table(shown, f"transfer {ev}")]
+        if t.baseline:
+            body += [f"<p>Wins against <code>{html.escape(t.baseline)}</code>: " + ", ".join(f"{html.escape(r)} {n}/{len(shown) - 1}" for r, n in t.wins.items()) + "</p>"]
+        if t.missing:
+            body += ["<p>Missing (—): " + ", ".join(html.escape(f"{r}/{d}") for r, d in t.missing) + "</p>"]
+    body += ["<h3>The paper's Table 3</h3>", _html_table(transfer_ref, "paper", index=False)]
+    if corr:
+        body += [f"<h2>Region correspondence</h2><p>Correspondence accuracy: <b>{corr['accuracy']:.1f} %</b> over {corr.get('pairs')} view pairs "
+                 "(paper: 95 % DINO DeiT-S, 66 % multi-stage view-only, 91 % with the region loss).</p>"]  # fmt: skip
+    body += ["<h2>Stale results</h2>", _html_table(stale, "stale", index=False) if len(stale) else "<p>None.</p>"]
+    body += ["<h2>Figures</h2>"] + [_img(p, cap) for p, cap in figures]
+    style = ("body{font-family:sans-serif;max-width:1200px;margin:2em auto;color:#222}table{border-collapse:collapse;margin:1em 0;"
+             "font-size:13px}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}th{background:#f3f3f3}"
+             "figure{margin:1em 0}img{max-width:100%}figcaption{font-size:12px;color:#555}")  # fmt: skip
+    page = f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>EsViT report</title><style>{style}</style></head><body>{''.join(body)}</body></html>"
+    files["report.html"] = out / "report.html"
+    atomic_write_text(files["report.html"], page)
+    for p, _ in figures:
+        files[p.name] = p
+    return files
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text()) if path.is_file() else None
+    except json.JSONDecodeError:
+        return None

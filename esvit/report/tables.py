@@ -1,0 +1,156 @@
+"""The report's tables: every metrics JSON under ``results/`` beside the paper's numbers.
+
+Reads only the metrics-JSON contract (DESIGN.md), the runs' resolved training configs
+(``results/pretrain/<run>/config.yaml``, for matching paper rows) and ``configs/reference/paper_results.csv``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+import yaml
+
+from esvit.data.shards import file_sha256
+
+__all__ = ["collect_metrics", "paper_table", "run_descriptions", "imagenet_table", "transfer_table", "PAPER_CSV",
+           "TransferTable", "mark_stale"]  # fmt: skip
+
+PAPER_CSV = Path(__file__).resolve().parents[2] / "configs" / "reference" / "paper_results.csv"
+EVALS = ("knn", "probe", "linear")
+# this project's arch names -> the paper's (arch, window)
+PAPER_ARCH = {
+    "swin_tiny_w7": ("Swin-T", 7), "swin_tiny_w14": ("Swin-T", 14), "swin_small_w7": ("Swin-S", 7),
+    "swin_small_w14": ("Swin-S", 14), "swin_base_w7": ("Swin-B", 7), "swin_base_w14": ("Swin-B", 14),
+    "deit_small": ("DeiT-S/16", None), "vit_small": ("DeiT-S/16", None), "resnet50": ("ResNet-50", None),
+}  # fmt: skip
+
+
+def collect_metrics(results: str | Path) -> pd.DataFrame:
+    """One row per ``results/{eval}/{run}/{dataset}/metrics.json``; unreadable files are reported, not fatal."""
+    rows = []
+    for ev in EVALS:
+        for path in sorted(Path(results).glob(f"{ev}/*/*/metrics.json")):
+            try:
+                m = json.loads(path.read_text())
+            except (OSError, json.JSONDecodeError) as exc:
+                print(f"report: skipping unreadable {path} ({exc})")
+                continue
+            rows.append({
+                "run": m.get("run", path.parts[-3]), "arch": m.get("arch"), "dataset": m.get("dataset", path.parts[-2]),
+                "eval": ev, "metric": m.get("metric_name"), "value": m.get("value"),
+                "best_value": (m.get("metrics") or {}).get("best_top1"), "n_train": m.get("n_train"),
+                "n_test": m.get("n_test"), "checkpoint": m.get("checkpoint"), "checkpoint_sha256": m.get("checkpoint_sha256"),
+                "wall_s": m.get("wall_s"), "path": str(path),
+            })  # fmt: skip
+    cols = ["run", "arch", "dataset", "eval", "metric", "value", "best_value", "n_train", "n_test", "checkpoint",
+            "checkpoint_sha256", "wall_s", "path"]  # fmt: skip
+    return pd.DataFrame(rows, columns=cols)
+
+
+def mark_stale(df: pd.DataFrame, results: str | Path) -> pd.DataFrame:
+    """Flag results whose checkpoint changed since they were computed, or is older than the run's newest
+    checkpoint (a run trained further, or re-trained, after its evaluation)."""
+    hashes: dict[str, str | None] = {}
+
+    def current(path: str) -> str | None:
+        if path not in hashes:
+            hashes[path] = file_sha256(path) if Path(path).is_file() else None
+        return hashes[path]
+
+    stale = []
+    for _, r in df.iterrows():
+        ck = r["checkpoint"]
+        if not ck or not isinstance(ck, str):  # random init: never stale
+            stale.append(False)
+            continue
+        run_dir = Path(results) / "pretrain" / r["run"]
+        newest = max((p.stat().st_mtime for p in run_dir.glob("*.pth")), default=None) if run_dir.is_dir() else None
+        changed = current(ck) != r["checkpoint_sha256"]
+        older = newest is not None and Path(ck).is_file() and Path(ck).stat().st_mtime < newest - 1
+        stale.append(bool(changed or older))
+    return df.assign(stale=stale)
+
+
+def paper_table(path: str | Path = PAPER_CSV) -> pd.DataFrame:
+    return pd.read_csv(path)
+
+
+def run_descriptions(results: str | Path, df: pd.DataFrame) -> pd.DataFrame:
+    """Per run: arch, the paper's (arch, window, tasks) it corresponds to, and where that came from."""
+    rows = []
+    for run, arch in df.groupby("run")["arch"].first().items():
+        cfg_path = Path(results) / "pretrain" / run / "config.yaml"
+        tasks, source = None, "released checkpoint (assumed view + region)"
+        if cfg_path.is_file():
+            cfg = yaml.safe_load(cfg_path.read_text())
+            tasks = "V+R" if cfg.get("loss", {}).get("region_loss_weight", 0) > 0 else "V"
+            arch = cfg.get("model", {}).get("arch", arch)
+            source = f"pretrained here ({cfg.get('optim', {}).get('epochs')} epochs)"
+        elif run.endswith("_random"):
+            tasks, source = None, "random initialisation"
+        else:
+            tasks = "V+R"
+        paper_arch, window = PAPER_ARCH.get(arch, (None, None))
+        rows.append({"run": run, "arch": arch, "paper_arch": paper_arch, "window": window, "tasks": tasks, "source": source})
+    return pd.DataFrame(rows, columns=["run", "arch", "paper_arch", "window", "tasks", "source"])
+
+
+def _paper_row(paper: pd.DataFrame, desc: pd.Series) -> pd.Series | None:
+    if desc["paper_arch"] is None or desc["tasks"] is None:
+        return None
+    rows = paper[(paper.method == "EsViT") & (paper.arch == desc["paper_arch"]) & (paper.tasks == desc["tasks"])
+                 & (paper.pretrain_data == "ImageNet-1K")]  # fmt: skip
+    if desc["window"] is not None:
+        rows = rows[rows.window == desc["window"]]
+    rows = rows.sort_values("table")  # Table 1 (the headline) first
+    return rows.iloc[0] if len(rows) else None
+
+
+def imagenet_table(df: pd.DataFrame, desc: pd.DataFrame, paper: pd.DataFrame, dataset: str = "imagenet") -> pd.DataFrame:
+    """ImageNet linear / k-NN per run beside the matching paper row, with the deltas."""
+    rows = []
+    for _, d in desc.iterrows():
+        mine = df[(df.run == d["run"]) & (df.dataset == dataset)]
+        linear = mine[mine["eval"] == "linear"]["value"]
+        knn = mine[mine["eval"] == "knn"]["value"]
+        ref = _paper_row(paper, d)
+        row = {"run": d["run"], "arch": d["arch"], "tasks": d["tasks"] or "—", "linear": linear.iloc[0] if len(linear) else None,
+               "knn": knn.iloc[0] if len(knn) else None,
+               "paper_row": f"Table {ref['table']}: EsViT {ref['arch']}/W{int(ref['window']) if pd.notna(ref['window']) else ''} {ref['tasks']}" if ref is not None else "—",
+               "paper_linear": ref["imagenet_linear"] if ref is not None else None, "paper_knn": ref["imagenet_knn"] if ref is not None else None}  # fmt: skip
+        row["delta_linear"] = row["linear"] - row["paper_linear"] if row["linear"] is not None and row["paper_linear"] is not None else None
+        row["delta_knn"] = row["knn"] - row["paper_knn"] if row["knn"] is not None and row["paper_knn"] is not None else None
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+@dataclass
+class TransferTable:
+    table: pd.DataFrame  # datasets x runs (value), plus an "average" row
+    metric: dict[str, str]  # dataset -> metric name
+    wins: dict[str, int] = field(default_factory=dict)  # run -> datasets where it beats the baseline
+    baseline: str | None = None
+    missing: list[tuple[str, str]] = field(default_factory=list)  # (run, dataset) without a result
+
+
+def transfer_table(df: pd.DataFrame, eval_name: str = "probe", baseline: str | None = None,
+                   exclude: tuple[str, ...] = ("imagenet",)) -> TransferTable:  # fmt: skip
+    """Datasets as rows, runs as columns (the paper's Figure 3 / Table 3), with the average and #wins."""
+    sub = df[(df["eval"] == eval_name) & ~df.dataset.isin(exclude)]
+    if sub.empty:
+        return TransferTable(pd.DataFrame(), {}, {}, baseline, [])
+    table = sub.pivot_table(index="dataset", columns="run", values="value", aggfunc="first")
+    metric = sub.groupby("dataset")["metric"].first().to_dict()
+    missing = [(r, d) for d in table.index for r in table.columns if pd.isna(table.loc[d, r])]
+    avg = table.mean(axis=0, skipna=False)  # an average over fewer datasets would not be comparable
+    table.loc["average"] = avg
+    wins = {}
+    if baseline and baseline in table.columns:
+        for run in table.columns:
+            if run != baseline:
+                diff = table.drop(index="average")[run] - table.drop(index="average")[baseline]
+                wins[run] = int((diff > 0).sum())
+    return TransferTable(table, metric, wins, baseline if baseline in table.columns else None, missing)

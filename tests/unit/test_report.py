@@ -1,0 +1,87 @@
+"""`esvit report` on a results tree written by hand: paper matching, deltas, averages, wins, missing and
+stale results, and figures that are real PNGs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+from PIL import Image
+
+from esvit.data.shards import file_sha256
+from esvit.report import build_report
+from esvit.report.tables import PAPER_CSV, transfer_table
+from tests.conftest import run_cli
+
+
+def _metrics(results: Path, ev: str, run: str, dataset: str, value: float, ckpt: Path | None, metric="top1", sha=None):
+    path = results / ev / run / dataset / "metrics.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({
+        "run": run, "arch": "swin_tiny_w7", "dataset": dataset, "eval": ev, "metric_name": metric, "value": value,
+        "metrics": {}, "n_train": 100, "n_test": 50, "hparams": {}, "checkpoint": str(ckpt) if ckpt else None,
+        "checkpoint_sha256": sha or (file_sha256(ckpt) if ckpt else "random-init-seed0"), "wall_s": 1.0,
+    }))  # fmt: skip
+
+
+@pytest.fixture
+def results(tmp_path) -> Path:
+    res = tmp_path / "results"
+    run_dir = res / "pretrain" / "tiny"
+    run_dir.mkdir(parents=True)
+    (run_dir / "config.yaml").write_text(yaml.safe_dump({"model": {"arch": "swin_tiny_w7"}, "loss": {"region_loss_weight": 0.5}, "optim": {"epochs": 300}}))
+    (run_dir / "final.pth").write_bytes(b"weights")
+    (run_dir / "log.jsonl").write_text("".join(json.dumps({"step": s, "loss": 8 - s / 10, "loss_view": 8.2 - s / 10, "loss_region": 7.8 - s / 10,
+                                                            "lr": 1e-4 * s, "teacher_temp": 0.04}) + "\n" for s in range(1, 11)))  # fmt: skip
+    ck = run_dir / "final.pth"
+    _metrics(res, "linear", "tiny", "imagenet", 77.0, ck)
+    _metrics(res, "knn", "tiny", "imagenet", 74.0, ck)
+    for ds, a, b in (("cifar10", 90.0, 60.0), ("dtd", 70.0, 72.0), ("pets", 80.0, None)):
+        _metrics(res, "probe", "tiny", ds, a, ck, metric="accuracy")
+        if b is not None:
+            _metrics(res, "probe", "tiny_random", ds, b, None, metric="accuracy")
+    old = run_dir / "checkpoint0001.pth"  # a result computed from a checkpoint that has since changed
+    old.write_bytes(b"old")
+    _metrics(res, "knn", "tiny", "cifar10", 50.0, old, sha="0" * 64)
+    return res
+
+
+def test_report_tables_against_the_paper(results, tmp_path):
+    files = build_report(results, tmp_path / "report")
+    summary = pd.read_csv(files["summary.csv"])
+    assert len(summary) == 8 and summary.stale.sum() == 1  # 1 linear + 2 k-NN + 5 probes
+    assert summary[summary.stale].iloc[0]["checkpoint"].endswith("checkpoint0001.pth")
+    md = files["summary.md"].read_text()
+    # Table 1: EsViT Swin-T/W7 V+R = 78.1 linear, 75.7 k-NN
+    paper = pd.read_csv(PAPER_CSV)
+    ref = paper[(paper.table == 1) & (paper.arch == "Swin-T") & (paper.window == 7) & (paper.method == "EsViT")].iloc[0]
+    row = next(line for line in md.splitlines() if line.startswith("| tiny |") and "Table 1" in line)
+    assert f"{ref.imagenet_linear:.2f}" in row and f"{77.0 - ref.imagenet_linear:.2f}" in row and f"{74.0 - ref.imagenet_knn:.2f}" in row
+    avg = next(line for line in md.splitlines() if line.startswith("| average |"))
+    assert "80.00" in avg and "—" in avg  # tiny: (90 + 70 + 80) / 3; tiny_random lacks pets: no average
+    assert "Wins against `tiny_random`: tiny 1/3" in md
+    assert "Missing (—): tiny_random/pets" in md
+    for name in ("transfer_bars.png", "accuracy_vs_throughput.png", "training_curves.png"):
+        with Image.open(files[name]) as im:
+            assert im.format == "PNG" and im.width > 200
+    page = files["report.html"].read_text()
+    assert page.count("<img") == 3 and page.count("<table") >= 5 and "data:image/png;base64," in page
+
+
+def test_wins_count_strictly_better_datasets():
+    df = pd.DataFrame([
+        {"run": r, "dataset": d, "eval": "probe", "metric": "accuracy", "value": v}
+        for r, d, v in [("a", "x", 1.0), ("a", "y", 5.0), ("a", "z", 3.0), ("b", "x", 2.0), ("b", "y", 5.0), ("b", "z", 1.0)]
+    ])  # fmt: skip
+    t = transfer_table(df, "probe", baseline="b")
+    assert t.wins == {"a": 1} and t.table.loc["average", "a"] == pytest.approx(3.0)
+
+
+def test_cli_report_and_a_missing_results_folder(results, tmp_path):
+    proc = run_cli("report", "--results", str(results), "--out", str(tmp_path / "r"))
+    assert proc.returncode == 0 and "report.html" in proc.stdout, proc.stderr
+    bad = run_cli("report", "--results", str(tmp_path / "nope"))
+    assert bad.returncode != 0 and "does not exist" in bad.stderr

@@ -1,0 +1,20 @@
+# The last stage: every metrics JSON -> tables beside the paper, figures, one HTML page (esvit report).
+# The outputs are registered for `snakemake --report report.html`.
+
+
+rule report:
+    input:
+        metrics=EVAL_TARGETS,
+        logs=[f"results/pretrain/{run}/done.json" for run in RUNS],
+    output:
+        summary_csv=report("results/report/summary.csv", caption="../report/summary.rst", category="Tables", labels={"table": "all results (csv)"}),
+        summary_md="results/report/summary.md",
+        html=report("results/report/report.html", caption="../report/html.rst", category="Report", labels={"page": "report.html"}),
+        bars=report("results/report/transfer_bars.png", caption="../report/transfer_bars.rst", category="Figures", labels={"figure": "transfer bars"}),
+        speed=report("results/report/accuracy_vs_throughput.png", caption="../report/accuracy_vs_throughput.rst", category="Figures", labels={"figure": "accuracy vs throughput"}),
+        curves=report("results/report/training_curves.png", caption="../report/training_curves.rst", category="Figures", labels={"figure": "training curves"}),
+    log:
+        "results/logs/report.log",
+    localrule: True
+    shell:
+        "python -m esvit report --results results --out $(dirname {output.html}) > {log} 2>&1"
