@@ -11,10 +11,12 @@ install:
 ## Run the whole pipeline on the embedded default config (real data, CPU, minutes).
 demo: install
 	snakemake --profile cluster_profiles/local
-	@echo "demo: shards in data/shards/, runs in results/pretrain/, metrics in results/knn/ and results/probe/, logs in results/logs/"
+	@echo "demo: shards in data/shards/, runs in results/pretrain/, metrics in results/{knn,probe}/, logs in results/logs/"
+	@echo "demo: report in results/report/report.html (tables in results/report/summary.md)"
 
 ## The whole test suite (what CI runs).
-test: install
+test:
+	@bash scripts/install.sh test
 	python -m pytest -q
 
 test-fast: install

@@ -330,6 +330,43 @@ def run_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _viz_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--checkpoint", help="an esvit checkpoint; omit with --random-init")
+    p.add_argument("--random-init", action="store_true")
+    p.add_argument("--arch", help="architecture (required with --random-init)")
+    p.add_argument("--shards", required=True, help="shard folder to draw images from")
+    p.add_argument("--n", type=int, default=64, help="images for the correspondence accuracy (default %(default)s)")
+    p.add_argument("--image-size", type=int, default=224, help="view size (default %(default)s)")
+    p.add_argument("--out", required=True, help="output folder: correspondence.json + correspondence.png")
+
+
+@command("viz", "matched regions of two views and the correspondence accuracy diagnostic", _viz_args)
+def run_viz(args: argparse.Namespace) -> int:
+    from itertools import islice
+
+    from esvit.atomic import atomic_write_json
+    from esvit.data.pipeline import eval_pipeline, make_loader, open_shards
+    from esvit.eval.features import load_backbone
+    from esvit.report.correspondence import correspondence_accuracy, draw_correspondence
+    from esvit.train.state import load_checkpoint
+
+    if bool(args.checkpoint) == args.random_init:
+        raise UsageError("give exactly one of --checkpoint or --random-init")
+    teacher, meta = load_backbone(args.checkpoint, args.arch)
+    has_student = bool(args.checkpoint) and "student" in load_checkpoint(args.checkpoint)
+    student = load_backbone(args.checkpoint, args.arch, key="student")[0] if has_student else teacher
+    pipe = eval_pipeline(open_shards(args.shards), lambda im: im, 1, collate=lambda batch: batch)
+    images = [sample[1] for batch in islice(make_loader(pipe, 0), args.n) for sample in batch]
+    res = correspondence_accuracy(student, teacher, images, args.image_size)
+    res.update(checkpoint=args.checkpoint, arch=meta["arch"], student="student" if has_student else "teacher (no student stored)")
+    out = Path(args.out)
+    draw_correspondence(student, teacher, images[0], args.image_size, out / "correspondence.png")
+    atomic_write_json(out / "correspondence.json", res)
+    print(f"viz: correspondence accuracy {res['accuracy']:.1f} % over {len(images)} images "
+          f"({res['regions_per_view']} regions per view) -> {out}")  # fmt: skip
+    return 0
+
+
 # ------------------------------------------------------------------------------------------- interop
 
 

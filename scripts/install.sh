@@ -3,6 +3,8 @@
 #   1. the demo data from Debian (dataset-fashion-mnist) when it runs as root with apt-get, else the exact
 #      command to run;
 #   2. a virtual environment (.venv) with torch, this package and its test extras.
+# `install.sh test` also installs what only the tests use: Debian's chromium (the report is checked in a
+# real headless browser).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
@@ -10,6 +12,9 @@ PYTHON=${PYTHON:-python3}
 
 need_apt=()
 [ -d /usr/share/datasets/fashion-mnist ] || need_apt+=(dataset-fashion-mnist)
+if [ "${1:-}" = test ]; then
+  command -v chromium >/dev/null || need_apt+=(chromium)
+fi
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     echo "install: apt-get install ${need_apt[*]}"
@@ -17,7 +22,7 @@ if [ ${#need_apt[@]} -gt 0 ]; then
     apt-get update -qq
     apt-get install -y -qq "${need_apt[@]}" >/dev/null
   elif command -v apt-get >/dev/null; then
-    echo "install: the demo needs Debian's ${need_apt[*]}; run: sudo apt-get install -y ${need_apt[*]}" >&2
+    echo "install: needs Debian's ${need_apt[*]}; run: sudo apt-get install -y ${need_apt[*]}" >&2
     exit 1
   else
     echo "install: no apt-get here; the fashion_mnist source will need torchvision's download (internet) or" \

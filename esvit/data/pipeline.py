@@ -208,6 +208,7 @@ def eval_pipeline(
     *,
     rank: int = 0,
     world_size: int = 1,
+    collate: Callable = torch.utils.data.default_collate,
 ) -> wds.DataPipeline:
     """Ordered batches of ``(keys, images, labels)``; across ranks and workers each sample appears once."""
     n_urls = len(shards.urls)
@@ -231,5 +232,5 @@ def eval_pipeline(
         wds.decode("pilrgb"),
         wds.to_tuple("__key__", IMAGE_KEYS, "cls"),
         wds.map_tuple(None, transform, int),
-        wds.batched(batch_size, collation_fn=torch.utils.data.default_collate, partial=True),
+        wds.batched(batch_size, collation_fn=collate, partial=True),
     )

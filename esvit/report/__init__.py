@@ -24,7 +24,7 @@ DASH = "—"
 
 
 def _fmt(v) -> str:
-    if v is None or (isinstance(v, float) and pd.isna(v)):
+    if v is None or v is pd.NA or (isinstance(v, float) and pd.isna(v)):
         return DASH
     if isinstance(v, float):
         return f"{v:.2f}"
@@ -94,8 +94,12 @@ def build_report(results: str | Path = "results", out: str | Path | None = None,
     atomic_write_text(files["summary.csv"], summary.to_csv(index=False))
     imnet = imagenet_table(df, desc, paper) if len(desc) else pd.DataFrame()
     tables = {ev: transfer_table(df, ev, baseline) for ev in ("probe", "knn")}
-    headline = paper[paper.table == 1][["method", "arch", "window", "tasks", "params_m", "throughput_img_s", "imagenet_linear", "imagenet_knn"]]
-    transfer_ref = paper[paper.table == 3][["method", "arch", "pretrain_data", "tasks", "imagenet_linear", "imagenet_knn", "transfer18_avg", "transfer18_wins"]]
+    counts = {"window": "Int64", "params_m": "Int64", "throughput_img_s": "Int64", "transfer18_wins": "Int64"}
+    paper_shown = paper.astype(counts)
+    headline = paper_shown[paper.table == 1][["method", "arch", "window", "tasks", "params_m", "throughput_img_s", "imagenet_linear", "imagenet_knn"]]
+    transfer_ref = paper_shown[paper.table == 3][["method", "arch", "pretrain_data", "tasks", "imagenet_linear", "imagenet_knn", "transfer18_avg", "transfer18_wins"]]
+    if len(desc):
+        desc = desc.astype({"window": "Int64"})
     stale = summary.loc[summary["stale"].astype(bool), ["run", "dataset", "eval", "checkpoint"]]
 
     # -- figures -----------------------------------------------------------------------------------------
@@ -112,10 +116,18 @@ def build_report(results: str | Path = "results", out: str | Path | None = None,
     logs = {p.parent.name: plots.read_log(p) for p in sorted(results.glob("pretrain/*/log.jsonl"))}
     figures.append((plots.training_curves(logs, out / "training_curves.png"),
                     "Pretraining curves (log.jsonl of each run)" if logs else "Pretraining curves: no run pretrained here"))  # fmt: skip
-    for name in ("correspondence.png",):
-        if (results / "viz" / name).is_file():
-            figures.append((results / "viz" / name, "Region correspondence: matched regions of two views (esvit viz)"))
-    corr = _read_json(results / "viz" / "correspondence.json")
+    corr = {p.parent.name: _read_json(p) for p in sorted(results.glob("viz/*/correspondence.json"))}
+    corr = {run: c for run, c in corr.items() if c}
+    for run in corr:
+        png = results / "viz" / run / "correspondence.png"
+        if png.is_file():
+            figures.append((png, f"Region correspondence of {run}: each student region of view A joined to its best teacher "
+                                 "region in view B = A flipped (green: the geometrically correct one)"))  # fmt: skip
+    corr_table = pd.DataFrame([{"run": r, "accuracy_%": c["accuracy"], "regions_per_view": c.get("regions_per_view"),
+                                "images": c.get("pairs"), "image_size": c.get("image_size")} for r, c in corr.items()])  # fmt: skip
+    corr_note = ("Fraction of student regions of a view whose most similar teacher region in the flipped view is the "
+                 "geometrically correct one (chance: 1 / regions). Paper: 95 % DINO DeiT-S, 66 % multi-stage view-only, "
+                 "91 % with the region loss.")  # fmt: skip
 
     # -- markdown ----------------------------------------------------------------------------------------
     md = ["# EsViT pipeline report", "", f"Results read: {len(df)} metrics files under `{results}`."]
@@ -138,9 +150,7 @@ def build_report(results: str | Path = "results", out: str | Path | None = None,
             md += ["", "Missing (—): " + ", ".join(f"{r}/{d}" for r, d in t.missing)]
     md += ["", "### The paper's Table 3 (18-dataset average and #wins vs supervised)", "", _md_table(transfer_ref, index=False)]
     if corr:
-        md += ["", "## Region correspondence", "", f"Correspondence accuracy of `{corr.get('checkpoint')}`: "
-               f"**{corr['accuracy']:.1f} %** over {corr.get('pairs')} view pairs (paper: 95 % DINO DeiT-S, 66 % multi-stage "
-               "view-only, 91 % with the region loss)."]  # fmt: skip
+        md += ["", "## Region correspondence", "", corr_note, "", _md_table(corr_table.set_index("run"))]
     md += ["", "## Stale results", "", _md_table(stale, index=False) if len(stale) else "None: every result used its run's newest checkpoint."]
     md += ["", "## Figures", ""] + [f"![{cap}]({p.name})" for p, cap in figures if p.parent == out]
     files["summary.md"] = out / "summary.md"
@@ -167,14 +177,19 @@ def build_report(results: str | Path = "results", out: str | Path | None = None,
             body += ["<p>Missing (—): " + ", ".join(html.escape(f"{r}/{d}") for r, d in t.missing) + "</p>"]
     body += ["<h3>The paper's Table 3</h3>", _html_table(transfer_ref, "paper", index=False)]
     if corr:
-        body += [f"<h2>Region correspondence</h2><p>Correspondence accuracy: <b>{corr['accuracy']:.1f} %</b> over {corr.get('pairs')} view pairs "
-                 "(paper: 95 % DINO DeiT-S, 66 % multi-stage view-only, 91 % with the region loss).</p>"]  # fmt: skip
+        body += ["<h2>Region correspondence</h2>", f"<p>{html.escape(corr_note)}</p>", _html_table(corr_table.set_index("run"), "correspondence")]
     body += ["<h2>Stale results</h2>", _html_table(stale, "stale", index=False) if len(stale) else "<p>None.</p>"]
     body += ["<h2>Figures</h2>"] + [_img(p, cap) for p, cap in figures]
     style = ("body{font-family:sans-serif;max-width:1200px;margin:2em auto;color:#222}table{border-collapse:collapse;margin:1em 0;"
              "font-size:13px}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}th{background:#f3f3f3}"
              "figure{margin:1em 0}img{max-width:100%}figcaption{font-size:12px;color:#555}")  # fmt: skip
-    page = f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>EsViT report</title><style>{style}</style></head><body>{''.join(body)}</body></html>"
+    # after load, the page records what rendered (tables, images with a decoded size) for automated checks
+    check = ("<script>window.addEventListener('load',()=>{const im=[...document.images];"
+             "document.body.dataset.rows=`${document.querySelectorAll('table tbody tr').length}`;"
+             "document.body.dataset.images=`${im.filter(i=>i.complete&&i.naturalWidth>0).length}/${im.length}`;"
+             "document.body.dataset.tables=`${document.querySelectorAll('table').length}`;});</script>")  # fmt: skip
+    page = (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>EsViT report</title><style>{style}</style>{check}</head>"
+            f"<body>{''.join(body)}</body></html>")  # fmt: skip
     files["report.html"] = out / "report.html"
     atomic_write_text(files["report.html"], page)
     for p, _ in figures:

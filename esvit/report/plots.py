@@ -69,7 +69,7 @@ def accuracy_vs_throughput(paper: pd.DataFrame, ours: list[dict], path: Path) ->
     ax.set_xlabel("throughput (images/s, log scale; paper: one V100, batch 128)")
     ax.set_ylabel("ImageNet linear top-1 (%)")
     ax.set_title("Accuracy vs throughput" + ("" if ours else " (no run of this project has both numbers yet)"), fontsize=9)
-    ax.legend(fontsize=7, loc="lower right")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     ax.grid(alpha=0.3)
     return _save(fig, path)
 

@@ -71,6 +71,9 @@ EVAL_TARGETS = [
     for ev in ("knn", "probe")
     if not (ev == "knn" and is_multilabel(dataset))  # k-NN classification needs one label per image
 ] + [f"results/linear/{model}/{dataset}/metrics.json" for model in EVAL_MODELS for dataset in LINEAR_DATASETS]
+# The correspondence diagnostic (esvit viz) of every evaluated model, on the first evaluation dataset.
+VIZ_DATASET = (EVAL_DATASETS + LINEAR_DATASETS + [None])[0]
+VIZ_TARGETS = [f"results/viz/{model}/correspondence.json" for model in EVAL_MODELS] if VIZ_DATASET else []
 ALL_TARGETS = SHARD_TARGETS + PRETRAIN_TARGETS + EVAL_TARGETS
 
 

@@ -2,9 +2,31 @@
 # The outputs are registered for `snakemake --report report.html`.
 
 
+rule correspondence:
+    input:
+        unpack(lambda w: {"checkpoint": EVAL_MODELS[w.run]["checkpoint"]} if EVAL_MODELS[w.run]["checkpoint"] else {}),
+        manifest=lambda w: f"{DATA_DIR}/shards/{VIZ_DATASET}/{eval_splits(VIZ_DATASET)[2]}/manifest.json",
+    output:
+        json="results/viz/{run}/correspondence.json",
+        png="results/viz/{run}/correspondence.png",
+    log:
+        "results/logs/viz/{run}.log",
+    params:
+        model=lambda w: (f"--checkpoint {EVAL_MODELS[w.run]['checkpoint']}" if EVAL_MODELS[w.run]["checkpoint"]
+                         else f"--random-init --arch {EVAL_MODELS[w.run]['arch']}"),
+        size=lambda w: max(EVAL_MODELS[w.run]["image_size"], 128),  # >= 4 x 4 last-stage regions
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    shell:
+        "python -m esvit viz {params.model} --shards $(dirname {input.manifest}) --image-size {params.size}"
+        " --out $(dirname {output.json}) > {log} 2>&1"
+
+
 rule report:
     input:
         metrics=EVAL_TARGETS,
+        viz=VIZ_TARGETS,
         logs=[f"results/pretrain/{run}/done.json" for run in RUNS],
     output:
         summary_csv=report("results/report/summary.csv", caption="../report/summary.rst", category="Tables", labels={"table": "all results (csv)"}),
