@@ -284,7 +284,10 @@ def bench_probe(args: argparse.Namespace) -> dict:
     from esvit.data.sources import stratified_split
     from esvit.eval.probe import LAMBDA_GRID, lambda_search, run_probe, standardize
 
+    from threadpoolctl import threadpool_limits
+
     torch.set_num_threads(args.threads)
+    threadpool_limits(args.threads)  # numpy / scikit-learn's BLAS and OpenMP: the same threads as torch
     rng = np.random.default_rng(0)
     centers = rng.normal(size=(args.classes, args.dim)) * args.separation
     y = rng.integers(0, args.classes, args.n + args.n_test)

@@ -108,6 +108,7 @@ class PretrainRun:
     dataset: str | None = _field(None, help="Dataset (a key of `datasets`) whose shards it trains on (with config).")
     split: str = _field("train", help="Split of that dataset.")
     overrides: list[str] = _field([], help="Training-config overrides, key.sub=value.")
+    mix: list[str] = _field([], help="More datasets whose `split` shards are mixed into the training stream (drawn shard by shard).")
     checkpoint: str | None = _field(None, path="exists", help="A released checkpoint to evaluate without pretraining (instead of config).")
     checkpoint_format: Literal["official", "esvit"] = _field("official", help="official: microsoft/esvit checkpoint.pth (imported with `esvit import`); esvit: this project's.")
     arch: str | None = _field(None, choices=_archs, help="Architecture of checkpoint (esvit.models.ARCHS).")
@@ -374,6 +375,11 @@ def load_config(source: str | Path | Mapping, overrides: typing.Iterable[str] = 
             )
         if run.split not in cfg.datasets[run.dataset].splits:
             raise ConfigError(f"{key}.split: {run.split!r} is not among datasets.{run.dataset}.splits")
+        for j, extra in enumerate(run.mix):
+            if extra not in cfg.datasets:
+                raise ConfigError(f"{key}.mix[{j}]: unknown dataset {extra!r}; known: {', '.join(cfg.datasets)}.{_did_you_mean(extra, cfg.datasets)}")
+            if run.split not in cfg.datasets[extra].splits:
+                raise ConfigError(f"{key}.mix[{j}]: {extra!r} has no {run.split!r} split to mix in")
         from esvit.train.config import load_train_config
 
         try:

@@ -51,9 +51,17 @@ class ShardSet:
 def open_shards(directory: str | Path) -> ShardSet:
     """Open a shard set after a cheap check (manifest present, every shard there with the right size).
 
+    ``directory`` may list several shard folders separated by commas (a pretraining mix): their shards are
+    pooled (the training reader draws shard by shard) and the manifest totals add up.
+
     Raises:
         ShardError: naming the folder or shard and what to do.
     """
+    if "," in str(directory):
+        parts = [open_shards(d.strip()) for d in str(directory).split(",") if d.strip()]
+        manifest = {"total": sum(p.total for p in parts), "classes": [], "shards": sum((p.manifest["shards"] for p in parts), []),
+                    "mix": [str(p.directory) for p in parts]}  # fmt: skip
+        return ShardSet(parts[0].directory, manifest, sum((p.urls for p in parts), []))
     directory = Path(directory)
     manifest = load_manifest(directory)
     urls = []

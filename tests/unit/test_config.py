@@ -66,6 +66,9 @@ def _pop(path: str):
 
 # (id, mutation, substrings the message must contain, the JSON schema rejects it too)
 BAD = [
+    ("mix-unknown-dataset", _set("runs.esvit_demo.mix", ["mnist6k"]), ["runs.esvit_demo.mix[0]: unknown dataset 'mnist6k'", "Did you mean 'mnist5k'"], False),
+    ("run-without-config-or-checkpoint", _set("runs.esvit_demo.config", None), ["runs.esvit_demo: give either config"], False),
+    ("checkpoint-without-arch", _set("runs.esvit_demo", {"checkpoint": "configs/config.yaml"}), ["runs.esvit_demo.arch is required"], False),
     ("unknown-top-key", _set("datasetz", {}), ["unknown key 'datasetz'", "Did you mean 'datasets'"], True),
     ("unknown-nested-key", _set("shard.max_sample", 5), ["shard: unknown key 'max_sample'", "Did you mean 'max_samples'"], True),
     ("int-as-string", _set("shard.workers", "two"), ["shard.workers must be an integer", "'two'"], True),

@@ -77,3 +77,9 @@ def test_open_shards_refuses_an_incomplete_set(digits_shards, tmp_path):
     (copy / "manifest.json").unlink()
     with pytest.raises(ShardError, match="not a complete shard set"):
         open_shards(copy)
+
+
+def test_a_comma_list_of_shard_folders_is_one_pooled_training_set(digits_shards):
+    one = open_shards(digits_shards)
+    mix = open_shards(f"{digits_shards},{digits_shards}")
+    assert mix.total == 2 * one.total and mix.urls == one.urls * 2 and mix.manifest["mix"] == [str(digits_shards)] * 2

@@ -43,8 +43,10 @@ def test_dry_run_of_the_default_config_lists_one_shard_job_per_dataset_split(tmp
     default = yaml.safe_load((REPO / "configs/config.yaml").read_text())
     if not Path(default["datasets"]["fashion_mnist"]["root"]).is_dir():
         default["datasets"].pop("fashion_mnist")
+        default["eval"]["datasets"] = [d for d in default["eval"]["datasets"] if d != "fashion_mnist"]
         for run in default["runs"].values():
             run["dataset"] = "mnist5k"
+            run["mix"] = [d for d in run.get("mix", []) if d != "mnist5k"]
     for run in default["runs"].values():
         run["config"] = str(REPO / run["config"])
     proc = snakemake(tmp_path, "-n", "--cores", "2", config=default)
@@ -120,6 +122,17 @@ def test_whole_pipeline_runs_for_real_and_a_forced_rerun_touches_nothing_else(tm
         for ev in ("knn", "probe"):
             m = yaml.safe_load((tmp_path / "results" / ev / run / "digits" / "metrics.json").read_text())
             assert m["run"] == run and m["n_test"] == 359 and 0 < m["value"] <= 100
+    summary = (tmp_path / "results" / "report" / "summary.md").read_text()
+    assert "| digits | accuracy |" in summary and "tiny_a" in summary and "tiny_b" in summary
+    corr = yaml.safe_load((tmp_path / "results" / "viz" / "tiny_a" / "correspondence.json").read_text())
+    assert corr["regions_per_view"] == 16 and 0 <= corr["accuracy"] <= 100
+    rep = snakemake(tmp_path, "--cores", "1", "--report", str(tmp_path / "report.zip"), config=cfg)
+    assert rep.returncode == 0, rep.stderr[-3000:]
+    import zipfile
+
+    names = "\n".join(zipfile.ZipFile(tmp_path / "report.zip").namelist())
+    for f in ("summary.csv", "report.html", "transfer_bars.png", "accuracy_vs_throughput.png", "training_curves.png"):
+        assert f in names, names
     again = snakemake(tmp_path, "-n", "--cores", "2", "results/pretrain/tiny_a/final.pth", "-f", config=cfg)
     assert job_counts(again.stdout + again.stderr) == {"pretrain": 1}
     again = snakemake(tmp_path, "-n", "--cores", "2", "results/probe/tiny_b/digits/metrics.json", "-f", config=cfg)
@@ -130,7 +143,7 @@ def test_eval_fans_out_per_model_and_dataset(tmp_path):
     (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(TINY_TRAIN))
     cfg = small_config()
     cfg["datasets"]["mnist5k"]["splits"] = ["train", "test"]
-    cfg["runs"] = {"tiny_a": {"config": str(tmp_path / "tiny.yaml"), "dataset": "digits"}}
+    cfg["runs"] = {"tiny_a": {"config": str(tmp_path / "tiny.yaml"), "dataset": "digits", "mix": ["mnist5k"]}}
     cfg["eval"] = {"datasets": ["digits", "mnist5k"]}
     proc = snakemake(tmp_path, "-n", "-p", "--cores", "2", config=cfg)
     counts = job_counts(proc.stdout + proc.stderr)
@@ -141,6 +154,7 @@ def test_eval_fans_out_per_model_and_dataset(tmp_path):
     out = proc.stdout + proc.stderr
     assert "--random-init --arch swin_pico --image-size 32" in out
     assert "--checkpoint results/pretrain/tiny_a/final.pth --image-size 32" in out
+    assert "--shards data/shards/digits/train,data/shards/mnist5k/train" in out  # the pretraining mix
 
 
 def test_transfer_config_fans_out_over_the_18_sets_with_their_splits(tmp_path):

@@ -88,9 +88,9 @@ def dataset_param(key):
 
 
 def run_shards_manifest(wildcards):
-    """The manifest of the shard set a pretraining run reads."""
+    """The manifests of the shard sets a pretraining run reads (its dataset, then any mixed in)."""
     run = CFG.runs[wildcards.run]
-    return f"{DATA_DIR}/shards/{run.dataset}/{run.split}/manifest.json"
+    return [f"{DATA_DIR}/shards/{name}/{run.split}/manifest.json" for name in [run.dataset, *run.mix]]
 
 
 def eval_features(wildcards):

@@ -17,13 +17,14 @@ rule pretrain:
         config=lambda w: config["runs"][w.run]["config"],
         overrides=lambda w: " ".join(f"'{o}'" for o in config["runs"][w.run].get("overrides", [])),
         out=lambda w, output: Path(output.final).parent,
+        shards=lambda w, input: ",".join(str(Path(m).parent) for m in input.manifest),
     threads: 2
     resources:
         mem_mb=8000,
         runtime=1440,
     localrule: True
     shell:
-        "python -m esvit pretrain --config {params.config} --shards $(dirname {input.manifest})"
+        "python -m esvit pretrain --config {params.config} --shards {params.shards}"
         " --out {params.out} {params.overrides} > {log} 2>&1"
 
 
