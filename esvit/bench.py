@@ -358,6 +358,47 @@ def bench_extract(args: argparse.Namespace) -> dict:
     return out
 
 
+def _infer_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--archs", default="swin_tiny_w7", help="comma-separated backbones (default %(default)s)")
+    p.add_argument("--batch", type=int, default=128, help="images per forward (the paper's Table 1: 128)")
+    p.add_argument("--size", type=int, default=224)
+    p.add_argument("--steps", type=int, default=3, help="timed batches after one warm-up batch")
+    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--threads", type=int, default=2)
+
+
+@benchmark("infer", _infer_args)
+def bench_infer(args: argparse.Namespace) -> dict:
+    """Backbone inference images/s as the paper's Table 1 measures it (batch 128, 224 px, one device)."""
+    import torch
+
+    from esvit.models import Backbone
+
+    torch.set_num_threads(args.threads)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("bench infer: --device cuda but no CUDA device is visible")
+    dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[args.precision]
+    out: dict[str, Any] = {"batch": args.batch, "size": args.size, "precision": args.precision, "device": args.device, "img_s": {}}
+    x = torch.randn(args.batch, 3, args.size, args.size, device=args.device)
+    for arch in args.archs.split(","):
+        net = Backbone(arch).eval().to(args.device)
+        times = []
+        with torch.inference_mode(), torch.autocast(args.device, dtype=dtype or torch.float32, enabled=dtype is not None):
+            for i in range(args.steps + 1):
+                if args.device == "cuda":
+                    torch.cuda.synchronize()
+                t0 = time.perf_counter()
+                net(x)
+                if args.device == "cuda":
+                    torch.cuda.synchronize()
+                if i:  # the first batch warms up
+                    times.append(time.perf_counter() - t0)
+        out["img_s"][arch] = round(args.batch / (sum(times) / len(times)), 1)
+        del net
+    return out
+
+
 # ----------------------------------------------------------------------------------------------- entry
 
 

@@ -34,8 +34,8 @@ def _fmt(v) -> str:
 def _md_table(df: pd.DataFrame, index: bool = True) -> str:
     cols = ([df.index.name or ""] if index else []) + [str(c) for c in df.columns]
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    for idx, row in df.iterrows():
-        cells = ([str(idx)] if index else []) + [_fmt(v) for v in row.tolist()]
+    for row in df.itertuples(index=True, name=None):  # itertuples keeps each column's type (iterrows upcasts)
+        cells = ([str(row[0])] if index else []) + [_fmt(v) for v in row[1:]]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -43,8 +43,8 @@ def _md_table(df: pd.DataFrame, index: bool = True) -> str:
 def _html_table(df: pd.DataFrame, cls: str, index: bool = True) -> str:
     head = ([df.index.name or ""] if index else []) + [str(c) for c in df.columns]
     out = [f'<table class="{cls}"><thead><tr>' + "".join(f"<th>{html.escape(h)}</th>" for h in head) + "</tr></thead><tbody>"]
-    for idx, row in df.iterrows():
-        cells = ([str(idx)] if index else []) + [_fmt(v) for v in row.tolist()]
+    for row in df.itertuples(index=True, name=None):
+        cells = ([str(row[0])] if index else []) + [_fmt(v) for v in row[1:]]
         out.append("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>")
     out.append("</tbody></table>")
     return "".join(out)

@@ -66,6 +66,8 @@ def mark_stale(df: pd.DataFrame, results: str | Path) -> pd.DataFrame:
         if not ck or not isinstance(ck, str):  # random init: never stale
             stale.append(False)
             continue
+        if not Path(ck).is_absolute():  # recorded relative to the workflow's directory, which holds results/
+            ck = str(Path(results).parent / ck)
         run_dir = Path(results) / "pretrain" / r["run"]
         newest = max((p.stat().st_mtime for p in run_dir.glob("*.pth")), default=None) if run_dir.is_dir() else None
         changed = current(ck) != r["checkpoint_sha256"]
