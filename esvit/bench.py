@@ -271,7 +271,7 @@ def _probe_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--classes", type=int, default=100)
     p.add_argument("--n-test", type=int, default=10000)
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--separation", type=float, default=0.06, help="class-centre scale (default %(default)s: ~80 %% accuracy)")
+    p.add_argument("--separation", type=float, default=0.15, help="class-centre scale (default %(default)s: ~85 %% test accuracy at 768 dims, 100 classes)")
     p.add_argument("--sklearn-max-iter", type=int, default=1000, help="as CLIP's probe (default %(default)s)")
 
 
@@ -325,7 +325,7 @@ def bench_probe(args: argparse.Namespace) -> dict:
 
 
 def _extract_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--archs", default="swin_nano:64,swin_tiny_w7:224", help="arch:image_size list (default %(default)s: the demo model, Swin-T)")
+    p.add_argument("--archs", default="swin_pico:32,swin_tiny_w7:224", help="arch:image_size list (default %(default)s: the demo model, Swin-T)")
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--workers", type=int, default=2, help="data-loader workers (default %(default)s)")
     p.add_argument("--threads", type=int, default=2)

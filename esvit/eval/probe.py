@@ -45,7 +45,7 @@ class LogReg:
 
 
 def fit_logreg(x: torch.Tensor, y: torch.Tensor, n_classes: int, lam: float, init: LogReg | None = None,
-               max_iter: int = 1000, tol: float = 1e-4) -> LogReg:  # fmt: skip
+               max_iter: int = 1000, tol: float = 1e-4, x_lowp: torch.Tensor | None = None) -> LogReg:  # fmt: skip
     """Minimise sum CE + lam/2 ||W||^2 with L-BFGS (strong Wolfe line search).
 
     Args:
@@ -53,6 +53,8 @@ def fit_logreg(x: torch.Tensor, y: torch.Tensor, n_classes: int, lam: float, ini
             binary logistic regression per class, all with the same lambda, summed).
         lam: the L2 strength (scikit-learn's 1 / C).
         init: warm start.
+        x_lowp: ``x`` in bfloat16: then the two matrix products run in bfloat16 (fp32 accumulation, ~2x
+            faster on CPUs with AVX512-BF16); the parameters, softmax and L-BFGS stay in float32.
         max_iter: L-BFGS iterations at most; tol: stop when the max-abs gradient, relative to N, is below it.
     """
     n, d = x.shape
@@ -73,7 +75,7 @@ def fit_logreg(x: torch.Tensor, y: torch.Tensor, n_classes: int, lam: float, ini
     def closure() -> torch.Tensor:
         opt.zero_grad()
         # scaled by 1/N so tolerances do not depend on the dataset size; the minimiser is the same
-        logits = x @ w.T + b
+        logits = (x_lowp @ w.to(x_lowp.dtype).T).float() + b if x_lowp is not None else x @ w.T + b
         data = (F.binary_cross_entropy_with_logits(logits, y, reduction="sum") / n if multilabel
                 else F.cross_entropy(logits, y, reduction="mean"))  # fmt: skip
         loss = data + lam / (2 * n) * (w * w).sum()
@@ -109,6 +111,15 @@ def lambda_search(evaluate: Callable[[int, int | None], float], n_grid: int = le
     return best, scores
 
 
+def _native_bf16(device: torch.device) -> bool:
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported()) and "avx512_bf16" in open("/proc/cpuinfo").read()
+    except (OSError, AttributeError, RuntimeError):
+        return False
+
+
 @dataclass
 class ProbeResult:
     metric: str
@@ -123,14 +134,17 @@ class ProbeResult:
 
 def run_probe(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor, test_y: torch.Tensor,
               metric: str = "accuracy", val_x: torch.Tensor | None = None, val_y: torch.Tensor | None = None,
-              val_fraction: float = 0.2, seed: int = 0, device: str = "cpu", search_tol: float = 1e-3,
-              search_max_iter: int = 300) -> ProbeResult:  # fmt: skip
+              val_fraction: float = 0.2, seed: int = 0, device: str = "cpu", search_tol: float = 1e-4,
+              search_max_iter: int = 300, search_precision: str = "auto") -> ProbeResult:  # fmt: skip
     """The whole protocol: split (if no val), standardise, search lambda, refit on train + val, score test.
 
     Labels are [N] class indices, or [N, C] multi-hot targets for multi-label sets (metric 11point_mAP).
-    The search's fits stop at a looser gradient tolerance (``search_tol``, ``search_max_iter``) than the final
-    refit (1e-4, 1000 iterations): they only rank lambdas by validation score, and each is warm-started
-    from its neighbour on the path.
+    The search's fits use scikit-learn's gradient tolerance (``search_tol``, 1e-4 on the mean objective) with
+    fewer iterations at most (``search_max_iter``) than the final refit (1000): they only rank lambdas by
+    validation score, and each is warm-started from its neighbour on the path, so most converge in a few
+    iterations. (A looser tolerance lets a warm start pass as converged for the next lambda, and the search
+    then compares copies.) ``search_precision``: ``bf16`` runs the search's matrix products in bfloat16
+    (``auto``: where the CPU has native bfloat16, or on CUDA); the final refit is always float32.
     """
     t0 = time.perf_counter()
     if metric not in METRICS:
@@ -161,9 +175,15 @@ def run_probe(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor
     fx, vx = (t.to(device) for t in standardize(fit_x, val_x))
     fy, vy = fit_y.to(device), val_y.to(device)
     models: dict[int, LogReg] = {}
+    if search_precision not in ("auto", "fp32", "bf16"):
+        raise ValueError(f"search_precision must be auto, fp32 or bf16 (got {search_precision!r})")
+    if search_precision == "auto":
+        search_precision = "bf16" if _native_bf16(fx.device) else "fp32"
+    fx_lowp = fx.bfloat16() if search_precision == "bf16" else None
 
     def evaluate(i: int, warm: int | None) -> float:
-        models[i] = fit_logreg(fx, fy, n_classes, float(LAMBDA_GRID[i]), init=models.get(warm), max_iter=search_max_iter, tol=search_tol)
+        models[i] = fit_logreg(fx, fy, n_classes, float(LAMBDA_GRID[i]), init=models.get(warm), max_iter=search_max_iter,
+                               tol=search_tol, x_lowp=fx_lowp)  # fmt: skip
         pred = models[i].logits(vx)
         return score(pred.cpu(), vy.cpu())
 

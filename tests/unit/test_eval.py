@@ -236,3 +236,12 @@ def test_multilabel_probe_scores_11point_map():
     targets[::3, 0] = 1
     res = run_probe(x[:700], targets[:700], x[700:], targets[700:], "11point_mAP")
     assert res.metric == "11point_mAP" and 30 < res.value <= 100 and res.n_val == 140
+
+
+def test_bfloat16_search_picks_a_lambda_as_good_as_the_float32_search():
+    x, y = gaussian_mixture(1500, 48, 6, seed=8, spread=0.9)
+    exact = run_probe(x[:1200], y[:1200], x[1200:], y[1200:], search_precision="fp32")
+    fast = run_probe(x[:1200], y[:1200], x[1200:], y[1200:], search_precision="bf16")
+    assert abs(fast.value - exact.value) <= 0.5, (fast.value, exact.value)
+    with pytest.raises(ValueError, match="search_precision"):
+        run_probe(x[:1200], y[:1200], x[1200:], y[1200:], search_precision="fp8")
