@@ -102,8 +102,9 @@ def extract(backbone: Backbone, shard_dir: str | Path, out: str | Path, meta: di
         if i < done_batches:
             continue
         images = images.to(device)
-        buf["pooled"].append(backbone(images)[0].half().cpu())
-        buf["last_blocks"].append(backbone.last_blocks(images, n_blocks).half().cpu())
+        pooled, blocks = backbone.pooled_and_last_blocks(images, n_blocks)  # one forward pass for both
+        buf["pooled"].append(pooled.half().cpu())
+        buf["last_blocks"].append(blocks.half().cpu())
         buf["labels"].append(labels.long())
         buf["keys"].append(list(keys))
         bar.update(1)

@@ -135,6 +135,12 @@ class Backbone(nn.Module):
             return torch.cat([prefix[:, 0] for _, prefix in inter], dim=-1)
         return self.forward(x)[0]
 
+    def pooled_and_last_blocks(self, x: torch.Tensor, n: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
+        """Both evaluation features from one pass: the last block's chunk of ``last_blocks`` is the pooled
+        feature (Swin: final-norm average; ViT: final-norm [CLS]; ResNet: the pooled feature itself)."""
+        blocks = self.last_blocks(x, n)
+        return blocks[:, -self.num_features :], blocks
+
     def last_blocks_dim(self, n: int = 4) -> int:
         with torch.no_grad():
             return self.last_blocks(torch.zeros(1, 3, 64, 64), n).shape[-1]

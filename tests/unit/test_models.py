@@ -32,6 +32,10 @@ def test_interface_shapes_at_global_and_local_sizes(arch):
             assert pooled.shape == (2, c) and toks.shape == (2, tokens, c)
             if net.family != "vit":  # multi-stage nets: the view feature is the mean of the region tokens
                 torch.testing.assert_close(pooled, toks.mean(1))
+        x = torch.randn(2, 3, 96, 96)
+        one_pass_pooled, blocks = net.pooled_and_last_blocks(x)  # what `esvit extract` caches, from one pass
+        torch.testing.assert_close(one_pass_pooled, net(x)[0], rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(blocks, net.last_blocks(x))
 
 
 def test_swin_conventions_match_timm_and_the_reference():
