@@ -136,14 +136,11 @@ def test_extract_caches_every_sample_once_resumes_after_a_kill_and_invalidates(d
             super().__init__()
             self.inner, self.calls, self.die_at = inner, 0, die_at
 
-        def forward(self, x):
+        def pooled_and_last_blocks(self, x, n):
             self.calls += 1
             if self.calls == self.die_at:
                 raise KeyboardInterrupt
-            return self.inner(x)
-
-        def last_blocks(self, x, n):
-            return self.inner.last_blocks(x, n)
+            return self.inner.pooled_and_last_blocks(x, n)
 
     out = tmp_path / "f.pt"
     with pytest.raises(KeyboardInterrupt):
