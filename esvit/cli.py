@@ -348,13 +348,17 @@ def run_viz(args: argparse.Namespace) -> int:
     from esvit.data.pipeline import eval_pipeline, make_loader, open_shards
     from esvit.eval.features import load_backbone
     from esvit.report.correspondence import correspondence_accuracy, draw_correspondence
-    from esvit.train.state import load_checkpoint
+    from esvit.train.state import CheckpointError
 
     if bool(args.checkpoint) == args.random_init:
         raise UsageError("give exactly one of --checkpoint or --random-init")
     teacher, meta = load_backbone(args.checkpoint, args.arch)
-    has_student = bool(args.checkpoint) and "student" in load_checkpoint(args.checkpoint)
-    student = load_backbone(args.checkpoint, args.arch, key="student")[0] if has_student else teacher
+    student, has_student = teacher, False
+    if args.checkpoint:
+        try:  # imported (released) checkpoints keep only the teacher
+            student, has_student = load_backbone(args.checkpoint, args.arch, key="student")[0], True
+        except CheckpointError:
+            pass
     pipe = eval_pipeline(open_shards(args.shards), lambda im: im, 1, collate=lambda batch: batch)
     images = [sample[1] for batch in islice(make_loader(pipe, 0), args.n) for sample in batch]
     res = correspondence_accuracy(student, teacher, images, args.image_size)

@@ -129,20 +129,25 @@ def build_report(results: str | Path = "results", out: str | Path | None = None,
                  "geometrically correct one (chance: 1 / regions). Paper: 95 % DINO DeiT-S, 66 % multi-stage view-only, "
                  "91 % with the region loss.")  # fmt: skip
 
+    has_imagenet = bool(len(imnet)) and imnet[["linear", "knn"]].notna().any().any()
+    shown_tables = {}
+    for ev in ("probe", "knn"):
+        if not tables[ev].table.empty:
+            shown = tables[ev].table.copy()
+            shown.insert(0, "metric", [tables[ev].metric.get(d, "") for d in shown.index])
+            shown_tables[ev] = shown
+    titles = {"probe": "Transfer: linear probe", "knn": "Transfer: k-NN top-1"}
+
     # -- markdown ----------------------------------------------------------------------------------------
     md = ["# EsViT pipeline report", "", f"Results read: {len(df)} metrics files under `{results}`."]
     if len(desc):
         md += ["", "## Runs", "", _md_table(desc.set_index("run"))]
     md += ["", "## ImageNet-1K: this project beside the paper", ""]
-    md += [_md_table(imnet.set_index("run")) if len(imnet) and imnet[["linear", "knn"]].notna().any().any()
+    md += [_md_table(imnet.set_index("run")) if has_imagenet
            else "No ImageNet results yet (add `imagenet` to eval.linear_datasets / eval.datasets)."]  # fmt: skip
     md += ["", "### The paper's Table 1 (ImageNet-1K linear / k-NN top-1, throughput)", "", _md_table(headline, index=False)]
-    for ev, title in (("probe", "Transfer: linear probe"), ("knn", "Transfer: k-NN top-1")):
-        t = tables[ev]
-        if t.table.empty:
-            continue
-        shown = t.table.copy()
-        shown.insert(0, "metric", [t.metric.get(d, "") for d in shown.index])
+    for ev, shown in shown_tables.items():
+        t, title = tables[ev], titles[ev]
         md += ["", f"## {title} (datasets x runs)", "", _md_table(shown)]
         if t.baseline:
             md += ["", f"Wins against `{t.baseline}`: " + ", ".join(f"{r} {n}/{len(shown) - 1}" for r, n in t.wins.items())]
@@ -161,15 +166,11 @@ def build_report(results: str | Path = "results", out: str | Path | None = None,
     if len(desc):
         body += ["<h2>Runs</h2>", _html_table(desc.set_index("run"), "runs")]
     body += ["<h2>ImageNet-1K: this project beside the paper</h2>"]
-    body += [_html_table(imnet.set_index("run"), "imagenet") if len(imnet) and imnet[["linear", "knn"]].notna().any().any()
+    body += [_html_table(imnet.set_index("run"), "imagenet") if has_imagenet
              else "<p>No ImageNet results yet (add <code>imagenet</code> to eval.linear_datasets / eval.datasets).</p>"]  # fmt: skip
     body += ["<h3>The paper's Table 1</h3>", _html_table(headline, "paper", index=False)]
-    for ev, title in (("probe", "Transfer: linear probe"), ("knn", "Transfer: k-NN top-1")):
-        t = tables[ev]
-        if t.table.empty:
-            continue
-        shown = t.table.copy()
-        shown.insert(0, "metric", [t.metric.get(d, "") for d in shown.index])
+    for ev, shown in shown_tables.items():
+        t, title = tables[ev], titles[ev]
         body += [f"<h2>{title}</h2>", _html_table(shown, f"transfer {ev}")]
         if t.baseline:
             body += [f"<p>Wins against <code>{html.escape(t.baseline)}</code>: " + ", ".join(f"{html.escape(r)} {n}/{len(shown) - 1}" for r, n in t.wins.items()) + "</p>"]
