@@ -3,13 +3,15 @@ MASTER_ADDR, MASTER_PORT — what torchrun and submitit's TorchDistributedEnviro
 
 from __future__ import annotations
 
+import hashlib
 import os
+import socket
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 
-__all__ = ["DistInfo", "init_distributed", "is_main"]
+__all__ = ["DistInfo", "gather_objects", "init_distributed", "is_main", "rank_fingerprints"]
 
 
 @dataclass(frozen=True)
@@ -29,6 +31,8 @@ def init_distributed(device: torch.device) -> DistInfo:
     if world <= 1:
         return DistInfo()
     rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
     if not dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
         dist.init_process_group(backend=backend, init_method="env://", world_size=world, rank=rank)
@@ -37,3 +41,28 @@ def init_distributed(device: torch.device) -> DistInfo:
 
 def is_main() -> bool:
     return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+
+
+def rank_fingerprints(*modules: torch.nn.Module) -> list[dict]:
+    """Every rank's ``{rank, host, fingerprint}`` (SHA-256 of the modules' parameters and buffers), gathered.
+
+    Equal fingerprints mean the ranks hold bit-identical weights. ``host`` is Slurm's node name when there is
+    one. A collective: every rank must call it.
+    """
+    h = hashlib.sha256()
+    for m in modules:
+        for name, t in m.state_dict().items():
+            h.update(name.encode())
+            h.update(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    me = {"rank": dist.get_rank() if dist.is_initialized() else 0,
+          "host": os.environ.get("SLURMD_NODENAME") or socket.gethostname(), "fingerprint": h.hexdigest()[:16]}  # fmt: skip
+    return gather_objects(me)
+
+
+def gather_objects(obj: object) -> list:
+    """``[obj of rank 0, obj of rank 1, ...]`` on every rank (``[obj]`` without torch.distributed)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return [obj]
+    out: list = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out

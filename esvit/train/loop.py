@@ -12,6 +12,7 @@ import contextlib
 import json
 import logging
 import math
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +25,7 @@ from esvit.atomic import atomic_write_json, atomic_write_text
 from esvit.config import to_dict
 from esvit.data.pipeline import make_loader, open_shards, train_pipeline
 from esvit.data.transforms import MultiCropAugmentation
-from esvit.launch.distributed import DistInfo, init_distributed
+from esvit.launch.distributed import DistInfo, gather_objects, init_distributed, rank_fingerprints
 from esvit.losses import EsViTLoss
 from esvit.models import Backbone, EsViTNet
 from esvit.progress import progress
@@ -94,7 +95,9 @@ def _device(cfg: TrainConfig) -> torch.device:
     want = cfg.run.device
     if want == "cuda" and not torch.cuda.is_available():
         raise TrainingError("run.device is cuda but no CUDA device is visible; use run.device=cpu or auto")
-    return torch.device("cuda" if want == "cuda" or (want == "auto" and torch.cuda.is_available()) else "cpu")
+    if want == "cuda" or (want == "auto" and torch.cuda.is_available()):
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))  # one GPU per process
+    return torch.device("cpu")
 
 
 def _precision(cfg: TrainConfig, device: torch.device) -> str:
@@ -129,11 +132,13 @@ class Trainer:
             torch.set_num_threads(cfg.run.threads)
         if cfg.run.reuse_memory:
             keep_freed_memory()
-        torch.manual_seed(cfg.run.seed + self.dist.rank)
         self.iters_per_epoch = iters_per_epoch
 
-        # -- student and teacher -----------------------------------------------------------------------------
+        # -- student and teacher: the same initial weights on every rank ---------------------------------------
+        # (DDP would broadcast rank 0's student, but the teacher is copied before that and never synchronised.)
+        torch.manual_seed(cfg.run.seed)
         self.student, self.teacher = build_models(cfg)
+        torch.manual_seed(cfg.run.seed + self.dist.rank)  # drop path and anything random after: per rank
         if self.dist.distributed and cfg.model.arch == "resnet50":
             self.student = nn.SyncBatchNorm.convert_sync_batchnorm(self.student)
             self.teacher = nn.SyncBatchNorm.convert_sync_batchnorm(self.teacher)
@@ -161,7 +166,9 @@ class Trainer:
         self.epoch, self.it, self.global_step = 0, 0, 0
 
     # -- resume -----------------------------------------------------------------------------------------------
-    def state(self) -> dict[str, Any]:
+    def state(self, rng_ranks: list | None = None) -> dict[str, Any]:
+        """Everything a resume needs; ``rng_ranks``: every rank's RNG state (gathered by the caller), so each
+        rank of a resumed distributed run continues its own random stream."""
         return {
             "student": self.student.state_dict(),
             "teacher": self.teacher.state_dict(),
@@ -173,6 +180,7 @@ class Trainer:
             "global_step": self.global_step,
             "iters_per_epoch": self.iters_per_epoch,
             "rng": rng_state(),
+            "rng_ranks": rng_ranks,
             "config": json.loads(json.dumps(to_dict(self.cfg))),
         }
 
@@ -189,7 +197,8 @@ class Trainer:
         if self.scaler and ckpt.get("scaler"):
             self.scaler.load_state_dict(ckpt["scaler"])
         self.epoch, self.it, self.global_step = ckpt["epoch"], ckpt["it"], ckpt["global_step"]
-        set_rng_state(ckpt["rng"])
+        ranks = ckpt.get("rng_ranks")
+        set_rng_state(ranks[self.dist.rank] if ranks and len(ranks) == self.dist.world_size else ckpt["rng"])
 
     def load_continual(self, path: Path) -> None:
         """Start region-level training from a view-only checkpoint (reference §3, continuation mechanics):
@@ -316,9 +325,10 @@ def train(cfg: TrainConfig, run_dir: str | Path, *, should_stop: Callable[[], bo
 
         writer = SummaryWriter(str(run_dir / "tb"), purge_step=tr.global_step)
 
-    def checkpoint(keep_epoch: int | None = None) -> Path:
+    def checkpoint(keep_epoch: int | None = None) -> Path:  # a collective: every rank calls it at the same step
+        rng_ranks = gather_objects(rng_state()) if dist_info.distributed else None
         if main:
-            state = tr.state()
+            state = tr.state(rng_ranks)
             save_checkpoint(latest, state)
             if keep_epoch is not None:
                 save_checkpoint(run_dir / f"checkpoint{keep_epoch:04d}.pth", state)
@@ -373,11 +383,18 @@ def train(cfg: TrainConfig, run_dir: str | Path, *, should_stop: Callable[[], bo
     path = checkpoint()
     if writer:
         writer.close()
-    if main and not stopped:
+    if stopped:
+        return path
+    # every rank's student + teacher must be bit-identical (gradients averaged, the same EMA): check, record
+    ranks = rank_fingerprints(tr.student, tr.teacher)
+    if len({r["fingerprint"] for r in ranks}) > 1:
+        raise TrainingError(f"the ranks' weights diverged ({ranks}); the checkpoint holds rank 0's")
+    if main:
         save_checkpoint(run_dir / "final.pth", tr.state())
         atomic_write_json(run_dir / "done.json", {
             "epochs": tr.epoch, "global_step": tr.global_step, "arch": cfg.model.arch,
             "region_loss_weight": cfg.loss.region_loss_weight, "wall_s": round(time.perf_counter() - t_start, 1),
+            "world_size": dist_info.world_size, "ranks": ranks,
         })  # fmt: skip
         return run_dir / "final.pth"
     return path

@@ -306,3 +306,6 @@ def test_two_process_ddp_run_with_env_rendezvous(digits_shards, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     ckpt = load_checkpoint(out / "final.pth")
     assert ckpt["iters_per_epoch"] == 48 // (8 * 2) and ckpt["global_step"] == 3
+    # both ranks end with bit-identical student and teacher (the teacher too: it is never broadcast)
+    ranks = json.loads((out / "done.json").read_text())["ranks"]
+    assert [r["rank"] for r in ranks] == [0, 1] and ranks[0]["fingerprint"] == ranks[1]["fingerprint"]
