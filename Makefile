@@ -14,10 +14,10 @@ demo: install
 	@echo "demo: shards in data/shards/, runs in results/pretrain/, metrics in results/{knn,probe}/, logs in results/logs/"
 	@echo "demo: report in results/report/report.html (tables in results/report/summary.md)"
 
-## The whole test suite (what CI runs).
+## The whole test suite (what CI runs), the Slurm tests on a local two-node cluster included.
 test:
 	@bash scripts/install.sh test
-	python -m pytest -q
+	@bash scripts/test.sh
 
 test-fast: install
 	python -m pytest -q -m "not slow"

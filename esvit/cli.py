@@ -125,7 +125,10 @@ def _pretrain_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="training config YAML (a diff on the paper defaults); none = the defaults")
     p.add_argument("--shards", help="training shard folder (sets data.shards)")
     p.add_argument("--out", required=True, help="run folder: checkpoints, log.jsonl, config.yaml, final.pth, done.json")
-    p.add_argument("--launcher", choices=["local"], default="local", help="local: this process (CPU or one GPU, or torchrun)")
+    p.add_argument("--launcher", choices=["local", "slurm"],
+                   help="local: this process (CPU or one GPU, or each torchrun process); slurm: submit a submitit job "
+                        "(launch.* settings) and follow it; default: the config's launch.launcher")  # fmt: skip
+    p.add_argument("--site", help="site file of launch settings (partition, account, ...), e.g. cluster_profiles/slurm/submitit.yaml")
     p.add_argument("--no-progress", action="store_true", help="no progress bar or progress lines")
     p.add_argument("overrides", nargs="*", help="training-config overrides, key.sub=value")
 
@@ -139,8 +142,15 @@ def run_pretrain(args: argparse.Namespace) -> int:
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     overrides = list(args.overrides) + ([f"data.shards={args.shards}"] if args.shards else [])
-    cfg = load_train_config(args.config, overrides)
-    final = train(cfg, args.out, show_progress=not args.no_progress)
+    if args.launcher:
+        overrides.append(f"launch.launcher={args.launcher}")
+    cfg = load_train_config(args.config, overrides, site=args.site)
+    if cfg.launch.launcher == "slurm":
+        from esvit.launch.submit import launch_slurm
+
+        final = launch_slurm(cfg, args.out)
+    else:
+        final = train(cfg, args.out, show_progress=not args.no_progress)
     print(f"pretrain: {final}")
     return 0
 
@@ -433,7 +443,12 @@ def _training_errors() -> tuple[type[Exception], ...]:
     from esvit.train.loop import TrainingError
     from esvit.train.state import CheckpointError
 
-    return (TrainingError, CheckpointError)
+    errors: tuple[type[Exception], ...] = (TrainingError, CheckpointError)
+    if "esvit.launch.submit" in sys.modules:
+        from esvit.launch.submit import LaunchError
+
+        errors += (LaunchError,)
+    return errors
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -137,6 +137,8 @@ class PipelineConfig:
     """The workflow config: what Snakemake and the CLI read."""
 
     data_dir: str = _field("data", help="Where shards and prepared raw data are written.")
+    launcher: Literal["local", "slurm"] = _field("local", help="How the pretrain rule runs `esvit pretrain`: local (here) or slurm (a submitit job it follows; cluster_profiles/slurm sets it).")
+    launch_site: str = _field("cluster_profiles/slurm/submitit.yaml", help="Site file of Slurm launch settings (partition, account, nodes, GPUs) used with launcher: slurm.")
     datasets: dict[str, DatasetConfig] = _field({}, nonempty=True, help="Datasets to shard, by name (lower-case letters, digits and '_').")
     shard: ShardConfig = _field(factory=ShardConfig, help="The sharding stage.")
     runs: dict[str, PretrainRun] = _field({}, help="Pretraining runs, by name (lower-case letters, digits and '_').")

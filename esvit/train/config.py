@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import yaml
 
 from esvit.config import ConfigError, _field, apply_overrides, from_dict, load_yaml, to_dict
 
-__all__ = ["TrainConfig", "load_train_config", "dump_train_config"]
+__all__ = ["LaunchConfig", "TrainConfig", "load_train_config", "dump_train_config"]
 
 
 def _archs() -> tuple[str, ...]:
@@ -92,6 +92,37 @@ class RunConfig:
 
 
 @dataclasses.dataclass
+class LaunchConfig:
+    """Where the run's processes run. Site facts (partition, account, QoS) belong in the site file
+    (cluster_profiles/slurm/submitit.yaml, `esvit pretrain --site`), not in configs/."""
+
+    launcher: Literal["local", "slurm"] = _field(
+        "local", help="local: this process (or torchrun's); slurm: a submitit job of nodes x tasks_per_node tasks."
+    )
+    nodes: int = _field(1, gt=0, help="Slurm nodes.")
+    gpus_per_node: int = _field(0, min=0, help="GPUs per node, one task each (0: CPU tasks, gloo).")
+    tasks_per_node: int | None = _field(None, gt=0, help="Tasks per node (default: gpus_per_node, or 1 on CPU); must equal gpus_per_node on GPUs.")
+    cpus_per_task: int = _field(10, gt=0, help="CPU cores per task (data-loader workers + 1; the paper's code uses 10 workers).")
+    mem_gb: float | None = _field(None, gt=0, help="Memory per node in GB (default: the partition's default).")
+    timeout_min: int = _field(1440, gt=0, help="Time limit of one allocation; the job checkpoints and requeues itself before it.")
+    partition: str | None = _field(None, help="Slurm partition (default: the cluster's default partition).")
+    account: str | None = _field(None, help="Slurm account to charge.")
+    qos: str | None = _field(None, help="Slurm quality of service.")
+    constraint: str | None = _field(None, help="Slurm node constraint (features), e.g. a100|h100.")
+    signal_delay_s: int = _field(120, min=10, help="Slurm sends USR2 this long before the time limit: time to finish a step and checkpoint.")
+    max_requeues: int = _field(10, min=0, help="Requeues after time limits / USR2 preemption before the job gives up (then rerun resumes).")
+    sbatch: dict[str, Any] = _field({}, help="Extra sbatch options, e.g. {exclusive: true, mail-type: END, reservation: x}.")
+    setup: list[str] = _field([], help="Shell lines run in the job before the tasks start (module load, environment activation).")
+    job_name: str | None = _field(None, help="Slurm job name (default: esvit-<run folder name>).")
+    poll_s: float = _field(15.0, gt=0, help="Seconds between job-state checks while following the job.")
+    cancel_on_interrupt: bool = _field(True, help="Interrupting `esvit pretrain` (or Snakemake) cancels the job; false leaves it running (a rerun re-attaches).")
+
+    def tasks(self) -> int:
+        """Tasks per node: one per GPU, else ``tasks_per_node`` (default 1)."""
+        return self.tasks_per_node or self.gpus_per_node or 1
+
+
+@dataclasses.dataclass
 class TrainConfig:
     model: ModelConfig = _field(factory=ModelConfig, help="Backbone and heads.")
     loss: LossConfig = _field(factory=LossConfig, help="View and region losses.")
@@ -99,6 +130,7 @@ class TrainConfig:
     crops: CropsConfig = _field(factory=CropsConfig, help="Multi-crop augmentation.")
     data: DataConfig = _field(factory=DataConfig, help="Training data.")
     run: RunConfig = _field(factory=RunConfig, help="Seeds, device, checkpoints, logging.")
+    launch: LaunchConfig = _field(factory=LaunchConfig, help="Local or Slurm (submitit) launch.")
 
     def check(self) -> "TrainConfig":
         c = self.crops
@@ -109,14 +141,28 @@ class TrainConfig:
                 raise ConfigError(f"{key} must be [low, high] with 0 < low <= high <= 1 (got {scale})")
         if any(n < 0 for n in c.local_number) or any(s <= 0 for s in c.local_size):
             raise ConfigError(f"crops.local_number must be >= 0 and crops.local_size > 0 (got {c.local_number}, {c.local_size})")
+        la = self.launch
+        if la.gpus_per_node and la.tasks_per_node not in (None, la.gpus_per_node):
+            raise ConfigError(
+                f"launch.tasks_per_node {la.tasks_per_node} != launch.gpus_per_node {la.gpus_per_node}: one task per GPU; "
+                "leave tasks_per_node unset on GPUs"
+            )
         return self
 
 
-def load_train_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> TrainConfig:
-    """Defaults, then the YAML diff at ``path`` (its ``base:`` key names a file it extends), then overrides."""
+def load_train_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = (),
+                      site: str | Path | None = None) -> TrainConfig:  # fmt: skip
+    """Defaults, then the site file's ``launch`` keys, then the YAML diff at ``path`` (its ``base:`` key names a
+    file it extends), then overrides."""
     data: dict = {}
+    if site is not None:
+        site_data = load_yaml(site)
+        unknown = set(site_data) - {f.name for f in dataclasses.fields(LaunchConfig)}
+        if unknown:
+            raise ConfigError(f"{site}: unknown launch keys {sorted(unknown)}; see `launch` in esvit/train/config.py")
+        data["launch"] = site_data
     if path is not None:
-        data = _with_bases(Path(path))
+        _merge(data, _with_bases(Path(path)))
     apply_overrides(data, overrides)
     return from_dict(TrainConfig, data).check()
 

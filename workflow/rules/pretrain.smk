@@ -1,6 +1,8 @@
-# Self-supervised pretraining, one job per run. A local rule: it runs `esvit pretrain` here (the local
-# launcher), or - with the Slurm issue - submits and waits for a multi-node job. Only the final artefacts are
-# outputs: Snakemake deletes outputs before a job runs, and the resume state (checkpoint.pth) must survive.
+# Self-supervised pretraining, one job per run. A local rule that runs `esvit pretrain`: with `launcher: local`
+# (the default) here; with `launcher: slurm` (cluster_profiles/slurm sets it) it submits a multi-node submitit
+# job with the site file's settings - or re-attaches to the run's job that is still queued or running - streams
+# rank 0's log into the rule's log, and fails with the job's own error. Only the final artefacts are outputs:
+# Snakemake deletes outputs before a job runs, and the resume state (checkpoint.pth) must survive.
 
 
 rule pretrain:
@@ -18,6 +20,9 @@ rule pretrain:
         overrides=lambda w: " ".join(f"'{o}'" for o in config["runs"][w.run].get("overrides", [])),
         out=lambda w, output: Path(output.final).parent,
         shards=lambda w, input: ",".join(str(Path(m).parent) for m in input.manifest),
+        launch=lambda w: (
+            f"--launcher slurm --site {CFG.launch_site}" if CFG.launcher == "slurm" else "--launcher local"
+        ),
     threads: 2
     resources:
         mem_mb=8000,
@@ -25,7 +30,7 @@ rule pretrain:
     localrule: True
     shell:
         "python -m esvit pretrain --config {params.config} --shards {params.shards}"
-        " --out {params.out} {params.overrides} > {log} 2>&1"
+        " --out {params.out} {params.launch} {params.overrides} > {log} 2>&1"
 
 
 # A released checkpoint (runs.<name>.checkpoint, checkpoint_format: official) in this project's format:
