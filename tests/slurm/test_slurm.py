@@ -268,3 +268,27 @@ def test_snakemake_slurm_profile_runs_the_demo_config_as_sbatch_jobs(site, tmp_p
     assert f"submitted Slurm job {pre}" in log and "[job] esvit job: rank 0/2 on n1" in log, log
     for t in targets:
         assert json.loads((tmp_path / t).read_text())["metrics"]
+
+
+def test_ctrl_c_on_snakemake_cancels_the_pretraining_job(site, tmp_path):
+    """Ctrl-C reaches Snakemake's whole process group; the launcher in it cancels the job (no orphan)."""
+    cfg = yaml.safe_load((REPO / "configs/config.yaml").read_text())
+    cfg["datasets"] = {"digits": {"source": "digits", "splits": ["train"]}}
+    cfg["runs"] = {"long": {"config": str(REPO / "configs/pretrain/demo.yaml"), "dataset": "digits",
+                            "overrides": ["optim.epochs=100", "optim.batch_size_per_device=16", "data.num_workers=0"]}}  # fmt: skip
+    cfg["eval"] = {"datasets": [], "linear_datasets": []}
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg))
+    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory", str(tmp_path),
+           "--configfile", str(tmp_path / "config.yaml"), "--config", "launcher=slurm", f"launch_site={site}",
+           "--cores", "2", "results/pretrain/long/final.pth"]  # fmt: skip
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env_with_python(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, start_new_session=True)  # fmt: skip
+    run = tmp_path / "results/pretrain/long"
+    jid = job_id(run, timeout=300)
+    wait_for(lambda: state(jid) == "RUNNING", f"job {jid} running")
+    os.killpg(proc.pid, signal.SIGINT)
+    out = finish(proc, timeout=120)
+    assert proc.returncode != 0, out
+    wait_for(lambda: sacct(jid) and sacct(jid)[-1][1].startswith("CANCELLED"), f"job {jid} cancelled in sacct", 60)
+    log = (tmp_path / "results/logs/pretrain/long.log").read_text()
+    assert f"interrupted: cancelled Slurm job {jid}" in log, log
