@@ -142,6 +142,7 @@ def _seeded_transform(transform: Callable, seed: int, epoch: int, rank: int, ski
 
 
 def _pick(sample: dict) -> dict:
+    """The image (decoded, or the raw bytes when the transform decodes itself), label and sample number."""
     image = next((sample[k] for k in IMAGE_KEYS.split(";") if k in sample), None)
     if image is None:
         raise ShardError(f"sample {sample.get('__key__')} in {sample.get('__url__')} has no image")
@@ -179,13 +180,17 @@ def train_pipeline(
         shuffle_buffer: samples held in the shuffle buffer.
         skip_batches: batches of this epoch already consumed (exact resume).
         collate: batch collation.
+
+    A transform with ``takes_bytes = True`` (:class:`esvit.data.multicrop.FastMultiCrop`) gets the undecoded
+    image bytes, so it can decode at a reduced scale; others get an RGB PIL image.
     """
+    decode = [] if getattr(transform, "takes_bytes", False) else [wds.decode("pilrgb")]
     return wds.DataPipeline(
         _ResampledShards(shards.urls, seed, epoch, rank, skip_batches),
         wds.tarfile_to_samples(),
         _seeded_shuffle(shuffle_buffer, seed, epoch, rank, skip_batches),
         _skip_for_resume(skip_batches, batch_size),
-        wds.decode("pilrgb"),
+        *decode,
         wds.map(_pick),
         _seeded_transform(transform, seed, epoch, rank, skip_batches),
         wds.batched(batch_size, collation_fn=collate, partial=False),

@@ -79,6 +79,10 @@ class MultiCropAugmentation:
             crops.extend(transform(img) for _ in range(n))
         return crops
 
+    def finish(self, batch: list[torch.Tensor], device: torch.device) -> list[torch.Tensor]:
+        """A collated batch -> the model's input on ``device`` (here: already normalised floats)."""
+        return [c.to(device, non_blocking=True) for c in batch]
+
 
 def eval_transform(size: int = 224, resize: int | None = None) -> T.Compose:
     """Resize (bicubic) to ``resize`` (default size * 256/224) + center crop ``size`` + normalise."""

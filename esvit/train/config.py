@@ -72,6 +72,13 @@ class DataConfig:
     num_workers: int = _field(2, min=0, help="Data-loader worker processes per device.")
     shuffle_buffer: int = _field(2000, gt=0, help="Samples in each worker's shuffle buffer.")
     samples_per_epoch: int | None = _field(None, gt=0, help="Samples per epoch (default: the shard set's total).")
+    augmentation: Literal["fast", "reference"] = _field(
+        "fast", help="fast: the reference's random crops and colour ops, computed cheaper (reduced-scale JPEG decode, "
+        "torch uint8 resize, OpenCV colour ops, uint8 to the device); reference: PIL + torchvision per crop, as the official code."
+    )
+    photometric_on: Literal["loader", "device"] = _field(
+        "loader", help="fast augmentation only: colour ops in the loader workers (OpenCV) or in batches on the training device (e.g. the GPU)."
+    )
 
 
 @dataclasses.dataclass

@@ -24,6 +24,7 @@ import torch.nn as nn
 from esvit.atomic import atomic_write_json, atomic_write_text
 from esvit.config import to_dict
 from esvit.data.pipeline import make_loader, open_shards, train_pipeline
+from esvit.data.multicrop import FastMultiCrop
 from esvit.data.transforms import MultiCropAugmentation
 from esvit.launch.distributed import DistInfo, gather_objects, init_distributed, rank_fingerprints
 from esvit.losses import EsViTLoss
@@ -89,6 +90,15 @@ def cancel_last_layer_grads(model: nn.Module, epoch: int, freeze_epochs: int) ->
         for name, p in model.named_parameters():
             if "last_layer" in name:
                 p.grad = None
+
+
+def build_augmentation(cfg: TrainConfig) -> MultiCropAugmentation | FastMultiCrop:
+    """The multi-crop augmentation of ``cfg.crops``, implemented as ``cfg.data.augmentation`` says."""
+    c = cfg.crops
+    if cfg.data.augmentation == "reference":
+        return MultiCropAugmentation(c.global_size, c.global_scale, c.local_number, c.local_size, c.local_scale)
+    where = "device" if cfg.data.photometric_on == "device" else "cpu"
+    return FastMultiCrop(c.global_size, c.global_scale, c.local_number, c.local_size, c.local_scale, photometric_on=where)
 
 
 def _device(cfg: TrainConfig) -> torch.device:
@@ -302,7 +312,7 @@ def train(cfg: TrainConfig, run_dir: str | Path, *, should_stop: Callable[[], bo
             "optim.batch_size_per_device or raise data.samples_per_epoch"
         )
     c = cfg.crops
-    augment = MultiCropAugmentation(c.global_size, c.global_scale, c.local_number, c.local_size, c.local_scale)
+    augment = build_augmentation(cfg)
 
     # -- student/teacher, loss, optimizer, schedules ------------------------------------------------------------
     tr = Trainer(cfg, run_dir, iters, dist_info)
@@ -354,7 +364,7 @@ def train(cfg: TrainConfig, run_dir: str | Path, *, should_stop: Callable[[], bo
             t0 = time.perf_counter()
             crops, _ = next(loader)
             wait_window += time.perf_counter() - t0
-            stats = tr.step(crops)
+            stats = tr.step(augment.finish(crops, tr.device))
             window.append(stats)
             bar.update(1)
             if main and (tr.global_step % cfg.run.log_every_steps == 0 or tr.global_step == total_steps or tr.it == iters):

@@ -14,6 +14,10 @@ from tests.conftest import run_cli
     ("infer", ["--archs", "swin_pico,swin_nano", "--batch", "4", "--size", "64", "--steps", "1"], "img_s"),
     ("extract", ["--archs", "swin_pico:32", "--batch", "128", "--workers", "0"], "swin_pico@32_img_s"),
     ("probe", ["--n", "600", "--dim", "16", "--classes", "3", "--n-test", "200", "--separation", "0.5"], "speedup"),
+    ("loader", ["--images", "24", "--batches", "1", "--batch", "4", "--locals", "2", "--global-size", "64",
+                "--local-size", "32", "--repeats", "1"], "ratio"),
+    ("train", ["--arch", "swin_pico", "--batch", "2", "--global-size", "64", "--local-size", "32", "--locals", "2",
+               "--out-dim", "256", "--steps", "1"], "fraction_of_peak"),
 ])  # fmt: skip
 def test_bench_writes_one_json_line_with_the_machine(name, args, key, tmp_path):
     proc = run_cli("bench", "--out", str(tmp_path), name, *args)
@@ -25,3 +29,31 @@ def test_bench_writes_one_json_line_with_the_machine(name, args, key, tmp_path):
         assert set(line["img_s"]) == {"swin_pico", "swin_nano"} and min(line["img_s"].values()) > 0
     if name == "probe":
         assert abs(line["ours_acc"] - line["sklearn_acc"]) <= 2.0
+    if name == "loader":
+        assert line["reference_img_s"] > 0 and line["fast_img_s"] > 0 and line["per"] == "core"
+    if name == "train":
+        assert line["gflop_per_step"] > 0 and 0 < line["fraction_of_peak"] < 1.5
+
+
+def test_gpu_script_without_a_gpu_says_so_and_its_cpu_dry_run_completes(tmp_path):
+    """benchmarks/gpu.sh on this CPU machine: a clear message and exit 3, or with ESVIT_BENCH_CPU=1 the same
+    steps at toy sizes, the JSON lines written and the summary printed."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO, env_with_python
+
+    env = {**env_with_python(), "PYTHON": sys.executable, "OUT": str(tmp_path)}
+    import torch
+
+    if not torch.cuda.is_available():
+        proc = subprocess.run(["bash", "benchmarks/gpu.sh"], cwd=REPO, env=env, capture_output=True, text=True)
+        assert proc.returncode == 3 and "no CUDA device is visible" in proc.stderr and "ESVIT_BENCH_CPU=1" in proc.stderr
+    proc = subprocess.run(["bash", "benchmarks/gpu.sh"], cwd=REPO, env={**env, "ESVIT_BENCH_CPU": "1"},
+                          capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "MFU" in proc.stdout and "inference batch" in proc.stdout and "loader (core)" in proc.stdout
+    for name in ("train", "infer", "loader"):
+        assert (tmp_path / f"{name}.jsonl").exists()
+    assert os.path.getsize(tmp_path / "infer.jsonl") > 0

@@ -1,0 +1,66 @@
+#!/usr/bin/env bash
+# The prepared GPU benchmark: on a machine with one NVIDIA GPU and this repo (after `make install`; it
+# installs nothing and needs no internet), measure in one run:
+#   1. the bf16 matmul peak of the GPU (8192^3 products),
+#   2. the EsViT training step of Swin-T/W7 with the paper's crops (2 x 224 + 8 x 96, K = 65,536, view +
+#      region loss, bf16 autocast) at the largest batch that fits: images/s, TFLOP/s and MFU (= achieved /
+#      the peak of step 1),
+#   3. inference images/s of Swin-T/S/B (batch 128, 224 px, as the paper's Table 1) in fp32 and bf16,
+#   4. the fast multi-crop loader on this machine's CPU cores (are the GPUs going to wait for input?).
+# JSON lines go to results/bench/*.jsonl (or $OUT), a summary to stdout.
+#
+# Usage: benchmarks/gpu.sh            (on a GPU machine)
+#        ESVIT_BENCH_CPU=1 benchmarks/gpu.sh   (no GPU: the same steps at toy sizes on the CPU; what the tests run)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-results/bench}
+PY=${PYTHON:-.venv/bin/python}
+
+die() { echo "gpu.sh: $1" >&2; exit "${2:-2}"; }
+[ -x "$PY" ] || PY=$(command -v python3 || true)
+"$PY" -c "import esvit, torch, timm" 2>/dev/null ||
+  die "the repo's environment is missing: run 'make install' first (this script installs nothing)"
+
+if "$PY" -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)"; then
+  device=cuda
+  gpu=$("$PY" -c "import torch; print(torch.cuda.get_device_name(0))")
+  echo "gpu.sh: $gpu"
+  train=(--arch swin_tiny_w7 --device cuda --precision bf16 --batch auto --max-batch 512 --locals 8
+         --global-size 224 --local-size 96 --steps 10 --threads 8)
+  infer=(--archs swin_tiny_w7,swin_small_w7,swin_base_w7 --device cuda --batch 128 --steps 10)
+  loader=(--workers "$(nproc)" --batches 20 --batch 32 --repeats 1)
+elif [ "${ESVIT_BENCH_CPU:-0}" = 1 ]; then
+  device=cpu
+  echo "gpu.sh: no CUDA device; ESVIT_BENCH_CPU=1: the same steps at toy sizes on the CPU (not a measurement)"
+  train=(--arch swin_pico --device cpu --precision bf16 --batch 2 --locals 2 --global-size 64 --local-size 32
+         --out-dim 1024 --steps 1 --threads 2)
+  infer=(--archs swin_pico --device cpu --batch 4 --size 64 --steps 1)
+  loader=(--images 40 --batches 1 --batch 4 --locals 2 --global-size 64 --local-size 32 --repeats 1)
+else
+  die "no CUDA device is visible (torch.cuda.is_available() is False; nvidia-smi: $(command -v nvidia-smi >/dev/null && nvidia-smi -L 2>&1 | head -1 || echo 'not installed')). Run it on a GPU machine, or ESVIT_BENCH_CPU=1 for a CPU dry run" 3
+fi
+
+mkdir -p "$OUT"
+start=$(date +%s)
+run() { "$PY" -m esvit bench --out "$OUT" "$@" | tail -1; }
+t=$(run train "${train[@]}")
+i32=$(run infer "${infer[@]}" --precision fp32)
+i16=$(run infer "${infer[@]}" --precision bf16)
+ld=$(run loader "${loader[@]}")
+
+"$PY" - "$t" "$i32" "$i16" "$ld" "$device" <<'EOF'
+import json, sys
+t, i32, i16, ld = (json.loads(a) for a in sys.argv[1:5])
+device = sys.argv[5]
+print(f"\n== EsViT on {t['machine']['device']} ({device}) ==")
+print(f"training step {t['arch']} {t['crops']}, K={t['out_dim']}, {t['precision']}, batch {t['batch']}: "
+      f"{t['img_s']:.1f} img/s, {t['gflop_s'] / 1e3:.1f} TFLOP/s of a measured {t['matmul_peak_gflop_s'] / 1e3:.1f} "
+      f"TFLOP/s {t['precision']} matmul peak: MFU {100 * t['fraction_of_peak']:.1f} % (goal on an H100: >= 45 %)"
+      + (f", peak memory {t['peak_gpu_gb']} GB" if t.get("peak_gpu_gb") else ""))
+for rec in (i32, i16):
+    print(f"inference batch {rec['batch']}, {rec['size']} px, {rec['precision']}: "
+          + ", ".join(f"{a} {v:.0f} img/s" for a, v in rec["img_s"].items()))
+print(f"loader ({ld['per']}): fast {ld['fast_img_s']:.0f} img/s vs reference {ld['reference_img_s']:.0f} img/s "
+      f"({ld['ratio']:.2f}x); one training step consumes {t['img_s']:.0f} img/s")
+EOF
+echo "gpu.sh: done in $(( $(date +%s) - start ))s; JSON lines in $OUT/{train,infer,loader}.jsonl"
