@@ -311,7 +311,6 @@ def train(cfg: TrainConfig, run_dir: str | Path, *, should_stop: Callable[[], bo
             f"{samples} samples per epoch give no full batch of {bs} x {dist_info.world_size} ranks; lower "
             "optim.batch_size_per_device or raise data.samples_per_epoch"
         )
-    c = cfg.crops
     augment = build_augmentation(cfg)
 
     # -- student/teacher, loss, optimizer, schedules ------------------------------------------------------------
