@@ -8,7 +8,7 @@ DIR=${ESVIT_SLURM_DIR:-/tmp/esvit-slurm}
 
 pidfile() {
   case $1 in
-    munged) echo "$DIR/run/munged.pid" ;;
+    munged) echo "$DIR/munge/munged.pid" ;;
     mariadb) echo "$DIR/run/mysqld.pid" ;;
     *) echo "$DIR/run/$1.pid" ;;
   esac
@@ -25,6 +25,8 @@ tac "$DIR/started" | while read -r name; do
     for _ in $(seq 30); do kill -0 "$pid" 2>/dev/null || break; sleep 1; done
     kill -0 "$pid" 2>/dev/null && kill -9 "$pid"
     echo "slurm-down: stopped $name ($pid)"
+  elif [ ! -f "$pf" ]; then
+    echo "slurm-down: warning: no pid file $pf for $name; stop it by hand if it still runs" >&2
   fi
   rm -f "$pf"
 done

@@ -55,9 +55,11 @@ chown munge:munge /etc/munge/munge.key && chmod 0400 /etc/munge/munge.key
 mkdir -p /run/munge /var/log/munge /var/lib/munge && chown munge:munge /run/munge /var/log/munge /var/lib/munge
 if ! munge -n 2>/dev/null | unmunge >/dev/null 2>&1; then
   say "starting munged"
-  runuser -u munge -- munged --pid-file="$DIR/run/munged.pid"
+  mkdir -p "$DIR/munge" && chown munge:munge "$DIR/munge"   # munged writes its pid file as the munge user
+  runuser -u munge -- munged --pid-file="$DIR/munge/munged.pid"
   started munged
   wait_for 20 munged sh -c "munge -n | unmunge"
+  wait_for 10 "munged's pid file" test -s "$DIR/munge/munged.pid"
 fi
 
 # -- configs -------------------------------------------------------------------------------------------------
