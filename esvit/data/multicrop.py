@@ -11,7 +11,7 @@ torchvision's own ``RandomResizedCrop.get_params`` — and then:
 3. runs the photometric ops on uint8 arrays with OpenCV (lookup tables for brightness, contrast and
    solarisation, a blend with the luma for saturation, an HSV round trip for hue, a true Gaussian blur) —
    or leaves them, with their parameters, to :func:`photometric` which does them in batches with torch on
-   the training device (``data.augment_device: cuda``);
+   the training device (``data.photometric_on: device``);
 4. hands over uint8 crops (4x less to copy between processes and to the GPU); :func:`normalize` turns them
    into the reference's float tensors on the device.
 
@@ -66,7 +66,7 @@ def draw_params(blur_p: float, solarize_p: float) -> list[float]:
     return row
 
 
-def decode_scale(size: tuple[int, int], boxes: Sequence[tuple[int, int, int, int]], outputs: Sequence[int]) -> int:
+def decode_scale(boxes: Sequence[tuple[int, int, int, int]], outputs: Sequence[int]) -> int:
     """The largest JPEG DCT reduction (1, 2, 4 or 8) that keeps every crop box (top, left, h, w) at least as
     large as its output side, so no crop is upsampled where the reference's is not."""
     best = 1
@@ -82,7 +82,7 @@ class FastMultiCrop:
 
     Args:
         global_size, global_scale, local_number, local_size, local_scale: as the reference.
-        photometric_on: "cpu" (OpenCV here, in the loader worker) or "device" (left to :func:`photometric`
+        photometric_on: "loader" (OpenCV here, in the loader worker) or "device" (left to :func:`photometric`
             in the training process, e.g. on the GPU).
         draft: decode JPEGs at a reduced scale when the crops allow it.
     """
@@ -91,16 +91,15 @@ class FastMultiCrop:
 
     def __init__(self, global_size: int = 224, global_scale: Sequence[float] = (0.4, 1.0),
                  local_number: Sequence[int] = (8,), local_size: Sequence[int] = (96,),
-                 local_scale: Sequence[float] = (0.05, 0.4), photometric_on: str = "cpu", draft: bool = True):  # fmt: skip
+                 local_scale: Sequence[float] = (0.05, 0.4), photometric_on: str = "loader", draft: bool = True):  # fmt: skip
         if len(local_number) != len(local_size):
             raise ValueError(f"local_number {list(local_number)} and local_size {list(local_size)} must have equal lengths")
-        if photometric_on not in ("cpu", "device"):
-            raise ValueError(f"photometric_on must be 'cpu' or 'device' (got {photometric_on!r})")
+        if photometric_on not in ("loader", "device"):
+            raise ValueError(f"photometric_on must be 'loader' or 'device' (got {photometric_on!r})")
         # (output side, scale range, blur p, solarize p) per crop, in the loss's order
         self.crops = [(global_size, tuple(global_scale), 1.0, 0.0), (global_size, tuple(global_scale), 0.1, 0.2)]
         for size, n in sorted(zip(local_size, local_number), key=lambda p: -p[0]):
             self.crops += [(size, tuple(local_scale), 0.5, 0.0)] * n
-        self.n_crops = len(self.crops)
         self.photometric_on, self.draft = photometric_on, draft
 
     def __call__(self, data: bytes | Image.Image) -> tuple[list[torch.Tensor], torch.Tensor]:
@@ -110,7 +109,7 @@ class FastMultiCrop:
         params = [draw_params(blur_p, sol_p) for _, _, blur_p, sol_p in self.crops]
         full_w, full_h = img.size
         if self.draft and img.format == "JPEG":
-            r = decode_scale(img.size, boxes, [c[0] for c in self.crops])
+            r = decode_scale(boxes, [c[0] for c in self.crops])
             if r > 1:
                 img.draft("RGB", (math.ceil(full_w / r), math.ceil(full_h / r)))
         img = img.convert("RGB")
@@ -125,18 +124,17 @@ class FastMultiCrop:
             if row[_P["flip"]]:
                 crop = crop[:, ::-1]
             crop = np.ascontiguousarray(crop)
-            if self.photometric_on == "cpu":
+            if self.photometric_on == "loader":
                 crop = apply_ops_uint8(crop, row)
             out.append(torch.from_numpy(crop).permute(2, 0, 1))
         return out, torch.tensor(params, dtype=torch.float32)
-
 
     def finish(self, batch: tuple[list[torch.Tensor], torch.Tensor], device: torch.device) -> list[torch.Tensor]:
         """A collated batch ``(crops, params)`` -> the model's normalised float crops on ``device``; with
         ``photometric_on="device"`` the colour ops run here, in one batch per crop size."""
         crops, params = batch
         crops = [c.to(device, non_blocking=True) for c in crops]
-        if self.photometric_on == "cpu":
+        if self.photometric_on == "loader":
             return [normalize(c) for c in crops]
         out: list[torch.Tensor | None] = [None] * len(crops)
         for size in sorted({c.shape[-1] for c in crops}):
@@ -199,9 +197,14 @@ _SOLARIZE = np.where(np.arange(256) >= 128, 255 - np.arange(256), np.arange(256)
 
 def normalize(crops: torch.Tensor) -> torch.Tensor:
     """uint8 [B, 3, H, W] -> float, ImageNet mean/std (the reference's ToTensor + Normalize)."""
-    mean = torch.tensor(IMAGENET_MEAN, device=crops.device).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, device=crops.device).view(1, 3, 1, 1)
-    return (crops.float().div_(255) - mean) / std
+    return _standardize(crops.float().div_(255))
+
+
+def _standardize(x: torch.Tensor) -> torch.Tensor:
+    """Float [B, 3, H, W] in [0, 1] -> ImageNet mean/std."""
+    mean = torch.tensor(IMAGENET_MEAN, device=x.device).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=x.device).view(1, 3, 1, 1)
+    return (x - mean) / std
 
 
 def _gray(x: torch.Tensor) -> torch.Tensor:
@@ -278,7 +281,4 @@ def photometric(crops: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
         idx = torch.nonzero(blur).flatten()
         x.index_copy_(0, idx, _blur(x.index_select(0, idx), p[idx, _P["blur_sigma"]]))
     sol = (p[:, _P["solarize"]] > 0).view(-1, 1, 1, 1)
-    x = torch.where(sol & (x >= 128 / 255), 1.0 - x, x)
-    mean = torch.tensor(IMAGENET_MEAN, device=x.device).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, device=x.device).view(1, 3, 1, 1)
-    return (x - mean) / std
+    return _standardize(torch.where(sol & (x >= 128 / 255), 1.0 - x, x))

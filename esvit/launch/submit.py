@@ -29,7 +29,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Callable, TextIO
+from typing import TextIO
 
 import submitit
 
@@ -88,10 +88,6 @@ class PretrainJob(submitit.helpers.Checkpointable):
         print(f"esvit job: stopped by {stop.caught.name} after checkpointing", flush=True)
         raise SystemExit(0 if stop.caught == signal.SIGUSR2 else 143)  # no result file: the job is not over
 
-    def checkpoint(self) -> submitit.helpers.DelayedSubmission:
-        """submitit's fallback on USR2 when our handler is not installed yet: resubmit the same paths."""
-        return submitit.helpers.DelayedSubmission(PretrainJob(self.config_path, self.run_dir, self.max_requeues))
-
 
 def node_address(name: str) -> str:
     """An address for a Slurm node name: the name itself when it resolves, else the node's ``NodeAddr``."""
@@ -140,9 +136,9 @@ def preflight(lc: LaunchConfig) -> str:
     if not shutil.which("sbatch"):
         raise LaunchError("launch.launcher is slurm but `sbatch` is not on PATH: run on a Slurm login node, or use "
                           "--launcher local")  # fmt: skip
-    rows = [ln.split("|") for ln in _run(["sinfo", "-h", "-o", "%R|%D|%G|%c|%a"]).splitlines() if ln.strip()]
-    default = next((ln.split()[0].rstrip("*") for ln in _run(["sinfo", "-h", "-o", "%P"]).splitlines()
-                    if ln.strip().endswith("*")), None)  # fmt: skip
+    rows = [ln.split("|") for ln in _run(["sinfo", "-h", "-o", "%P|%D|%G|%c"]).splitlines() if ln.strip()]
+    default = next((r[0].rstrip("*") for r in rows if r[0].endswith("*")), None)  # sinfo marks it with *
+    rows = [[r[0].rstrip("*"), *r[1:]] for r in rows]
     names = sorted({r[0] for r in rows})
     partition = lc.partition or default
     if partition is None:
@@ -268,8 +264,7 @@ class _Tail:
                 print(f"{self.prefix}{ln}", file=self.out, flush=True)
 
 
-def follow(job_id: str, run_dir: Path, poll_s: float, cancel_on_interrupt: bool = True,
-           out: TextIO = sys.stdout, state: Callable[[str], str] = job_state) -> Path:  # fmt: skip
+def follow(job_id: str, run_dir: Path, poll_s: float, cancel_on_interrupt: bool = True, out: TextIO = sys.stdout) -> Path:
     """Wait for the job, streaming rank 0's stdout and stderr; return ``final.pth`` or raise the job's error.
 
     SIGINT / SIGTERM (Ctrl-C, Snakemake stopping) cancel the job when ``cancel_on_interrupt``; otherwise the
@@ -290,7 +285,7 @@ def follow(job_id: str, run_dir: Path, poll_s: float, cancel_on_interrupt: bool 
     try:
         last, unknown_since = None, None
         while True:
-            st = state(job_id)
+            st = job_state(job_id)
             for t in tails:
                 t.poll()
             if st != last and st:

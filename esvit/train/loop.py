@@ -97,8 +97,8 @@ def build_augmentation(cfg: TrainConfig) -> MultiCropAugmentation | FastMultiCro
     c = cfg.crops
     if cfg.data.augmentation == "reference":
         return MultiCropAugmentation(c.global_size, c.global_scale, c.local_number, c.local_size, c.local_scale)
-    where = "device" if cfg.data.photometric_on == "device" else "cpu"
-    return FastMultiCrop(c.global_size, c.global_scale, c.local_number, c.local_size, c.local_scale, photometric_on=where)
+    return FastMultiCrop(c.global_size, c.global_scale, c.local_number, c.local_size, c.local_scale,
+                         photometric_on=cfg.data.photometric_on)  # fmt: skip
 
 
 def _device(cfg: TrainConfig) -> torch.device:

@@ -179,14 +179,20 @@ def test_two_nodes_train_one_model_with_synchronised_gradients(reference):
     assert [r["step"] for r in log][-1] == EPOCHS * 10 and log[-1]["loss"] < log[0]["loss"]
 
 
-def test_scontrol_requeue_mid_run_resumes_to_the_same_weights(reference, site, digits_shards, tmp_path):
-    run = tmp_path / "requeued"
-    proc = pretrain(run, digits_shards, site)
+def interrupted_run(run: Path, shards: Path, site: Path, *interrupt: str) -> tuple[subprocess.Popen, str, str]:
+    """A run that ``interrupt`` (a command taking the job id last) hits after 10 steps; Slurm requeues it.
+    Returns the launcher process, its output and the job id."""
+    proc = pretrain(run, shards, site)
     jid = job_id(run)
     wait_for(lambda: logged_steps(run) >= 5, "10 steps")
-    subprocess.run(["scontrol", "requeue", jid], check=True, capture_output=True)
+    subprocess.run([*interrupt, jid], check=True, capture_output=True)
     release_when_pending(jid)
-    out = finish(proc)
+    return proc, finish(proc), jid
+
+
+def test_scontrol_requeue_mid_run_resumes_to_the_same_weights(reference, site, digits_shards, tmp_path):
+    run = tmp_path / "requeued"
+    proc, out, jid = interrupted_run(run, digits_shards, site, "scontrol", "requeue")
     assert proc.returncode == 0, out
     assert "stopped by SIGTERM after checkpointing" in out and "restart 1" in out, out
     resumed = [ln for ln in out.splitlines() if "resumed from" in ln]
@@ -200,12 +206,7 @@ def test_scontrol_requeue_mid_run_resumes_to_the_same_weights(reference, site, d
 def test_time_limit_signal_checkpoints_and_requeues_itself(reference, site, digits_shards, tmp_path):
     """USR2 (what Slurm sends signal_delay_s before the time limit): the job saves, requeues itself, resumes."""
     run = tmp_path / "timeout"
-    proc = pretrain(run, digits_shards, site)
-    jid = job_id(run)
-    wait_for(lambda: logged_steps(run) >= 5, "10 steps")
-    subprocess.run(["scancel", "--signal=USR2", jid], check=True, capture_output=True)
-    release_when_pending(jid)
-    out = finish(proc)
+    proc, out, jid = interrupted_run(run, digits_shards, site, "scancel", "--signal=USR2")
     assert proc.returncode == 0, out
     assert f"requeueing job {jid} (1/" in out and "restart 1" in out, out
     assert_same_weights(run, reference)

@@ -181,9 +181,9 @@ def test_resize_is_the_references_resized_crop(size, scale, image):
 
 
 def test_reduced_scale_decode_only_when_every_crop_stays_large_enough(monkeypatch):
-    assert decode_scale((2048, 1536), [(0, 0, 400, 500), (0, 0, 1000, 1000)], [96, 224]) == 4
-    assert decode_scale((2048, 1536), [(0, 0, 400, 500), (0, 0, 900, 800)], [96, 224]) == 2  # 800 / 4 < 224
-    assert decode_scale((2048, 1536), [(0, 0, 150, 300)], [96]) == 1  # 150 / 2 < 96
+    assert decode_scale([(0, 0, 400, 500), (0, 0, 1000, 1000)], [96, 224]) == 4
+    assert decode_scale([(0, 0, 400, 500), (0, 0, 900, 800)], [96, 224]) == 2  # 800 / 4 < 224
+    assert decode_scale([(0, 0, 150, 300)], [96]) == 1  # 150 / 2 < 96
     from PIL import JpegImagePlugin
 
     sizes = []
