@@ -40,6 +40,7 @@ __all__ = ["LaunchError", "PretrainJob", "preflight", "submit_or_reattach", "fol
 
 ACTIVE = {"PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED",
           "RESIZING", "SUSPENDED", "STAGE_OUT", "SIGNALING", "RESV_DEL_HOLD"}  # fmt: skip
+SETTLE_S = 20.0  # how long an end state must hold before the client believes it (requeues flicker through FAILED)
 
 
 class LaunchError(RuntimeError):
@@ -182,9 +183,11 @@ def _user() -> str:
 
 def job_state(job_id: str) -> str:
     """Slurm's state of a job: squeue while it is known there, else sacct; "" when neither knows it (yet)."""
-    out = _run(["squeue", "-h", "-j", job_id, "-o", "%T"], check=False).strip()
-    if out:
-        return out.splitlines()[0].strip()
+    proc = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%T"], capture_output=True, text=True)
+    if proc.stdout.strip():
+        return proc.stdout.strip().splitlines()[0].strip()
+    if proc.returncode != 0 and "invalid job id" not in proc.stderr.lower():
+        return ""  # slurmctld did not answer (busy, restarting): unknown, not over
     out = _run(["sacct", "-n", "-X", "-P", "-j", job_id, "-o", "State"], check=False).strip()
     return out.splitlines()[-1].split()[0] if out else ""
 
@@ -264,11 +267,16 @@ class _Tail:
                 print(f"{self.prefix}{ln}", file=self.out, flush=True)
 
 
-def follow(job_id: str, run_dir: Path, poll_s: float, cancel_on_interrupt: bool = True, out: TextIO = sys.stdout) -> Path:
+def follow(
+    job_id: str, run_dir: Path, poll_s: float, cancel_on_interrupt: bool = True, out: TextIO = sys.stdout,
+    settle_s: float = SETTLE_S,
+) -> Path:  # fmt: skip
     """Wait for the job, streaming rank 0's stdout and stderr; return ``final.pth`` or raise the job's error.
 
-    SIGINT / SIGTERM (Ctrl-C, Snakemake stopping) cancel the job when ``cancel_on_interrupt``; otherwise the
-    job keeps running and a rerun re-attaches to it.
+    An end state counts once it has held for ``settle_s``: while a job requeues itself Slurm can report it
+    FAILED for a moment (the killed tasks' exit) before it is PENDING again. SIGINT / SIGTERM (Ctrl-C, Snakemake
+    stopping) cancel the job when ``cancel_on_interrupt``; otherwise the job keeps running and a rerun
+    re-attaches to it.
     """
     folder = run_dir / "slurm"
     tails = [_Tail(folder / f"{job_id}_0_log.out", "[job] ", out), _Tail(folder / f"{job_id}_0_log.err", "[job] ", out)]
@@ -283,7 +291,7 @@ def follow(job_id: str, run_dir: Path, poll_s: float, cancel_on_interrupt: bool 
 
     old = {s: signal.signal(s, interrupted) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
-        last, unknown_since = None, None
+        last, unknown_since, ended_since = None, None, None
         while True:
             st = job_state(job_id)
             for t in tails:
@@ -291,15 +299,20 @@ def follow(job_id: str, run_dir: Path, poll_s: float, cancel_on_interrupt: bool 
             if st != last and st:
                 print(f"pretrain: job {job_id} {st}", file=out, flush=True)
                 last = st
+            now = time.monotonic()
             if st in ACTIVE:
-                unknown_since = None
+                unknown_since = ended_since = None
             elif st == "":  # between squeue and sacct; give it a minute
-                unknown_since = unknown_since or time.monotonic()
-                if time.monotonic() - unknown_since > 120:
+                unknown_since = unknown_since or now
+                if now - unknown_since > 120:
                     raise LaunchError(f"Slurm no longer knows job {job_id} (neither squeue nor sacct); see {folder}")
-            else:
+            elif st == "COMPLETED" and (run_dir / "done.json").exists():
                 break
-            time.sleep(poll_s)
+            else:  # an end state: believe it once it has held for settle_s
+                ended_since = ended_since or now
+                if now - ended_since >= settle_s:
+                    break
+            time.sleep(min(poll_s, settle_s / 4) if ended_since else poll_s)
     finally:
         for s, h in old.items():
             signal.signal(s, h)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import signal
 
@@ -9,7 +10,8 @@ import pytest
 
 from esvit.config import ConfigError
 from esvit.launch.signals import GracefulStop
-from esvit.launch.submit import _gpus, executor_for
+from esvit.launch import submit
+from esvit.launch.submit import LaunchError, _gpus, executor_for, follow
 from esvit.train.config import load_train_config
 
 
@@ -68,3 +70,31 @@ def test_graceful_stop_waits_for_the_step_boundary_and_names_the_signal():
     finally:
         for s, h in old.items():
             signal.signal(s, h)
+
+
+def _states(monkeypatch, states):
+    """job_state answers ``states`` in turn (the last one for ever) and time advances one second per poll."""
+    seq, clock = list(states), [0.0]
+    monkeypatch.setattr(submit, "job_state", lambda job_id: seq.pop(0) if len(seq) > 1 else seq[0])
+    monkeypatch.setattr(submit.time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(submit.time, "sleep", lambda s: clock.__setitem__(0, clock[0] + s))
+
+
+def test_follow_rides_out_a_requeue_that_flickers_through_failed(tmp_path, monkeypatch):
+    """Slurm can report a self-requeueing job FAILED for a moment before it is PENDING again (seen on CI)."""
+    _states(monkeypatch, ["RUNNING", "COMPLETING", "FAILED", "FAILED", "PENDING", "RUNNING", "COMPLETED"])
+    (tmp_path / "slurm").mkdir()
+    (tmp_path / "final.pth").write_bytes(b"x")
+    (tmp_path / "done.json").write_text("{}")
+    out = io.StringIO()
+    assert follow("7", tmp_path, poll_s=1, out=out, settle_s=5) == tmp_path / "final.pth"
+    assert "job 7 FAILED" in out.getvalue() and out.getvalue().rstrip().endswith("job 7 COMPLETED")
+
+
+def test_follow_reports_an_end_state_once_it_has_held(tmp_path, monkeypatch):
+    _states(monkeypatch, ["RUNNING", "FAILED"])
+    (tmp_path / "slurm").mkdir()
+    (tmp_path / "slurm" / "7_0_log.err").write_text("Traceback\nValueError: bad shard\n")
+    with pytest.raises(LaunchError, match="job 7 ended FAILED: ValueError: bad shard"):
+        follow("7", tmp_path, poll_s=1, out=io.StringIO(), settle_s=5)
+    assert submit.time.monotonic() >= 5 + 1  # it waited settle_s past the first FAILED
