@@ -6,7 +6,9 @@
 #      region loss, bf16 autocast) at the largest batch that fits: images/s, TFLOP/s and MFU (= achieved /
 #      the peak of step 1),
 #   3. inference images/s of Swin-T/S/B (batch 128, 224 px, as the paper's Table 1) in fp32 and bf16,
-#   4. the fast multi-crop loader on this machine's CPU cores (are the GPUs going to wait for input?).
+#   4. the fast multi-crop loader on this machine's CPU cores (are the GPUs going to wait for input?),
+#   5. the transfer probe's lambda search + refit on the GPU vs scikit-learn on 8 CPU threads (issue 5's goal:
+#      >= 10x at equal accuracy).
 # JSON lines go to results/bench/*.jsonl (or $OUT), a summary to stdout.
 #
 # Usage: benchmarks/gpu.sh            (on a GPU machine)
@@ -29,6 +31,7 @@ if "$PY" -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)"
          --global-size 224 --local-size 96 --steps 10 --threads 8)
   infer=(--archs swin_tiny_w7,swin_small_w7,swin_base_w7 --device cuda --batch 128 --steps 10)
   loader=(--workers "$(nproc)" --batches 20 --batch 32 --repeats 1)
+  probe=(--device cuda --threads 8)
 elif [ "${ESVIT_BENCH_CPU:-0}" = 1 ]; then
   device=cpu
   echo "gpu.sh: no CUDA device; ESVIT_BENCH_CPU=1: the same steps at toy sizes on the CPU (not a measurement)"
@@ -36,6 +39,7 @@ elif [ "${ESVIT_BENCH_CPU:-0}" = 1 ]; then
          --out-dim 1024 --steps 1 --threads 2)
   infer=(--archs swin_pico --device cpu --batch 4 --size 64 --steps 1)
   loader=(--images 40 --batches 1 --batch 4 --locals 2 --global-size 64 --local-size 32 --repeats 1)
+  probe=(--device cpu --n 2000 --n-test 500 --dim 32 --classes 5)
 else
   die "no CUDA device is visible (torch.cuda.is_available() is False; nvidia-smi: $(command -v nvidia-smi >/dev/null && nvidia-smi -L 2>&1 | head -1 || echo 'not installed')). Run it on a GPU machine, or ESVIT_BENCH_CPU=1 for a CPU dry run" 3
 fi
@@ -47,11 +51,12 @@ t=$(run train "${train[@]}")
 i32=$(run infer "${infer[@]}" --precision fp32)
 i16=$(run infer "${infer[@]}" --precision bf16)
 ld=$(run loader "${loader[@]}")
+pr=$(run probe "${probe[@]}")
 
-"$PY" - "$t" "$i32" "$i16" "$ld" "$device" <<'EOF'
+"$PY" - "$t" "$i32" "$i16" "$ld" "$pr" "$device" <<'EOF'
 import json, sys
-t, i32, i16, ld = (json.loads(a) for a in sys.argv[1:5])
-device = sys.argv[5]
+t, i32, i16, ld, pr = (json.loads(a) for a in sys.argv[1:6])
+device = sys.argv[6]
 print(f"\n== EsViT on {t['machine']['device']} ({device}) ==")
 print(f"training step {t['arch']} {t['crops']}, K={t['out_dim']}, {t['precision']}, batch {t['batch']}: "
       f"{t['img_s']:.1f} img/s, {t['gflop_s'] / 1e3:.1f} TFLOP/s of a measured {t['matmul_peak_gflop_s'] / 1e3:.1f} "
@@ -62,5 +67,8 @@ for rec in (i32, i16):
           + ", ".join(f"{a} {v:.0f} img/s" for a, v in rec["img_s"].items()))
 print(f"loader ({ld['per']}): fast {ld['fast_img_s']:.0f} img/s vs reference {ld['reference_img_s']:.0f} img/s "
       f"({ld['ratio']:.2f}x); one training step consumes {t['img_s']:.0f} img/s")
+print(f"probe ({pr['n']} x {pr['dim']}, {pr['classes']} classes) on {pr['device']}: {pr['ours_s']} s vs scikit-learn "
+      f"{pr['sklearn_s']} s on {pr['threads']} threads = {pr['speedup']}x (goal >= 10x), test accuracy "
+      f"{pr['ours_acc']} vs {pr['sklearn_acc']}")
 EOF
-echo "gpu.sh: done in $(( $(date +%s) - start ))s; JSON lines in $OUT/{train,infer,loader}.jsonl"
+echo "gpu.sh: done in $(( $(date +%s) - start ))s; JSON lines in $OUT/{train,infer,loader,probe}.jsonl"

@@ -24,6 +24,7 @@ def _probe_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--separation", type=float, default=0.15, help="class-centre scale (default %(default)s: ~85 %% test accuracy at 768 dims, 100 classes)")
     p.add_argument("--sklearn-max-iter", type=int, default=1000, help="as CLIP's probe (default %(default)s)")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where our probe runs (scikit-learn: the CPU)")
 
 
 @benchmark("probe", _probe_args)
@@ -37,6 +38,8 @@ def bench_probe(args: argparse.Namespace) -> dict:
 
     from threadpoolctl import threadpool_limits
 
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("bench probe: --device cuda but no CUDA device is visible")
     torch.set_num_threads(args.threads)
     threadpool_limits(args.threads)  # numpy / scikit-learn's BLAS and OpenMP: the same threads as torch
     rng = np.random.default_rng(0)
@@ -47,7 +50,9 @@ def bench_probe(args: argparse.Namespace) -> dict:
     test_x, test_y = torch.from_numpy(x[args.n :]), torch.from_numpy(y[args.n :])
 
     t0 = time.perf_counter()
-    ours = run_probe(train_x, train_y, test_x, test_y)
+    ours = run_probe(train_x, train_y, test_x, test_y, device=args.device)
+    if args.device == "cuda":
+        torch.cuda.synchronize()
     t_ours = time.perf_counter() - t0
 
     t0 = time.perf_counter()
@@ -68,7 +73,7 @@ def bench_probe(args: argparse.Namespace) -> dict:
     ref_acc = 100 * float((ref.predict(tx.numpy()) == y[args.n :]).mean())
     t_ref = time.perf_counter() - t0
     return {
-        "n": args.n, "dim": args.dim, "classes": args.classes, "threads": args.threads,
+        "n": args.n, "dim": args.dim, "classes": args.classes, "threads": args.threads, "device": args.device,
         "ours_s": round(t_ours, 1), "sklearn_s": round(t_ref, 1), "speedup": round(t_ref / t_ours, 2),
         "ours_acc": round(ours.value, 2), "sklearn_acc": round(ref_acc, 2), "ours_lambda": ours.best_lambda,
         "sklearn_lambda": float(LAMBDA_GRID[best]), "fits": fits["n"] + 1,
