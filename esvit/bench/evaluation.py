@@ -61,7 +61,7 @@ def bench_probe(args: argparse.Namespace) -> dict:
     fy, vy = y[: args.n][parts["train"]], y[: args.n][parts["test"]]
     fits = {"n": 0}
 
-    def evaluate(i: int, warm: int | None) -> float:
+    def evaluate(i: int) -> float:
         fits["n"] += 1
         m = LogisticRegression(C=1 / LAMBDA_GRID[i], max_iter=args.sklearn_max_iter).fit(fx.numpy(), fy)
         return 100 * float((m.predict(vx.numpy()) == vy).mean())

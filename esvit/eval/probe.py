@@ -112,26 +112,24 @@ def _start(models: dict[int, LogReg], i: int) -> LogReg | None:
     return LogReg(torch.lerp(models[lo].weight, models[hi].weight, a), torch.lerp(models[lo].bias, models[hi].bias, a))
 
 
-def lambda_search(evaluate: Callable[[int, int | None], float], n_grid: int = len(LAMBDA_GRID)) -> tuple[int, dict[int, float]]:
+def lambda_search(evaluate: Callable[[int], float], n_grid: int = len(LAMBDA_GRID)) -> tuple[int, dict[int, float]]:
     """Coarse-then-halving search over grid indices.
 
     Args:
-        evaluate: ``(index, warm_start_index) -> validation score``.
+        evaluate: ``index -> validation score`` (run_probe starts each fit from the ones before: ``_start``).
 
     Returns:
         (best index, {index: score} of every evaluated point). Ties go to the stronger regularisation.
     """
     scores: dict[int, float] = {}
-    last = None
-    for i in reversed(range(0, n_grid, 16)):  # 1e6, 1e4, ..., 1e-6: a regularisation path, each fit warm-
-        scores[i] = evaluate(i, last)  # started from the stronger-regularised one before it (few iterations)
-        last = i
+    for i in reversed(range(0, n_grid, 16)):  # 1e6, 1e4, ..., 1e-6: down the regularisation path
+        scores[i] = evaluate(i)
     best = max(scores, key=lambda i: (scores[i], i))
     step = 8
     while step >= 1:
         for j in (best - step, best + step):
             if 0 <= j < n_grid and j not in scores:
-                scores[j] = evaluate(j, best)
+                scores[j] = evaluate(j)
         best = max(scores, key=lambda i: (scores[i], i))
         step //= 2
     return best, scores
@@ -192,7 +190,7 @@ def run_probe(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor
     fy, vy = fit_y.to(device), val_y.to(device)
     models: dict[int, LogReg] = {}
 
-    def evaluate(i: int, warm: int | None) -> float:
+    def evaluate(i: int) -> float:
         models[i] = fit_logreg(fx, fy, n_classes, float(LAMBDA_GRID[i]), init=_start(models, i), max_iter=search_max_iter,
                                tol=search_tol)  # fmt: skip
         pred = models[i].logits(vx)

@@ -66,7 +66,7 @@ def test_lambda_search_finds_the_peak_with_few_evaluations():
     peak = 37
     calls = []
 
-    def evaluate(i, warm):
+    def evaluate(i):
         calls.append(i)
         return -abs(i - peak)
 
@@ -102,7 +102,7 @@ def test_probe_agrees_with_a_sklearn_search_within_half_a_point():
     fx, fy, vx, vy = x[:2000][parts["train"]], y[:2000][parts["train"]], x[:2000][parts["test"]], y[:2000][parts["test"]]
     fxs, vxs = standardize(fx, vx)
 
-    def evaluate(i, warm):
+    def evaluate(i):
         m = LogisticRegression(C=1 / LAMBDA_GRID[i], max_iter=1000).fit(fxs.numpy(), fy.numpy())
         return 100 * float((m.predict(vxs.numpy()) == vy.numpy()).mean())
 
