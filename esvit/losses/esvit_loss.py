@@ -16,7 +16,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from esvit.losses.region import region_loss
-from esvit.losses.view import view_loss
+from esvit.losses.view import cross_view_pairs, view_loss
 from esvit.models.esvit import GroupOutput
 
 __all__ = ["EsViTLoss", "LossParts", "teacher_temp_schedule"]
@@ -69,20 +69,20 @@ class EsViTLoss(nn.Module):
         if use_region:
             t_region = _full(teacher.region)
             q_region = F.softmax(torch.sub(t_region.detach(), self.center_grid).mul_(1.0 / temp), dim=-1)
-        views, regions, first = [], [], 0
+        views, regions, keep, first = [], [], [], 0
         for group in student:
-            views.append(view_loss(q_view, _full(group.view), self.student_temp, first).flatten())
+            keep.append(cross_view_pairs(q_view.shape[0], group.n_crops, first).flatten())
+            views.append(view_loss(q_view, _full(group.view), self.student_temp).flatten())
             if use_region:
                 regions.append(
                     region_loss(q_region, teacher.features.detach(), _full(group.region), group.features,
-                                self.student_temp, first).flatten()  # fmt: skip
+                                self.student_temp).flatten()  # fmt: skip
                 )
             first += group.n_crops
-        v = torch.cat(views)
-        keep = ~torch.isnan(v)
-        l_view = v[keep].mean()
+        keep = torch.cat(keep).nonzero().squeeze(1).to(q_view.device)  # built on the CPU: no device sync
+        l_view = torch.cat(views).index_select(0, keep).mean()
         if use_region:
-            l_region = torch.cat(regions)[keep].mean()
+            l_region = torch.cat(regions).index_select(0, keep).mean()
             total = (1 - self.w) * l_view + self.w * l_region
         else:
             l_region, total = None, l_view

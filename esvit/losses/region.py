@@ -18,8 +18,6 @@ import torch.nn.functional as F
 
 from esvit.losses.lse import scaled_logsumexp
 
-from esvit.losses.view import _mask_same_view
-
 __all__ = ["region_loss", "match_regions"]
 
 
@@ -41,7 +39,7 @@ def match_regions(student_features: torch.Tensor, teacher_features: torch.Tensor
 
 
 def region_loss(teacher_probs: torch.Tensor, teacher_features: torch.Tensor, student_region: torch.Tensor,
-                student_features: torch.Tensor, student_temp: float, first_crop: int) -> torch.Tensor:  # fmt: skip
+                student_features: torch.Tensor, student_temp: float) -> torch.Tensor:  # fmt: skip
     """Per-pair region losses for one group of same-size student crops (all tensors batch-major).
 
     Args:
@@ -50,10 +48,9 @@ def region_loss(teacher_probs: torch.Tensor, teacher_features: torch.Tensor, stu
         student_region: [B, n_s, T_s, K] student region logits (head_dense outputs).
         student_features: [B, n_s, T_s, C] student backbone tokens (only used for matching).
         student_temp: tau_s.
-        first_crop: global index of this group's first crop.
 
     Returns:
-        [n_t, n_s] loss per pair; same-view pairs NaN.
+        [n_t, n_s] loss per pair, same-view pairs included (dropped by the caller, by position).
     """
     batch, n_s, t_s, k = student_region.shape
     n_t, t_t = teacher_probs.shape[1:3]
@@ -63,5 +60,4 @@ def region_loss(teacher_probs: torch.Tensor, teacher_features: torch.Tensor, stu
     dots = torch.bmm(student_region.reshape(batch, n_s * t_s, k), teacher_probs.reshape(batch, n_t * t_t, k).transpose(1, 2))
     dots = dots.view(batch, n_s, t_s, n_t, t_t).permute(3, 1, 0, 2, 4)  # [n_t, n_s, B, T_s, T_t]
     matched = dots.gather(-1, idx.unsqueeze(-1)).squeeze(-1)  # [n_t, n_s, B, T_s]
-    loss = (lse.permute(1, 0, 2).unsqueeze(0) - inv * matched).mean(dim=(-1, -2))
-    return _mask_same_view(loss, first_crop)
+    return (lse.permute(1, 0, 2).unsqueeze(0) - inv * matched).mean(dim=(-1, -2))

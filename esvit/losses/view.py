@@ -12,31 +12,33 @@ import torch
 
 from esvit.losses.lse import scaled_logsumexp
 
-__all__ = ["view_loss"]
+__all__ = ["view_loss", "cross_view_pairs"]
 
 
-def view_loss(teacher_probs: torch.Tensor, student_view: torch.Tensor, student_temp: float, first_crop: int) -> torch.Tensor:
+def view_loss(teacher_probs: torch.Tensor, student_view: torch.Tensor, student_temp: float) -> torch.Tensor:
     """Per-pair view losses for one group of same-size student crops, all pairs at once.
 
     Args:
         teacher_probs: [n_t, B, K] teacher softmax((o_t - c) / tau_t), detached.
         student_view: [n_s, B, K] student view logits of this group.
         student_temp: tau_s.
-        first_crop: global index of this group's first crop (teacher crops are 0..n_t-1).
 
     Returns:
-        [n_t, n_s] loss of each (teacher crop, student crop) pair, mean over the batch; same-view pairs are NaN
-        (the caller skips them).
+        [n_t, n_s] loss of each (teacher crop, student crop) pair, mean over the batch, same-view pairs included
+        (the caller drops them by position with ``cross_view_pairs``).
     """
     inv = 1.0 / student_temp
     lse = scaled_logsumexp(student_view, inv)  # [n_s, B]
     dots = torch.einsum("tbk,sbk->tsb", teacher_probs, student_view)  # [n_t, n_s, B]
-    loss = (lse.unsqueeze(0) - inv * dots).mean(-1)
-    return _mask_same_view(loss, first_crop)
+    return (lse.unsqueeze(0) - inv * dots).mean(-1)
 
 
-def _mask_same_view(loss: torch.Tensor, first_crop: int) -> torch.Tensor:
-    n_t, n_s = loss.shape
-    t = torch.arange(n_t, device=loss.device)[:, None]
-    s = torch.arange(n_s, device=loss.device)[None, :] + first_crop
-    return loss.masked_fill(t == s, float("nan"))
+def cross_view_pairs(n_t: int, n_s: int, first_crop: int) -> torch.Tensor:
+    """[n_t, n_s] bool, False where teacher crop t and student crop ``first_crop + s`` are the same view.
+
+    Same-view pairs are dropped by *position*, never by value: a NaN or inf in any pair's loss must reach the
+    total, so the non-finite-loss guard stops the step (as the official loss does).
+    """
+    t = torch.arange(n_t)[:, None]
+    s = torch.arange(n_s)[None, :] + first_crop
+    return t != s

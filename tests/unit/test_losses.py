@@ -69,6 +69,25 @@ def test_loss_matches_naive_implementation_with_two_local_sizes(w):
     assert abs(parts.total.item() - expected.item()) < 1e-6
 
 
+@pytest.mark.parametrize("where", ["local view", "local region", "global view", "global region"])
+def test_a_non_finite_logit_in_any_crop_makes_the_loss_non_finite(where):
+    """Same-view pairs are dropped by position: a NaN in any crop's logits reaches the total (the official loss
+    is NaN there too), so the training step's finiteness guard fires instead of training on a finite number."""
+    gen = torch.Generator().manual_seed(5)
+    student, s_crops = random_outputs([(2, 4), (3, 2)], gen)
+    teacher, t_crops = random_outputs([(2, 4)], gen)
+    group = student[1] if where.startswith("local") else student[0]
+    crop = 4 if where.startswith("local") else 1  # the group's last crop
+    if where.endswith("view"):
+        group.view[-1, 0, 3] = float("nan")  # shares storage with s_crops
+    else:
+        group.region[0, -1, 1, 3] = s_crops[crop][1][0, 1, 3] = float("nan")
+    loss = EsViTLoss(K, epochs=3).double()
+    zeros = torch.zeros(1, K, dtype=torch.float64)
+    assert torch.isnan(loss(student, teacher[0], 0).total)
+    assert math.isnan(naive_loss(s_crops, t_crops, zeros, zeros, 0.04, 0.1, 0.5).item())  # the definition agrees
+
+
 def test_centers_move_by_the_formula_after_the_loss():
     gen = torch.Generator().manual_seed(1)
     student, _ = random_outputs([(2, 4), (4, 1)], gen)

@@ -212,6 +212,21 @@ def test_nan_loss_stops_with_a_clear_error_and_keeps_the_last_checkpoint(digits_
     assert load_checkpoint(tmp_path / "run" / "checkpoint.pth")["global_step"] == 2
 
 
+@pytest.mark.parametrize("crop", [0, -1])  # a global crop (teacher and student), a local crop (student only)
+def test_a_nan_pixel_in_any_crop_stops_the_step(digits_shards, crop):
+    cfg = tiny_cfg(digits_shards)
+    tr = Trainer(cfg, digits_shards, iters_per_epoch=6)
+    gen = torch.Generator().manual_seed(0)
+    crops = [torch.randn(2, 3, 32, 32, generator=gen) for _ in range(2)] + [
+        torch.randn(2, 3, 16, 16, generator=gen) for _ in range(2)
+    ]
+    crops[crop][1, 0, 5, 5] = float("nan")
+    before = {k: v.clone() for k, v in tr.student.state_dict().items()}
+    with pytest.raises(TrainingError, match="loss is nan at epoch 0, step 0"):
+        tr.step(crops)
+    assert all(torch.equal(v, before[k]) for k, v in tr.student.state_dict().items())  # no update applied
+
+
 @pytest.mark.slow
 def test_continual_mode_starts_region_training_from_a_view_only_checkpoint(digits_shards, tmp_path):
     view = tiny_cfg(digits_shards, "loss.region_loss_weight=0", "run.max_steps=6")
