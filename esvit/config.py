@@ -32,12 +32,15 @@ __all__ = [
     "ShardConfig",
     "PipelineConfig",
     "PretrainRun",
+    "ContinualFrom",
     "EvalConfig",
     "from_dict",
     "load_config",
     "load_yaml",
     "apply_overrides",
     "to_dict",
+    "pretrain_overrides",
+    "continual_checkpoint",
 ]
 
 NAME_RE = re.compile(r"^[a-z][a-z0-9_]*$")
@@ -100,6 +103,14 @@ class DatasetConfig:
 
 
 @dataclasses.dataclass
+class ContinualFrom:
+    """A run's starting point in continual mode: ``run``'s checkpoint after ``epoch`` epochs."""
+
+    run: str = _field(help="The (view-only) run to continue from, a key of `runs` with a config.")
+    epoch: int = _field(gt=0, help="Epochs of that run to start from (checkpoint<epoch>.pth; the paper: 200, or 180 for Swin-S/W14).")
+
+
+@dataclasses.dataclass
 class PretrainRun:
     """One run to evaluate: a pretraining (a training config, a diff on the paper defaults, and the data it
     reads), or a released checkpoint evaluated as it is (``checkpoint`` + ``arch``, no pretraining)."""
@@ -113,6 +124,9 @@ class PretrainRun:
     checkpoint_format: Literal["official", "esvit"] = _field("official", help="official: microsoft/esvit checkpoint.pth (imported with `esvit import`); esvit: this project's.")
     arch: str | None = _field(None, choices=_archs, help="Architecture of checkpoint (esvit.models.ARCHS).")
     image_size: int = _field(224, gt=0, help="Evaluation crop size of checkpoint.")
+    continual_from: ContinualFrom | None = _field(
+        None, help="Start from another run's checkpoint after `epoch` epochs (continual mode: how most released V+R models were made); that run is planned first and keeps that checkpoint."
+    )
 
 
 @dataclasses.dataclass
@@ -388,4 +402,46 @@ def load_config(source: str | Path | Mapping, overrides: typing.Iterable[str] = 
             load_train_config(run.config, run.overrides)
         except ConfigError as exc:
             raise ConfigError(f"{key}: {run.config}: {exc}") from None
+    for name, run in cfg.runs.items():
+        if run.continual_from is not None:
+            _check_continual(cfg, name, run.continual_from)
     return cfg
+
+
+def _check_continual(cfg: PipelineConfig, name: str, cont: ContinualFrom) -> None:
+    key = f"runs.{name}.continual_from"
+    base = cfg.runs.get(cont.run)
+    if base is None or base.config is None or cont.run == name:
+        pretrained = [n for n, r in cfg.runs.items() if r.config and n != name]
+        raise ConfigError(
+            f"{key}.run: {cont.run!r} is not another pretraining run of this config (pretraining runs: "
+            f"{', '.join(pretrained) or 'none'}).{_did_you_mean(cont.run, pretrained)}"
+        )
+    if cfg.runs[name].config is None:
+        raise ConfigError(f"{key}: only a pretraining run (with config) can continue from another run")
+    if base.continual_from is not None:
+        raise ConfigError(f"{key}: {cont.run!r} is itself continual; chain from a run that starts from scratch")
+    from esvit.train.config import load_train_config
+
+    epochs = load_train_config(base.config, base.overrides).optim.epochs
+    if cont.epoch > epochs:
+        raise ConfigError(f"{key}.epoch {cont.epoch}: run {cont.run!r} trains only {epochs} epochs")
+
+
+def pretrain_overrides(cfg: PipelineConfig, name: str) -> list[str]:
+    """The training-config overrides the pretrain rule passes for run ``name``: the run's own, then the continual
+    start (``run.continual_from`` = its base run's checkpoint) or, for a base run, the epochs to keep for the
+    runs that continue from it."""
+    run = cfg.runs[name]
+    extra = []
+    if run.continual_from is not None:
+        extra.append(f"run.continual_from={continual_checkpoint(run.continual_from)}")
+    keep = sorted({r.continual_from.epoch for r in cfg.runs.values() if r.continual_from and r.continual_from.run == name})
+    if keep:
+        extra.append(f"run.keep_epochs={keep}")
+    return [*run.overrides, *extra]
+
+
+def continual_checkpoint(cont: ContinualFrom) -> str:
+    """Where the pretrain rule finds run ``cont.run``'s checkpoint after ``cont.epoch`` epochs."""
+    return f"results/pretrain/{cont.run}/checkpoint{cont.epoch:04d}.pth"

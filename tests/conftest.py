@@ -12,6 +12,19 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 FASHION_ROOT = Path("/usr/share/datasets/fashion-mnist")
+OFFICIAL_FIXTURES = REPO / "tests" / "fixtures" / "official"
+
+
+def official_checkpoint(tmp_path: Path, name: str) -> Path:
+    """An official-layout checkpoint saved by microsoft/esvit's own code (tests/fixtures/official/README.md),
+    decompressed byte for byte (stored as .xz to keep the repository small)."""
+    import lzma
+    import shutil
+
+    out = tmp_path / f"{name}.pth"
+    with lzma.open(OFFICIAL_FIXTURES / f"{name}.pth.xz", "rb") as src, open(out, "wb") as dst:
+        shutil.copyfileobj(src, dst)
+    return out
 
 
 def env_with_python() -> dict[str, str]:

@@ -28,6 +28,9 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--steps", type=int, default=5, help="timed steps (after 2 warm-up steps)")
+    p.add_argument("--swin-block", default="official", choices=["official", "timm"],
+                   help="official: the EsViT block order (pad, then shift; the default everywhere); timm: timm's own "
+                   "shift-then-pad block, to measure what the official order costs (default %(default)s)")
     p.add_argument("--no-reuse-memory", action="store_true", help="leave glibc's malloc settings alone (run.reuse_memory=false)")
 
 
@@ -73,6 +76,13 @@ def bench_train(args: argparse.Namespace) -> dict:
         "optim.freeze_last_layer=0", f"run.reuse_memory={not args.no_reuse_memory}",
     ])  # fmt: skip
     tr = Trainer(cfg, Path(tempfile.gettempdir()), iters_per_epoch=1000)
+    if args.swin_block == "timm":
+        from timm.models.swin_transformer import SwinTransformerBlock
+
+        for net in (tr.student, tr.teacher):
+            for m in net.modules():
+                if isinstance(m, SwinTransformerBlock):
+                    m.__class__ = SwinTransformerBlock
     sync = torch.cuda.synchronize if args.device == "cuda" else (lambda: None)
 
     def make_crops(batch: int) -> list:
@@ -116,7 +126,7 @@ def bench_train(args: argparse.Namespace) -> dict:
     return {
         "arch": args.arch, "batch": batch, "crops": f"2x{args.global_size}+{args.locals}x{args.local_size}",
         "out_dim": args.out_dim, "region_weight": args.region_weight, "precision": args.precision, "device": args.device,
-        "threads": args.threads, "reuse_memory": not args.no_reuse_memory, "step_s": round(dt, 3), "img_s": round(batch / dt, 3),
+        "threads": args.threads, "swin_block": args.swin_block, "reuse_memory": not args.no_reuse_memory, "step_s": round(dt, 3), "img_s": round(batch / dt, 3),
         "gflop_per_step": round(flops / 1e9, 1), "gflop_s": round(achieved, 1), "matmul_peak_gflop_s": round(peak, 1),
         "fraction_of_peak": round(achieved / peak, 3), "peak_rss_gb": round(_peak_rss_gb(), 2),
         "peak_gpu_gb": round(torch.cuda.max_memory_allocated() / 1e9, 2) if args.device == "cuda" else None,

@@ -34,7 +34,7 @@ from typing import TextIO
 import submitit
 
 from esvit.atomic import atomic_write_json, atomic_write_text
-from esvit.train.config import LaunchConfig, TrainConfig, dump_train_config, load_train_config
+from esvit.train.config import LaunchConfig, TrainConfig, dump_train_config, load_train_config, per_device_batch
 
 __all__ = ["LaunchError", "PretrainJob", "preflight", "submit_or_reattach", "follow", "launch_slurm", "job_state"]
 
@@ -233,6 +233,7 @@ def submit_or_reattach(cfg: TrainConfig, run_dir: Path, out: TextIO = sys.stdout
             return old["job_id"]
         print(f"pretrain: earlier job {old['job_id']} is {state or 'gone'}; submitting a new one (it resumes from "
               "the run's checkpoint)", file=out, flush=True)  # fmt: skip
+    per_device_batch(cfg.optim, lc.nodes * lc.tasks())  # a total batch this shape cannot split: refused before submitting
     partition = preflight(lc)
     folder.mkdir(parents=True, exist_ok=True)
     config_path = folder / "train_config.yaml"

@@ -2,8 +2,11 @@
 
 Conventions (reference §1.1, §2):
 
-- Swin (multi-stage): tokens = last-stage map after the final LayerNorm (eps 1e-6), pooled = their mean;
-  ``strict_img_size=False`` so 96-px local crops run (timm pads maps that windows do not divide).
+- Swin (multi-stage): tokens = last-stage map after the final LayerNorm (eps 1e-6), pooled = their mean.
+  Any input size runs (96-px local crops), and every block computes the official EsViT block there: a map
+  that the window does not divide is padded *first*, then cyclically shifted, with the shift mask built on the
+  padded map (timm's own block shifts first, then pads: a different function wherever a shifted block needs
+  padding, e.g. every 96-px crop). See ``docs/swin.md``.
 - ViT / DeiT: pooled = [CLS] after the final norm, tokens = the patch tokens (``dynamic_img_size=True``).
 - ResNet-50: tokens = the layer4 map flattened (no norm), pooled = its mean.
 
@@ -13,14 +16,15 @@ The EsViT variants are registered with timm (``esvit_swin_tiny_w7``, ..., ``esvi
 
 from __future__ import annotations
 
-from functools import partial
+from functools import lru_cache, partial
 from typing import Any
 
 import timm
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from timm.models import register_model
-from timm.models.swin_transformer import SwinTransformer
+from timm.models.swin_transformer import SwinTransformer, SwinTransformerBlock, window_partition, window_reverse
 
 __all__ = ["Backbone", "build_backbone", "ARCHS", "arch_family"]
 
@@ -35,8 +39,52 @@ _SWIN = {
     # small variants for CPU demos and tests: 64-px global crops (maps 16-8-4-2), window 4
     "esvit_swin_nano": (48, (1, 1, 3, 1), (3, 6, 12, 24), 4, 64),
     "esvit_swin_pico": (24, (1, 1, 1, 1), (1, 2, 3, 6), 4, 64),
+    # 4-wide test models (as timm's test_* models): the shapes of the official-network fixtures in tests/
+    "esvit_swin_test_w7": (4, (2, 2, 2, 2), (1, 1, 2, 2), 7, 224),
+    "esvit_swin_test_w14": (4, (2, 2, 2, 2), (1, 1, 2, 2), 14, 224),
 }
 _TIMM_KW = ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir")
+
+
+@lru_cache(maxsize=64)
+def _shift_mask(hp: int, wp: int, window: tuple[int, int], shift: tuple[int, int], device: torch.device,
+                dtype: torch.dtype) -> torch.Tensor:  # fmt: skip
+    """[windows, N, N] attention mask of a shifted block on the *padded* map (hp, wp): 0 inside one region of
+    the shifted map, -100 across regions (the official mask, regions sliced at -window and -shift)."""
+    img = torch.zeros(1, hp, wp, 1, device=device, dtype=dtype)
+    n = 0
+    for h in ((0, -window[0]), (-window[0], -shift[0]), (-shift[0], None)):
+        for w in ((0, -window[1]), (-window[1], -shift[1]), (-shift[1], None)):
+            img[:, h[0] : h[1], w[0] : w[1], :] = n
+            n += 1
+    ids = window_partition(img, window).view(-1, window[0] * window[1])
+    diff = ids.unsqueeze(1) - ids.unsqueeze(2)
+    return diff.masked_fill(diff != 0, -100.0).masked_fill(diff == 0, 0.0)
+
+
+class EsvitSwinBlock(SwinTransformerBlock):
+    """timm's Swin block with the official EsViT attention order: pad -> shift -> masked window attention ->
+    reverse shift -> crop. Window and shift are those fixed at construction for the design size (a stage
+    whose design map fits in one window gets window = map, no shift), as in the official code. Parameters and
+    buffers are timm's, so state dicts are interchangeable with ``SwinTransformer``."""
+
+    def _attn(self, x: torch.Tensor) -> torch.Tensor:
+        _, h, w, c = x.shape
+        wh, ww = self.window_size
+        pad_h, pad_w = (wh - h % wh) % wh, (ww - w % ww) % ww
+        if pad_h or pad_w:
+            x = F.pad(x, (0, 0, 0, pad_w, 0, pad_h))
+        hp, wp = h + pad_h, w + pad_w
+        shifted = any(self.shift_size)
+        mask = None
+        if shifted:
+            x = torch.roll(x, shifts=(-self.shift_size[0], -self.shift_size[1]), dims=(1, 2))
+            mask = _shift_mask(hp, wp, self.window_size, self.shift_size, x.device, x.dtype)
+        windows = self.attn(window_partition(x, self.window_size).view(-1, self.window_area, c), mask=mask)
+        x = window_reverse(windows.view(-1, wh, ww, c), self.window_size, hp, wp)
+        if shifted:
+            x = torch.roll(x, shifts=self.shift_size, dims=(1, 2))
+        return x[:, :h, :w, :].contiguous() if pad_h or pad_w else x
 
 
 def _make_swin(name: str, pretrained: bool = False, **kwargs: Any) -> SwinTransformer:
@@ -51,7 +99,11 @@ def _make_swin(name: str, pretrained: bool = False, **kwargs: Any) -> SwinTransf
         num_classes=0, drop_path_rate=0.0,
     )  # fmt: skip
     args.update(kwargs)
-    return SwinTransformer(**args)
+    model = SwinTransformer(**args)
+    for stage in model.layers:
+        for block in stage.blocks:
+            block.__class__ = EsvitSwinBlock  # same parameters and buffers, the official forward
+    return model
 
 
 for _name in _SWIN:
@@ -59,7 +111,7 @@ for _name in _SWIN:
     _fn = partial(_make_swin, _name)
     _fn.__name__ = _name
     _fn.__module__ = __name__
-    _fn.__doc__ = f"EsViT Swin {_name}: LayerNorm eps 1e-6, any input size (local crops)."
+    _fn.__doc__ = f"EsViT Swin {_name}: LayerNorm eps 1e-6, the official block at any input size (local crops)."
     globals()[_name] = register_model(_fn)
 
 # Architectures the pipeline knows: short name -> (timm name, family, timm kwargs).

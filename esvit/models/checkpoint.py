@@ -1,24 +1,87 @@
 """Checkpoint interop: import official EsViT checkpoints, export backbones that timm loads unchanged.
 
-Official EsViT checkpoints (reference §2.1) hold ``student`` / ``teacher`` / ``optimizer`` / ``dino_loss`` ...;
-the teacher's Swin keys have no prefix, the DINO heads live under ``head.*`` and ``head_dense.*``, and
-PatchMerging sits at the *end* of each stage (timm puts it at the start of the next one). Importing takes the
-teacher, drops the heads, and applies timm's own ``checkpoint_filter_fn`` (downsample renumbering, removal of
-the non-persistent ``relative_position_index`` / ``attn_mask`` buffers), then loads strictly.
+Official EsViT checkpoints are what ``main_esvit.py`` saves: ``{student, teacher, optimizer, epoch, args,
+dino_loss, fp16_scaler}``, with ``args`` the ``argparse.Namespace`` of the run and numpy scalars in the
+optimizer's learning rates. Loading them unpickles nothing beyond tensors, plain containers and a short
+allow-list of data types (:data:`OFFICIAL_SAFE_GLOBALS`); anything else is refused.
+
+Key layout (``docs/checkpoints.md``): the Swin teacher's keys have no prefix, its student's carry DDP's
+``module.``; the DINO heads are ``head.*`` and ``head_dense.*``; ResNet and DeiT backbones sit under
+``backbone.`` (and ``module.``). Swin's PatchMerging sits at the *end* of each stage (timm puts it at the start
+of the next one). Importing takes the teacher, drops the heads, and applies timm's own ``checkpoint_filter_fn``
+(downsample renumbering, removal of the non-persistent ``relative_position_index`` / ``attn_mask`` buffers),
+then loads strictly.
 """
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
+from typing import Any
+
+import numpy as np
 import torch
 
 from esvit.atomic import atomic_path
 from esvit.models.backbones import ARCHS, Backbone
 from esvit.train.state import CheckpointError, load_checkpoint, save_checkpoint
 
-__all__ = ["filter_state_dict", "import_official", "export_backbone", "backbone_state"]
+__all__ = [
+    "filter_state_dict", "import_official", "export_backbone", "backbone_state", "load_official_checkpoint",
+    "is_official", "official_to_esvit", "OFFICIAL_SAFE_GLOBALS",
+]  # fmt: skip
 
 _PREFIXES = ("module.", "backbone.")
+_HEADS = ("head.", "head_dense.")
+
+
+def _numpy_globals() -> list:
+    """The numpy types a pickled optimizer state holds (its lr / weight decay are numpy float64 scalars), under
+    the names numpy 1 (the released checkpoints) and numpy 2 write them."""
+    core = getattr(np, "_core", None) or np.core
+    scalar = core.multiarray.scalar
+    dtypes = [getattr(np.dtypes, n) for n in ("Float64DType", "Float32DType", "Int64DType", "Int32DType", "BoolDType")]
+    return [np.dtype, *dtypes, (scalar, "numpy.core.multiarray.scalar"), (scalar, "numpy._core.multiarray.scalar")]
+
+
+# Beyond tensors and containers, the only types an official checkpoint may hold: data, no code runs.
+OFFICIAL_SAFE_GLOBALS: list = [argparse.Namespace, *_numpy_globals()]
+
+
+def load_official_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Load a checkpoint as ``main_esvit.py`` saves it (or one of this project's), unpickling nothing beyond
+    tensors, containers and :data:`OFFICIAL_SAFE_GLOBALS`; one clear error otherwise."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {str(path)!r} does not exist")
+    try:
+        with torch.serialization.safe_globals(OFFICIAL_SAFE_GLOBALS):
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # UnpicklingError for a type outside the allow-list, RuntimeError for a torn file
+        lines = [ln.strip() for ln in str(exc).splitlines() if "GLOBAL" in ln or "Unsupported" in ln]
+        msg = (lines[0] if lines else str(exc).splitlines()[0] if str(exc) else "").split(" was not an allowed")[0]
+        raise CheckpointError(
+            f"cannot load {str(path)!r} safely ({type(exc).__name__}: {msg[:200]}); an official EsViT checkpoint holds "
+            "only tensors, containers, argparse.Namespace and numpy scalars: is the file complete and from microsoft/esvit?"
+        ) from None
+    if not isinstance(ckpt, dict):
+        raise CheckpointError(f"{path}: holds a {type(ckpt).__name__}, not a checkpoint dict")
+    return ckpt
+
+
+def is_official(ckpt: dict) -> bool:
+    """An official EsViT training checkpoint (``main_esvit.py`` layout), not one of this project's."""
+    return "config" not in ckpt and "teacher" in ckpt and ("args" in ckpt or "dino_loss" in ckpt)
+
+
+def _strip(key: str) -> str:
+    changed = True
+    while changed:
+        changed = False
+        for prefix in _PREFIXES:
+            if key.startswith(prefix):
+                key, changed = key[len(prefix) :], True
+    return key
 
 
 def filter_state_dict(state: dict[str, torch.Tensor], backbone: Backbone) -> dict[str, torch.Tensor]:
@@ -30,47 +93,91 @@ def filter_state_dict(state: dict[str, torch.Tensor], backbone: Backbone) -> dic
     """
     out = {}
     for k, v in state.items():
-        for prefix in _PREFIXES:
-            if k.startswith(prefix):
-                k = k[len(prefix) :]
-        if k.startswith(("head.", "head_dense.", "fc.")):  # DINO heads, classifier
+        k = _strip(k)
+        if k.startswith((*_HEADS, "fc.")):  # DINO heads, classifier
             continue
         out[k] = v
     if backbone.family == "swin":
         from timm.models.swin_transformer import checkpoint_filter_fn
 
+        _check_window_tables(out, backbone)
         out = checkpoint_filter_fn(out, backbone.net)
     return out
+
+
+def _check_window_tables(state: dict[str, torch.Tensor], backbone: Backbone) -> None:
+    """timm's filter silently *resizes* relative-position tables of another window size: refuse instead (a W14
+    checkpoint in a W7 model is another network, not a conversion)."""
+    own = backbone.net.state_dict()
+    for k, v in state.items():
+        if k.endswith("relative_position_bias_table") and k in own and own[k].shape != v.shape:
+            raise CheckpointError(
+                f"{k} has shape {tuple(v.shape)} but {backbone.arch} expects {tuple(own[k].shape)}: the checkpoint has "
+                "another window size; check --arch (e.g. _w7 vs _w14)"
+            )
+
+
+def official_to_esvit(state: dict[str, torch.Tensor], backbone: Backbone) -> dict[str, torch.Tensor]:
+    """An official ``student`` / ``teacher`` state dict -> this project's ``EsViTNet`` keys: the backbone under
+    ``backbone.net.`` in timm's layout, the heads ``head.*`` / ``head_dense.*`` as they are (same names)."""
+    heads = {}
+    for k, v in state.items():
+        k = _strip(k)
+        if k.startswith(_HEADS):
+            heads[k] = v
+    return {**{f"backbone.net.{k}": v for k, v in filter_state_dict(state, backbone).items()}, **heads}
+
+
+def _plain(value: Any) -> Any:
+    """``args`` of an official checkpoint as plain data (for the imported file's record)."""
+    if isinstance(value, argparse.Namespace):
+        value = vars(value)
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, (np.generic,)):
+        return value.item()
+    return value if isinstance(value, (str, int, float, bool, type(None))) else repr(value)
 
 
 def import_official(path: str | Path, arch: str, out: str | Path, key: str = "teacher") -> Path:
     """Convert an official EsViT checkpoint into this project's format (usable by ``esvit extract``).
 
     Returns:
-        ``out``, holding ``{key: {"backbone.net.*": ...}, "config": {"model": {"arch"}, "crops": ...}}``.
+        ``out``, holding ``{key: {"backbone.net.*": ...}, "config": {"model": {"arch"}, "crops": ...}}`` and the
+        official run's ``args`` as plain data.
     """
     if arch not in ARCHS:
         raise CheckpointError(f"unknown arch {arch!r}; known: {', '.join(ARCHS)}")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise CheckpointError(f"cannot load {str(path)!r} safely ({type(exc).__name__}); is it a checkpoint?") from None
-    state = ckpt.get(key, ckpt) if isinstance(ckpt, dict) else None
-    if not isinstance(state, dict) or not state:
-        raise CheckpointError(f"{path}: no {key!r} state dict inside (keys: {sorted(ckpt)[:8] if isinstance(ckpt, dict) else type(ckpt)})")
+    ckpt = load_official_checkpoint(path)
+    if "config" in ckpt and "esvit_version" in ckpt:
+        raise CheckpointError(f"{path}: already one of this project's checkpoints; give it to `esvit extract --checkpoint` as it is")
+    state = ckpt.get(key, ckpt)
+    if not isinstance(state, dict) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"{path}: no {key!r} state dict inside (keys: {sorted(map(str, ckpt))[:8]})")
     backbone = Backbone(arch)
     converted = filter_state_dict(state, backbone)
-    missing, unexpected = backbone.net.load_state_dict(converted, strict=False)
+    try:
+        missing, unexpected = backbone.net.load_state_dict(converted, strict=False)
+    except RuntimeError as exc:  # size mismatches
+        detail = next((ln.strip() for ln in str(exc).splitlines() if "size mismatch" in ln), str(exc)[:200])
+        raise CheckpointError(f"{path}: does not fit {arch} ({detail}); check --arch (width, window size)") from None
     if missing or unexpected:
         raise CheckpointError(
             f"{path}: does not fit {arch} (missing {missing[:3]}{'...' if len(missing) > 3 else ''}, unexpected "
             f"{unexpected[:3]}{'...' if len(unexpected) > 3 else ''}); check --arch (window size, width)"
         )
-    save_checkpoint(out, {
+    record = {
         key: {f"backbone.net.{k}": v for k, v in backbone.net.state_dict().items()},
         "config": {"model": {"arch": arch}, "crops": {"global_size": 224}},
         "imported_from": str(path),
-    })  # fmt: skip
+    }
+    if "args" in ckpt:
+        record["official_args"] = _plain(ckpt["args"])
+    if isinstance(ckpt.get("epoch"), int):
+        record["official_epoch"] = ckpt["epoch"]
+    save_checkpoint(out, record)
     return Path(out)
 
 

@@ -14,7 +14,7 @@ import yaml
 
 from esvit.config import ConfigError, _field, apply_overrides, from_dict, load_yaml, to_dict
 
-__all__ = ["LaunchConfig", "TrainConfig", "load_train_config", "dump_train_config"]
+__all__ = ["LaunchConfig", "TrainConfig", "load_train_config", "dump_train_config", "per_device_batch"]
 
 
 def _archs() -> tuple[str, ...]:
@@ -46,7 +46,11 @@ class LossConfig:
 @dataclasses.dataclass
 class OptimConfig:
     epochs: int = _field(300, gt=0, help="Training epochs.")
-    batch_size_per_device: int = _field(32, gt=0, help="Images per device (GPU or CPU process) per step.")
+    batch_size_per_device: int = _field(32, gt=0, help="Images per device (GPU or CPU process) per step; derived from total_batch_size when that is set.")
+    total_batch_size: int | None = _field(
+        None, gt=0, help="Images per step over all processes (the paper's batch, e.g. 512): batch_size_per_device = "
+        "total / world size, and the world size must divide it; null: batch_size_per_device as given."
+    )
     lr: float = _field(5e-4, gt=0, help="Base learning rate, scaled by total batch / 256.")
     min_lr: float = _field(1e-6, min=0, help="Learning rate at the end of the cosine.")
     warmup_epochs: int = _field(10, min=0, help="Epochs of linear learning-rate warm-up.")
@@ -91,6 +95,7 @@ class RunConfig:
     threads: int | None = _field(None, gt=0, help="torch CPU threads (default: torch's choice).")
     checkpoint_every_steps: int = _field(0, min=0, help="Also checkpoint every N steps (0: only at epoch ends).")
     keep_every_epochs: int = _field(5, min=0, help="Keep checkpoint{N:04d}.pth (after N epochs) every N epochs (0: never).")
+    keep_epochs: list[int] = _field([], help="Also keep checkpoint{N:04d}.pth after these epochs (a continual run's starting point), whatever keep_every_epochs says.")
     log_every_steps: int = _field(10, gt=0, help="Steps between log.jsonl / TensorBoard records.")
     max_steps: int | None = _field(None, gt=0, help="Stop after this many global steps (benchmarks, smoke runs).")
     continual_from: str | None = _field(None, help="View-only checkpoint to start region-level training from (continual mode).")
@@ -155,6 +160,22 @@ class TrainConfig:
                 "leave tasks_per_node unset on GPUs"
             )
         return self
+
+
+def per_device_batch(optim: OptimConfig, world_size: int) -> int:
+    """The per-process batch of ``optim`` at ``world_size`` processes: ``total_batch_size / world_size`` when the
+    total is set (refusing a world size that does not divide it), else ``batch_size_per_device``."""
+    total = optim.total_batch_size
+    if total is None:
+        return optim.batch_size_per_device
+    if total % world_size:
+        fits = [n for n in (1, 2, 4, 8, 16, 32, 64, 128) if total % n == 0]
+        raise ConfigError(
+            f"optim.total_batch_size {total} cannot be split over {world_size} processes: launch a number of processes "
+            f"that divides it ({', '.join(map(str, fits))}, ...), or set optim.total_batch_size=null and "
+            "optim.batch_size_per_device"
+        )
+    return total // world_size
 
 
 def load_train_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = (),

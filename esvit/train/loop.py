@@ -30,7 +30,7 @@ from esvit.launch.distributed import DistInfo, gather_objects, init_distributed,
 from esvit.losses import EsViTLoss
 from esvit.models import Backbone, EsViTNet
 from esvit.progress import progress
-from esvit.train.config import TrainConfig, dump_train_config
+from esvit.train.config import TrainConfig, dump_train_config, per_device_batch
 from esvit.train.ema import ema_update
 from esvit.train.memory import keep_freed_memory
 from esvit.train.schedules import cosine_schedule
@@ -211,21 +211,43 @@ class Trainer:
         set_rng_state(ranks[self.dist.rank] if ranks and len(ranks) == self.dist.world_size else ckpt["rng"])
 
     def load_continual(self, path: Path) -> None:
-        """Start region-level training from a view-only checkpoint (reference §3, continuation mechanics):
-        backbone + view head restored in student and teacher, ``head_dense`` freshly initialised (the teacher
-        copies the student's), ``center_grid`` zero, a fresh optimizer, and the schedules continue at the
-        checkpoint's global iteration."""
-        ckpt = load_checkpoint(path)
+        """Start region-level training from a view-only checkpoint, this project's or an official one as
+        ``main_esvit.py`` saves it (``docs/checkpoints.md``, continuation): backbone + view head restored in
+        student and teacher, ``head_dense`` freshly initialised (the teacher copies the student's), the view
+        centre restored and ``center_grid`` zero, a fresh optimizer, and the schedules continue at the
+        checkpoint's epoch (an official checkpoint records epochs completed: global step = epoch x steps per
+        epoch of this run)."""
+        from esvit.models.checkpoint import is_official, load_official_checkpoint, official_to_esvit
+
+        ckpt = load_official_checkpoint(path)
+        official = is_official(ckpt)
         for name, net in (("student", self.student), ("teacher", self.teacher)):
-            state = {k: v for k, v in ckpt[name].items() if not k.startswith("head_dense.")}
-            missing, unexpected = net.load_state_dict(state, strict=False)
+            if name not in ckpt:
+                raise CheckpointError(f"{path}: no {name!r} weights inside (keys {sorted(map(str, ckpt))[:8]})")
+            source = official_to_esvit(ckpt[name], net.backbone) if official else ckpt[name]
+            state = {k: v for k, v in source.items() if not k.startswith("head_dense.")}
+            try:
+                missing, unexpected = net.load_state_dict(state, strict=False)
+            except RuntimeError as exc:
+                detail = next((ln.strip() for ln in str(exc).splitlines() if "size mismatch" in ln), str(exc)[:200])
+                raise CheckpointError(
+                    f"{path}: {name} does not fit model {self.cfg.model.arch} ({detail}); set model.* (out_dim, "
+                    "hidden_dim, bottleneck_dim) to the checkpoint's"
+                ) from None
             bad = [k for k in missing if not k.startswith("head_dense.")] + list(unexpected)
             if bad:
                 raise CheckpointError(f"{path}: {name} does not match model {self.cfg.model.arch} ({bad[:4]} ...)")
         if self.teacher.head_dense is not None:
             self.teacher.head_dense.load_state_dict(self.student.head_dense.state_dict())
-        self.loss.center.copy_(ckpt["loss"]["center"])
-        self.epoch, self.it, self.global_step = ckpt["epoch"], ckpt["it"], ckpt["global_step"]
+        center = (ckpt.get("dino_loss") if official else ckpt.get("loss")) or {}
+        if "center" not in center or center["center"].shape != self.loss.center.shape:
+            raise CheckpointError(f"{path}: no view centre of shape {tuple(self.loss.center.shape)} inside")
+        self.loss.center.copy_(center["center"])
+        self.loss.center_grid.zero_()
+        if official:
+            self.epoch, self.it, self.global_step = int(ckpt["epoch"]), 0, int(ckpt["epoch"]) * self.iters_per_epoch
+        else:
+            self.epoch, self.it, self.global_step = ckpt["epoch"], ckpt["it"], ckpt["global_step"]
         log.info("continual: region-level training starts from %s at epoch %d, step %d", path, self.epoch, self.global_step)
 
     # -- one step ---------------------------------------------------------------------------------------------
@@ -304,7 +326,7 @@ def train(cfg: TrainConfig, run_dir: str | Path, *, should_stop: Callable[[], bo
         raise TrainingError("data.shards is empty: point it at a training shard folder (holding manifest.json)")
     shards = open_shards(cfg.data.shards)
     samples = cfg.data.samples_per_epoch or shards.total
-    bs = cfg.optim.batch_size_per_device
+    bs = cfg.optim.batch_size_per_device = per_device_batch(cfg.optim, dist_info.world_size)
     iters = samples // (bs * dist_info.world_size)
     if iters == 0:
         raise TrainingError(
@@ -315,6 +337,10 @@ def train(cfg: TrainConfig, run_dir: str | Path, *, should_stop: Callable[[], bo
 
     # -- student/teacher, loss, optimizer, schedules ------------------------------------------------------------
     tr = Trainer(cfg, run_dir, iters, dist_info)
+    if main:
+        total = bs * dist_info.world_size
+        log.info("batch %d = %d per process x %d processes; peak lr %.3g (optim.lr %g x %d / 256); %d steps per epoch",
+                 total, bs, dist_info.world_size, tr.lr.max(), cfg.optim.lr, total, iters)  # fmt: skip
 
     # -- resume -------------------------------------------------------------------------------------------------
     latest = run_dir / "checkpoint.pth"
@@ -387,7 +413,8 @@ def train(cfg: TrainConfig, run_dir: str | Path, *, should_stop: Callable[[], bo
         if tr.it >= iters:  # epoch finished: the checkpoint records the start of the next one
             tr.epoch, tr.it = tr.epoch + 1, 0
             keep = cfg.run.keep_every_epochs
-            checkpoint(tr.epoch if keep and tr.epoch % keep == 0 else None)  # named by epochs completed
+            kept = (keep and tr.epoch % keep == 0) or tr.epoch in cfg.run.keep_epochs
+            checkpoint(tr.epoch if kept else None)  # named by epochs completed
     bar.close()
     path = checkpoint()
     if writer:

@@ -98,3 +98,11 @@ def test_follow_reports_an_end_state_once_it_has_held(tmp_path, monkeypatch):
     with pytest.raises(LaunchError, match="job 7 ended FAILED: ValueError: bad shard"):
         follow("7", tmp_path, poll_s=1, out=io.StringIO(), settle_s=5)
     assert submit.time.monotonic() >= 5 + 1  # it waited settle_s past the first FAILED
+
+
+def test_a_total_batch_the_job_shape_cannot_split_is_refused_before_submitting(tmp_path, monkeypatch):
+    cfg = load_train_config("configs/paper/swin_tiny_w7.yaml", ["launch.launcher=slurm", "launch.nodes=3", "launch.gpus_per_node=1"])
+    monkeypatch.setattr(submit, "preflight", lambda lc: pytest.fail("preflight ran: the shape should be refused first"))
+    with pytest.raises(ConfigError, match="optim.total_batch_size 512 cannot be split over 3 processes"):
+        submit.submit_or_reattach(cfg, tmp_path, io.StringIO())
+    assert not (tmp_path / "slurm").exists()

@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from esvit.data.transforms import MultiCropAugmentation
-from esvit.train.config import load_train_config
+from esvit.config import ConfigError
+from esvit.train.config import load_train_config, per_device_batch
 from esvit.train.loop import Trainer, TrainingError, build_models, clip_gradients, param_groups, train
 from esvit.train.schedules import cosine_schedule
 from esvit.train.state import CheckpointError, load_checkpoint, save_checkpoint
@@ -52,6 +53,27 @@ def test_trainer_scales_lr_by_batch_over_256(digits_shards):
     cfg = tiny_cfg(digits_shards)
     tr = Trainer(cfg, digits_shards, iters_per_epoch=6)
     assert tr.lr[5] == pytest.approx(0.002 * 8 / 256)  # end of the 1-epoch warm-up
+
+
+@pytest.mark.parametrize("world,per_device", [(1, 512), (8, 64), (16, 32), (64, 8)])
+def test_the_paper_total_batch_gives_the_per_process_batch_on_any_world_size(world, per_device):
+    optim = load_train_config("configs/paper/swin_base_w14.yaml").optim
+    assert per_device_batch(optim, world) == per_device
+    assert per_device_batch(load_train_config(None).optim, world) == 32  # no total: the per-device batch as given
+
+
+def test_a_world_size_that_cannot_reach_the_total_batch_is_refused():
+    with pytest.raises(ConfigError, match="total_batch_size 512 cannot be split over 12 processes.*1, 2, 4, 8, 16"):
+        per_device_batch(load_train_config("configs/paper/swin_tiny_w7.yaml").optim, 12)
+
+
+def test_a_run_with_a_total_batch_trains_at_that_batch_and_its_lr(digits_shards, tmp_path, caplog):
+    cfg = tiny_cfg(digits_shards, "optim.total_batch_size=16", "run.max_steps=2", "data.num_workers=0")
+    with caplog.at_level("INFO", logger="esvit"):
+        train(cfg, tmp_path / "run", show_progress=False)
+    saved = load_checkpoint(tmp_path / "run" / "final.pth")
+    assert saved["config"]["optim"]["batch_size_per_device"] == 16 and saved["iters_per_epoch"] == 48 // 16
+    assert "batch 16 = 16 per process x 1 processes; peak lr 0.000125 (optim.lr 0.002 x 16 / 256)" in caplog.text
 
 
 # ------------------------------------------------------------------------------------------------ optimizer

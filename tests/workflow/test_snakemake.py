@@ -185,20 +185,51 @@ def test_transfer_config_fans_out_over_the_18_sets_with_their_splits(tmp_path):
 @pytest.mark.slow
 def test_released_checkpoint_is_imported_and_evaluated_without_pretraining(tmp_path):
     """runs.<name>.checkpoint: an official-layout checkpoint -> import -> features -> k-NN, probe, linear."""
-    import torch
+    from tests.conftest import official_checkpoint
 
-    from esvit.models import Backbone
-    from tests.unit.test_checkpoint_interop import official_layout
-
-    torch.manual_seed(0)
-    torch.save(official_layout(Backbone("swin_pico")), tmp_path / "released.pth")
+    released = official_checkpoint(tmp_path, "official_layout_swin_vr")  # saved by the official code itself
     cfg = small_config()
-    cfg["runs"] = {"released": {"checkpoint": str(tmp_path / "released.pth"), "arch": "swin_pico", "image_size": 32}}
+    cfg["runs"] = {"released": {"checkpoint": str(released), "arch": "swin_test_w7", "image_size": 32}}
     cfg["eval"] = {"datasets": ["digits"], "linear_datasets": ["digits"], "linear_epochs": 3, "random_init_baseline": False, "workers": 0}
     proc = snakemake(tmp_path, "--cores", "2", config=cfg)
     assert proc.returncode == 0, proc.stderr[-4000:]
     for ev in ("knn", "probe", "linear"):
         m = yaml.safe_load((tmp_path / "results" / ev / "released" / "digits" / "metrics.json").read_text())
-        assert m["run"] == "released" and m["arch"] == "swin_pico" and m["n_test"] == 359 and 0 < m["value"] <= 100
+        assert m["run"] == "released" and m["arch"] == "swin_test_w7" and m["n_test"] == 359 and 0 < m["value"] <= 100
         assert m["checkpoint"] == "results/imported/released/final.pth"
     assert not (tmp_path / "results" / "pretrain").exists()
+
+
+def continual_config() -> dict:
+    """Two paper presets chained as the released Swin-T/W14 was made: view-only, then view + region from epoch 200."""
+    cfg = small_config()
+    paper = REPO / "configs" / "paper"
+    cfg["runs"] = {
+        "t14_view": {"config": str(paper / "swin_tiny_w14_view.yaml"), "dataset": "digits"},
+        "t14": {"config": str(paper / "swin_tiny_w14.yaml"), "dataset": "digits", "continual_from": {"run": "t14_view", "epoch": 200}},
+    }
+    cfg["eval"] = {"random_init_baseline": False}
+    return cfg
+
+
+def test_requesting_a_continual_run_plans_its_view_only_run_first(tmp_path):
+    proc = snakemake(tmp_path, "-n", "-p", "--cores", "1", "results/pretrain/t14/final.pth", config=continual_config())
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out
+    assert job_counts(out)["pretrain"] == 2
+    shells = [ln for ln in out.splitlines() if "esvit pretrain" in ln]
+    assert len(shells) == 2 and "--out results/pretrain/t14_view" in shells[0], shells  # the base run first
+    assert "run.keep_epochs=[200]" in shells[0]  # the base run keeps the checkpoint the continual run starts from
+    assert "run.continual_from=results/pretrain/t14_view/checkpoint0200.pth" in shells[1]
+
+
+@pytest.mark.parametrize("cont,expected", [
+    ({"run": "t14_vew", "epoch": 200}, "runs.t14.continual_from.run: 't14_vew' is not another pretraining run"),
+    ({"run": "t14_view", "epoch": 400}, "runs.t14.continual_from.epoch 400: run 't14_view' trains only 300 epochs"),
+    ({"run": "t14_view"}, "runs.t14.continual_from: missing required key 'epoch'"),
+])  # fmt: skip
+def test_a_bad_continual_link_stops_the_plan_naming_the_key(tmp_path, cont, expected):
+    cfg = continual_config()
+    cfg["runs"]["t14"]["continual_from"] = cont
+    proc = snakemake(tmp_path, "-n", "--cores", "1", config=cfg)
+    assert proc.returncode != 0 and expected in proc.stdout + proc.stderr, proc.stdout + proc.stderr

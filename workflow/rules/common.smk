@@ -1,10 +1,11 @@
 # Config validation, the dataset lists, wildcard constraints and input functions.
 import json
+import shlex
 from pathlib import Path
 
 from snakemake.utils import validate
 
-from esvit.config import ConfigError, load_config
+from esvit.config import ConfigError, load_config, pretrain_overrides
 from esvit.train.config import load_train_config
 
 # Friendly messages first (unknown key with did-you-mean, wrong type, missing path, unknown source), then the
@@ -91,6 +92,21 @@ def run_shards_manifest(wildcards):
     """The manifests of the shard sets a pretraining run reads (its dataset, then any mixed in)."""
     run = CFG.runs[wildcards.run]
     return [f"{DATA_DIR}/shards/{name}/{run.split}/manifest.json" for name in [run.dataset, *run.mix]]
+
+
+def pretrain_inputs(wildcards):
+    """What a pretraining run reads: its shard manifests and, in continual mode, the run it continues from
+    (finished, so its checkpoint<epoch>.pth is there)."""
+    run = CFG.runs[wildcards.run]
+    inputs = {"manifest": run_shards_manifest(wildcards)}
+    if run.continual_from is not None:
+        inputs["base"] = f"results/pretrain/{run.continual_from.run}/done.json"
+    return inputs
+
+
+def pretrain_override_args(wildcards):
+    """The run's training-config overrides, shell-quoted (continual start and kept epochs included)."""
+    return " ".join(shlex.quote(o) for o in pretrain_overrides(CFG, wildcards.run))
 
 
 def eval_features(wildcards):

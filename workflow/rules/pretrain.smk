@@ -7,7 +7,7 @@
 
 rule pretrain:
     input:
-        manifest=run_shards_manifest,
+        unpack(pretrain_inputs),
     output:
         final=ensure("results/pretrain/{run}/final.pth", non_empty=True),
         done="results/pretrain/{run}/done.json",
@@ -17,7 +17,7 @@ rule pretrain:
         "results/benchmarks/pretrain/{run}.tsv"
     params:
         config=lambda w: config["runs"][w.run]["config"],
-        overrides=lambda w: " ".join(f"'{o}'" for o in config["runs"][w.run].get("overrides", [])),
+        overrides=pretrain_override_args,
         out=lambda w, output: Path(output.final).parent,
         shards=lambda w, input: ",".join(str(Path(m).parent) for m in input.manifest),
         launch=lambda w: (
