@@ -76,6 +76,13 @@ def test_a_run_with_a_total_batch_trains_at_that_batch_and_its_lr(digits_shards,
     assert "batch 16 = 16 per process x 1 processes; peak lr 0.000125 (optim.lr 0.002 x 16 / 256)" in caplog.text
 
 
+def test_keep_epochs_keeps_a_continual_start_whatever_keep_every_epochs_says(digits_shards, tmp_path):
+    cfg = tiny_cfg(digits_shards, "run.keep_every_epochs=0", "run.keep_epochs=[1]", "data.num_workers=0")
+    train(cfg, tmp_path / "run", show_progress=False)
+    assert sorted(p.name for p in (tmp_path / "run").glob("checkpoint0*.pth")) == ["checkpoint0001.pth"]
+    assert load_checkpoint(tmp_path / "run" / "checkpoint0001.pth")["epoch"] == 1
+
+
 # ------------------------------------------------------------------------------------------------ optimizer
 
 
