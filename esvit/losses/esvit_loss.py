@@ -61,7 +61,14 @@ class EsViTLoss(nn.Module):
         return float(self.teacher_temps[min(epoch, len(self.teacher_temps) - 1)])
 
     def forward(self, student: list[GroupOutput], teacher: GroupOutput, epoch: int) -> LossParts:
-        """Loss over all (teacher crop, student crop != teacher crop) pairs; then updates the centres."""
+        """Loss over all (teacher crop, student crop != teacher crop) pairs; then updates the centres.
+
+        Always in fp32 (fp64 inputs stay fp64), also when called inside an autocast region: the K-wide products
+        and the region matching's similarities would otherwise run in half precision again."""
+        with torch.autocast(teacher.view.device.type, enabled=False):
+            return self._forward(student, teacher, epoch)
+
+    def _forward(self, student: list[GroupOutput], teacher: GroupOutput, epoch: int) -> LossParts:
         temp = self.teacher_temp(epoch)
         t_view = _full(teacher.view)
         q_view = F.softmax(torch.sub(t_view.detach(), self.center).mul_(1.0 / temp), dim=-1)

@@ -265,11 +265,11 @@ class Trainer:
             if i == 0:
                 group["weight_decay"] = float(self.wd[g])
         crops = [c.to(self.device, non_blocking=True) for c in crops]
-        with self.autocast():
+        with self.autocast():  # the networks in half precision; the loss (and matching) in fp32, outside it
             with torch.no_grad():
                 teacher_out = self.teacher(crops[:2])[0]
             student_out = self.student_ddp(crops)
-            parts = self.loss(student_out, teacher_out, epoch)
+        parts = self.loss(student_out, teacher_out, epoch)
         loss = parts.total
         if not math.isfinite(loss.item()):
             raise TrainingError(

@@ -159,3 +159,20 @@ def test_fused_scaled_logsumexp_matches_autograd():
     (g_ref,) = torch.autograd.grad((ref * w).sum(), x)
     torch.testing.assert_close(g, g_ref)
     assert torch.autograd.gradcheck(lambda t: scaled_logsumexp(t, 3.0), (x[:1, :2, :6].detach().requires_grad_(),))
+
+
+def test_the_loss_is_fp32_inside_an_autocast_region_too():
+    """Called inside bf16 autocast (as a training step's forward is), the loss and the region matching still
+    run in fp32: the value and the centres are bit-identical to the same call outside autocast."""
+    gen = torch.Generator().manual_seed(7)
+    student, _ = random_outputs([(2, 4), (3, 2)], gen)
+    teacher, _ = random_outputs([(2, 4)], gen)
+    student = [GroupOutput(g.view.float(), g.region.float(), g.features.float()) for g in student]
+    teacher = GroupOutput(teacher[0].view.float(), teacher[0].region.float(), teacher[0].features.float())
+    outside, inside = EsViTLoss(K, epochs=3), EsViTLoss(K, epochs=3)
+    a = outside(student, teacher, 0)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        b = inside(student, teacher, 0)
+    assert b.total.dtype == torch.float32
+    assert torch.equal(a.total, b.total) and torch.equal(a.region, b.region)
+    assert torch.equal(outside.center, inside.center) and torch.equal(outside.center_grid, inside.center_grid)
