@@ -168,7 +168,7 @@ def _extract_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--image-size", type=int, help="eval crop size (default: the run's global crop size, else 224)")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="auto", help="auto (the GPU when one is visible), cpu, cuda or cuda:N (default %(default)s)")
     p.add_argument("--no-progress", action="store_true")
 
 
@@ -180,8 +180,9 @@ def run_extract(args: argparse.Namespace) -> int:
         raise UsageError("give exactly one of --checkpoint or --random-init")
     backbone, meta = load_backbone(args.checkpoint, args.arch, seed=args.seed)
     size = args.image_size or meta.get("train_crop_size", 224)
+    device = _device(args.device, "extract")
     res = extract(backbone, args.shards, args.out, meta, image_size=size, batch_size=args.batch_size,
-                  num_workers=args.workers, device=args.device, show_progress=not args.no_progress)  # fmt: skip
+                  num_workers=args.workers, device=device, show_progress=not args.no_progress)  # fmt: skip
     print(f"extract: {len(res['keys'])} samples, pooled {tuple(res['pooled'].shape)}, "
           f"last blocks {tuple(res['last_blocks'].shape)} -> {args.out}")  # fmt: skip
     return 0
@@ -201,8 +202,20 @@ def _knn_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--temperature", type=float, default=0.07)
 
 
+def _device(name: str, command: str):
+    """The device a command runs on (``auto``: the GPU when one is visible), said in its log."""
+    from esvit.device import DeviceError, describe_device, resolve_device
+
+    try:
+        device = resolve_device(name)
+    except DeviceError as exc:
+        raise UsageError(f"--device: {exc}") from None
+    print(f"{command}: device {describe_device(device)}", flush=True)
+    return device
+
+
 def _write_metrics(args: argparse.Namespace, eval_name: str, metric: str, value: float, metrics: dict,
-                   hparams: dict, train: dict, test: dict, wall: float) -> None:  # fmt: skip
+                   hparams: dict, train: dict, test: dict, wall: float, device: str = "cpu") -> None:  # fmt: skip
     from esvit.atomic import atomic_write_json
 
     meta = train["meta"]
@@ -210,7 +223,7 @@ def _write_metrics(args: argparse.Namespace, eval_name: str, metric: str, value:
         "run": args.run, "arch": meta.get("arch"), "dataset": args.dataset, "eval": eval_name,
         "metric_name": metric, "value": round(value, 4), "metrics": metrics, "n_train": len(train["labels"]),
         "n_test": len(test["labels"]), "hparams": hparams, "checkpoint": meta.get("checkpoint"),
-        "checkpoint_sha256": meta.get("checkpoint_sha256"), "wall_s": round(wall, 3),
+        "checkpoint_sha256": meta.get("checkpoint_sha256"), "wall_s": round(wall, 3), "device": str(device),
     })  # fmt: skip
     print(f"{eval_name} {args.run}/{args.dataset}: {metric} = {value:.2f}")
 
@@ -239,7 +252,7 @@ def _probe_args(p: argparse.ArgumentParser) -> None:
     _metrics_args(p)
     p.add_argument("--metric", default="accuracy", choices=["accuracy", "mean_per_class", "11point_mAP"])
     p.add_argument("--val", help="validation feature cache (default: a stratified 20 %% of train)")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="auto", help="auto (the GPU when one is visible), cpu, cuda or cuda:N (default %(default)s)")
 
 
 @command("probe", "L2 logistic-regression probe with the lambda search -> metrics JSON", _probe_args)
@@ -252,11 +265,12 @@ def run_probe_cmd(args: argparse.Namespace) -> int:
     val = load_features(args.val) if args.val else None
     if train["meta"].get("multilabel") and args.metric != "11point_mAP":
         raise UsageError(f"{args.train} is multi-label (a VOC-style set): use --metric 11point_mAP")
+    device = _device(args.device, "probe")
     res = run_probe(train["pooled"], _targets(train), test["pooled"], _targets(test), args.metric,
-                    val["pooled"] if val else None, _targets(val) if val else None, device=args.device)  # fmt: skip
+                    val["pooled"] if val else None, _targets(val) if val else None, device=device)  # fmt: skip
     _write_metrics(args, "probe", args.metric, res.value, {args.metric: res.value},
                    {"lambda": res.best_lambda, "val_scores": res.val_scores, "n_fit": res.n_train, "n_val": res.n_val},
-                   train, test, res.wall_s)  # fmt: skip
+                   train, test, res.wall_s, device)  # fmt: skip
     return 0
 
 
@@ -270,7 +284,7 @@ def _linear_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lr", type=float, default=1e-3, help="base lr, scaled by batch / 256 (default %(default)s)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=2, help="data-loader workers (paper mode)")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="auto", help="auto (the GPU when one is visible), cpu, cuda or cuda:N (default %(default)s)")
     p.add_argument("--no-progress", action="store_true")
 
 
@@ -284,7 +298,9 @@ def run_linear(args: argparse.Namespace) -> int:
     for name, cache in (("train", train), ("test", test)):
         if "last_blocks" not in cache:
             raise UsageError(f"{name} feature cache has no last_blocks; re-extract it with `esvit extract`")
-    kw = dict(epochs=args.epochs, batch_size=args.batch_size, base_lr=args.lr, seed=args.seed, show_progress=not args.no_progress)
+    device = _device(args.device, f"linear ({args.mode})")
+    kw = dict(epochs=args.epochs, batch_size=args.batch_size, base_lr=args.lr, seed=args.seed, device=device,
+              show_progress=not args.no_progress)  # fmt: skip
     if args.mode == "fast":
         res = linear_fast(train["last_blocks"], train["labels"], test["last_blocks"], test["labels"], **kw)
     else:
@@ -295,11 +311,11 @@ def run_linear(args: argparse.Namespace) -> int:
         if now["checkpoint_sha256"] != meta["checkpoint_sha256"]:
             raise UsageError(f"{meta['checkpoint']} changed since {args.train} was extracted; re-extract the features")
         res = linear_paper(backbone, args.shards, test["last_blocks"], test["labels"], image_size=meta["image_size"],
-                           n_blocks=meta["n_blocks"], num_workers=args.workers, device=args.device, **kw)  # fmt: skip
+                           n_blocks=meta["n_blocks"], num_workers=args.workers, **kw)  # fmt: skip
     _write_metrics(args, f"linear_{args.mode}", "top1", res.top1, {"top1": res.top1, "best_top1": res.best_top1,
                    "best_epoch": res.best_epoch, "history": res.history},
                    {"mode": args.mode, "epochs": res.epochs, "batch_size": args.batch_size, "lr": res.lr, "n_blocks": train["meta"].get("n_blocks")},
-                   train, test, res.wall_s)  # fmt: skip
+                   train, test, res.wall_s, device)  # fmt: skip
     return 0
 
 

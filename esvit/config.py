@@ -137,6 +137,7 @@ class EvalConfig:
     random_init_baseline: bool = _field(True, help="Also evaluate each run's architecture at random initialisation ({run}_random).")
     batch_size: int = _field(256, gt=0, help="Images per extraction batch.")
     workers: int = _field(2, min=0, help="Data-loader workers per extraction job.")
+    device: str = _field("auto", help="Device of extraction, probes and the linear protocol: auto (the GPU when the job sees one), cpu, cuda or cuda:N.")
     knn_ks: list[int] = _field([10, 20, 100, 200], nonempty=True, help="k values of the k-NN (k=20 is reported).")
     knn_temperature: float = _field(0.07, gt=0, help="Temperature of the k-NN vote weights.")
     linear_datasets: list[str] = _field([], help="Datasets (keys of `datasets`) for the ImageNet linear protocol on the last-4-blocks features.")
@@ -402,6 +403,8 @@ def load_config(source: str | Path | Mapping, overrides: typing.Iterable[str] = 
             load_train_config(run.config, run.overrides)
         except ConfigError as exc:
             raise ConfigError(f"{key}: {run.config}: {exc}") from None
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", cfg.eval.device):
+        raise ConfigError(f"eval.device must be auto, cpu, cuda or cuda:N (got {cfg.eval.device!r})")
     for name, run in cfg.runs.items():
         if run.continual_from is not None:
             _check_continual(cfg, name, run.continual_from)

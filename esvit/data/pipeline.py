@@ -133,8 +133,8 @@ def _seeded_transform(transform: Callable, seed: int, epoch: int, rank: int, ski
             py_state = random.getstate()
             with torch.random.fork_rng(devices=[]):
                 random.seed(s)
-                torch.manual_seed(s)
-                out = transform(sample["__image__"])
+                torch.default_generator.manual_seed(s)  # the CPU generator only: torch.manual_seed would reseed
+                out = transform(sample["__image__"])  # the GPUs' too, every sample, when the loader runs in-process
             random.setstate(py_state)
             yield out, sample["__label__"]
 

@@ -81,22 +81,24 @@ def _train(make_epoch, head: nn.Linear, epochs: int, lr: float, val_x: torch.Ten
 
 def linear_fast(train_x: torch.Tensor, train_y: torch.Tensor, val_x: torch.Tensor, val_y: torch.Tensor,
                 epochs: int = 100, batch_size: int = 256, base_lr: float = 1e-3, seed: int = 0,
-                show_progress: bool = True) -> LinearResult:  # fmt: skip
-    """Train the linear layer on cached features (shuffled each epoch, seeded)."""
+                device: str | torch.device = "cpu", show_progress: bool = True) -> LinearResult:  # fmt: skip
+    """Train the linear layer on cached features (shuffled each epoch, seeded), on ``device`` (the features are
+    moved there once; the shuffling order is drawn on the CPU, so it is the same on every device)."""
     if len(train_x) != len(train_y) or len(val_x) != len(val_y):
         raise ValueError("features and labels differ in length")
     n_classes = int(max(train_y.max(), val_y.max())) + 1
-    head = _make_head(train_x.shape[1], n_classes, seed)
+    head = _make_head(train_x.shape[1], n_classes, seed).to(device)
     g = torch.Generator().manual_seed(seed + 1)
+    train_x, train_y = train_x.to(device), train_y.long().to(device)
 
     def make_epoch(epoch: int):
-        order = torch.randperm(len(train_x), generator=g)
+        order = torch.randperm(len(train_x), generator=g).to(device)
         for i in range(0, len(order), batch_size):
             idx = order[i : i + batch_size]
             yield train_x[idx], train_y[idx]
 
     lr = base_lr * batch_size / 256
-    return _train(make_epoch, head, epochs, lr, val_x, val_y,
+    return _train(make_epoch, head, epochs, lr, val_x.to(device), val_y.long().to(device),
                   "linear (cached)", show_progress)  # fmt: skip
 
 
@@ -114,7 +116,7 @@ def augment_transform(size: int = 224):
 
 def linear_paper(backbone, train_shards: str | Path, val_x: torch.Tensor, val_y: torch.Tensor, image_size: int = 224,
                  n_blocks: int = 4, epochs: int = 100, batch_size: int = 256, base_lr: float = 1e-3, seed: int = 0,
-                 num_workers: int = 2, device: str = "cpu", show_progress: bool = True) -> LinearResult:  # fmt: skip
+                 num_workers: int = 2, device: str | torch.device = "cpu", show_progress: bool = True) -> LinearResult:  # fmt: skip
     """Train the linear layer on augmented views through the frozen ``backbone`` (one pass over the shard set's
     size per epoch, shuffled and seeded per epoch); validate on the cached centre-crop features ``val_x``."""
     from esvit.data.pipeline import make_loader, open_shards, train_pipeline

@@ -12,7 +12,6 @@ import contextlib
 import json
 import logging
 import math
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +23,7 @@ import torch.nn as nn
 from esvit.atomic import atomic_write_json, atomic_write_text
 from esvit.config import to_dict
 from esvit.data.pipeline import make_loader, open_shards, train_pipeline
+from esvit.device import DeviceError, resolve_device
 from esvit.data.multicrop import FastMultiCrop
 from esvit.data.transforms import MultiCropAugmentation
 from esvit.launch.distributed import DistInfo, gather_objects, init_distributed, rank_fingerprints
@@ -102,12 +102,11 @@ def build_augmentation(cfg: TrainConfig) -> MultiCropAugmentation | FastMultiCro
 
 
 def _device(cfg: TrainConfig) -> torch.device:
-    want = cfg.run.device
-    if want == "cuda" and not torch.cuda.is_available():
-        raise TrainingError("run.device is cuda but no CUDA device is visible; use run.device=cpu or auto")
-    if want == "cuda" or (want == "auto" and torch.cuda.is_available()):
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))  # one GPU per process
-    return torch.device("cpu")
+    """One GPU per process (``LOCAL_RANK % visible GPUs``), or the CPU."""
+    try:
+        return resolve_device(cfg.run.device)
+    except DeviceError as exc:
+        raise TrainingError(f"run.device: {exc}") from None
 
 
 def _precision(cfg: TrainConfig, device: torch.device) -> str:
@@ -156,7 +155,7 @@ class Trainer:
         self.teacher.to(self.device)
         self.student_ddp: nn.Module = self.student
         if self.dist.distributed:
-            ids = [self.dist.local_rank] if self.device.type == "cuda" else None
+            ids = [self.device.index] if self.device.type == "cuda" else None
             self.student_ddp = nn.parallel.DistributedDataParallel(self.student, device_ids=ids)
 
         # -- loss ----------------------------------------------------------------------------------------------

@@ -233,3 +233,21 @@ def test_a_bad_continual_link_stops_the_plan_naming_the_key(tmp_path, cont, expe
     cfg["runs"]["t14"]["continual_from"] = cont
     proc = snakemake(tmp_path, "-n", "--cores", "1", config=cfg)
     assert proc.returncode != 0 and expected in proc.stdout + proc.stderr, proc.stdout + proc.stderr
+
+
+def test_evaluation_rules_pass_the_device(tmp_path):
+    """Extraction, probes and the linear protocol get `--device` from eval.device (auto: the GPU a job sees)."""
+    cfg = small_config()
+    cfg["datasets"]["mnist5k"]["splits"] = ["train", "test"]
+    cfg["runs"] = {"r": {"checkpoint": str(REPO / "README.md"), "arch": "swin_pico", "checkpoint_format": "esvit"}}
+    cfg["eval"] = {"datasets": ["digits"], "linear_datasets": ["mnist5k"], "random_init_baseline": False, "device": "cuda:1"}
+    proc = snakemake(tmp_path, "-n", "-p", "--cores", "1", config=cfg)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out
+    shells = [ln for ln in out.splitlines() if "python -m esvit" in ln]
+    for cmd in ("extract", "probe", "linear"):
+        lines = [ln for ln in shells if f"esvit {cmd} " in ln]
+        assert lines and all("--device cuda:1" in ln for ln in lines), (cmd, lines)
+    cfg["eval"]["device"] = "gpu"
+    bad = snakemake(tmp_path, "-n", "--cores", "1", config=cfg)
+    assert bad.returncode != 0 and "eval.device must be auto, cpu, cuda or cuda:N (got 'gpu')" in bad.stdout + bad.stderr

@@ -14,6 +14,7 @@ rule extract_features:
         model=eval_model_args,
         batch_size=lookup(dpath="eval/batch_size", within=config, default=256),
         workers=lookup(dpath="eval/workers", within=config, default=2),
+        device=CFG.eval.device,
     threads: 2
     resources:
         mem_mb=8000,
@@ -21,4 +22,4 @@ rule extract_features:
         gpu=1,
     shell:
         "python -m esvit extract {params.model} --shards $(dirname {input.manifest}) --out {output.features}"
-        " --batch-size {params.batch_size} --workers {params.workers} > {log} 2>&1"
+        " --batch-size {params.batch_size} --workers {params.workers} --device {params.device} > {log} 2>&1"

@@ -33,12 +33,14 @@ rule fit_linear_probe:
     params:
         metric=lambda w: CFG.datasets[w.dataset].metric,
         val=lambda w, input: f"--val {input.val}" if "val" in input.keys() else "",
+        device=CFG.eval.device,
     resources:
         mem_mb=8000,
         runtime=120,
     shell:
         "python -m esvit probe --train {input.train} --test {input.test} --out {output.metrics}"
-        " --run {wildcards.run} --dataset {wildcards.dataset} --metric {params.metric} {params.val} > {log} 2>&1"
+        " --run {wildcards.run} --dataset {wildcards.dataset} --metric {params.metric} {params.val}"
+        " --device {params.device} > {log} 2>&1"
 
 
 rule linear_protocol:
@@ -57,6 +59,7 @@ rule linear_protocol:
         lr=CFG.eval.linear_lr,
         batch_size=CFG.eval.linear_batch_size,
         workers=CFG.eval.workers,
+        device=CFG.eval.device,
     threads: 2
     resources:
         mem_mb=16000,
@@ -66,4 +69,4 @@ rule linear_protocol:
         "python -m esvit linear --train {input.train} --test {input.test} --out {output.metrics}"
         " --run {wildcards.run} --dataset {wildcards.dataset} --mode {params.mode} --epochs {params.epochs}"
         " --lr {params.lr} --batch-size {params.batch_size} --workers {params.workers}"
-        " --shards $(dirname {input.manifest}) --no-progress > {log} 2>&1"
+        " --shards $(dirname {input.manifest}) --device {params.device} --no-progress > {log} 2>&1"
