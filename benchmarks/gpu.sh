@@ -35,8 +35,8 @@ if "$PY" -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)"
 elif [ "${ESVIT_BENCH_CPU:-0}" = 1 ]; then
   device=cpu
   echo "gpu.sh: no CUDA device; ESVIT_BENCH_CPU=1: the same steps at toy sizes on the CPU (not a measurement)"
-  train=(--arch swin_pico --device cpu --precision bf16 --batch 2 --locals 2 --global-size 64 --local-size 32
-         --out-dim 1024 --steps 1 --threads 2)
+  train=(--arch swin_pico --device cpu --precision bf16 --batch auto --max-batch 2 --locals 2 --global-size 64
+         --local-size 32 --out-dim 1024 --steps 1 --threads 2)
   infer=(--archs swin_pico --device cpu --batch 4 --size 64 --steps 1)
   loader=(--images 40 --batches 1 --batch 4 --locals 2 --global-size 64 --local-size 32 --repeats 1)
   probe=(--device cpu --n 2000 --n-test 500 --dim 32 --classes 5)

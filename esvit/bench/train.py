@@ -16,8 +16,8 @@ from esvit.bench import benchmark
 
 def _train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--arch", default="swin_tiny_w7", help="backbone (default %(default)s)")
-    p.add_argument("--batch", default="4", help="images per step (default %(default)s); auto (GPU): the largest power "
-                   "of two up to --max-batch that fits in memory")
+    p.add_argument("--batch", default="4", help="images per step (default %(default)s); auto: the largest of --max-batch, "
+                   "--max-batch / 2, ... whose steps fit in the device's memory")
     p.add_argument("--max-batch", type=int, default=512, help="upper end of --batch auto (default %(default)s)")
     p.add_argument("--global-size", type=int, default=224)
     p.add_argument("--local-size", type=int, default=96)
@@ -52,6 +52,23 @@ def matmul_peak(device: str, dtype: Any, n: int = 2048, repeats: int = 10) -> fl
     return 2 * n**3 / best / 1e9
 
 
+def largest_batch(fits, max_batch: int, release=lambda: None) -> int:
+    """The largest of ``max_batch, max_batch // 2, ..., 1`` for which ``fits(batch)`` runs without running out of
+    memory (``torch.OutOfMemoryError``; ``release()`` after each failure)."""
+    import torch
+
+    batch = max_batch
+    while True:
+        try:
+            fits(batch)
+            return batch
+        except torch.OutOfMemoryError:
+            release()
+            if batch == 1:
+                raise SystemExit("bench train: even batch 1 does not fit in the device's memory") from None
+            batch //= 2
+
+
 def _peak_rss_gb() -> float:
     import resource
 
@@ -68,9 +85,11 @@ def bench_train(args: argparse.Namespace) -> dict:
     from esvit.train.loop import Trainer
 
     torch.set_num_threads(args.threads)
-    cfg = load_train_config(None, [
+    if args.batch != "auto" and not (args.batch.isdigit() and int(args.batch) > 0):
+        raise SystemExit(f"bench train: --batch must be a positive integer or auto (got {args.batch!r})")
+    cfg = load_train_config(None, [  # with --batch auto the batch in the config only scales the (unused) lr
         f"model.arch={args.arch}", f"model.out_dim={args.out_dim}", f"loss.region_loss_weight={args.region_weight}",
-        f"optim.batch_size_per_device={args.batch}", f"crops.global_size={args.global_size}",
+        f"optim.batch_size_per_device={1 if args.batch == 'auto' else args.batch}", f"crops.global_size={args.global_size}",
         f"crops.local_size=[{args.local_size}]", f"crops.local_number=[{args.locals}]", f"run.precision={args.precision}",
         f"run.device={args.device}", f"run.threads={args.threads}", "optim.warmup_epochs=0", "optim.epochs=1",
         "optim.freeze_last_layer=0", f"run.reuse_memory={not args.no_reuse_memory}",
@@ -91,20 +110,17 @@ def bench_train(args: argparse.Namespace) -> dict:
         return crops + [torch.randn(batch, 3, args.local_size, args.local_size, generator=gen) for _ in range(args.locals)]
 
     if args.batch == "auto":
-        if args.device != "cuda":
-            raise SystemExit("bench train: --batch auto needs --device cuda (it fills the GPU's memory)")
-        batch = args.max_batch
-        while True:
-            try:
-                tr.step(make_crops(batch))
-                tr.step(make_crops(batch))  # the second step holds the optimizer state too
-                break
-            except torch.cuda.OutOfMemoryError:
-                tr.optimizer.zero_grad(set_to_none=True)
+
+        def fits(batch: int) -> None:
+            tr.step(make_crops(batch))
+            tr.step(make_crops(batch))  # the second step holds the optimizer state too
+
+        def release() -> None:
+            tr.optimizer.zero_grad(set_to_none=True)
+            if args.device == "cuda":
                 torch.cuda.empty_cache()
-                if batch == 1:
-                    raise SystemExit("bench train: even batch 1 does not fit in the GPU's memory") from None
-                batch //= 2
+
+        batch = largest_batch(fits, args.max_batch, release)
     else:
         batch = int(args.batch)
     crops = make_crops(batch)

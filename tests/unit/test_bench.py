@@ -58,3 +58,25 @@ def test_gpu_script_without_a_gpu_says_so_and_its_cpu_dry_run_completes(tmp_path
     for name in ("train", "infer", "loader", "probe"):
         assert (tmp_path / f"{name}.jsonl").exists()
     assert os.path.getsize(tmp_path / "infer.jsonl") > 0
+
+
+def test_batch_auto_runs_and_halves_until_a_batch_fits(tmp_path):
+    """`--batch auto` (what benchmarks/gpu.sh runs) reaches the measurement; the search halves on out-of-memory."""
+    import torch
+
+    from esvit.bench.train import largest_batch
+
+    proc = run_cli("bench", "--out", str(tmp_path), "train", "--arch", "swin_pico", "--batch", "auto", "--max-batch", "2",
+                   "--global-size", "64", "--local-size", "32", "--locals", "2", "--out-dim", "256", "--steps", "1")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert json.loads(proc.stdout.strip().splitlines()[-1])["batch"] == 2
+    tried, released = [], []
+
+    def fits(batch):
+        tried.append(batch)
+        if batch > 24:
+            raise torch.OutOfMemoryError("CUDA out of memory")
+
+    assert largest_batch(fits, 128, lambda: released.append(1)) == 16 and tried == [128, 64, 32, 16] and len(released) == 3
+    with pytest.raises(SystemExit, match="even batch 1 does not fit"):
+        largest_batch(lambda b: (_ for _ in ()).throw(torch.OutOfMemoryError("oom")), 4)
