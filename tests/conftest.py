@@ -15,6 +15,23 @@ FASHION_ROOT = Path("/usr/share/datasets/fashion-mnist")
 OFFICIAL_FIXTURES = REPO / "tests" / "fixtures" / "official"
 
 
+# A sitecustomize.py for one rank of a distributed run (RANK 1, or Slurm task 1 with SLURM_PROCID): its loss
+# turns NaN at its third step while the other rank's stays finite.
+POISON_RANK_1 = """
+import os
+if (os.environ.get("RANK") or os.environ.get("SLURM_PROCID")) == "1":
+    import esvit.losses.esvit_loss as _m
+    _real, _calls = _m.EsViTLoss.forward, [0]
+    def _poisoned(self, *a, **k):
+        parts = _real(self, *a, **k)
+        _calls[0] += 1
+        if _calls[0] == 3:
+            parts.total = parts.total * float("nan")
+        return parts
+    _m.EsViTLoss.forward = _poisoned
+"""
+
+
 def official_checkpoint(tmp_path: Path, name: str) -> Path:
     """An official-layout checkpoint saved by microsoft/esvit's own code (tests/fixtures/official/README.md),
     decompressed byte for byte (stored as .xz to keep the repository small)."""

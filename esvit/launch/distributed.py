@@ -7,11 +7,12 @@ import hashlib
 import os
 import socket
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
 
-__all__ = ["DistInfo", "gather_objects", "init_distributed", "is_main", "rank_fingerprints"]
+__all__ = ["DistInfo", "close_distributed", "gather_objects", "init_distributed", "is_main", "rank_fingerprints"]
 
 
 @dataclass(frozen=True)
@@ -25,8 +26,11 @@ class DistInfo:
         return self.world_size > 1
 
 
-def init_distributed(device: torch.device) -> DistInfo:
-    """Join the process group when WORLD_SIZE > 1 (NCCL on GPUs, gloo on CPU); a single process otherwise."""
+def init_distributed(device: torch.device, timeout_min: float = 30) -> DistInfo:
+    """Join the process group when WORLD_SIZE > 1 (NCCL on GPUs, gloo on CPU); a single process otherwise.
+
+    ``timeout_min``: how long a collective waits for the other ranks before it fails with a timeout error (so a
+    rank that died or hangs ends the job instead of stalling it)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return DistInfo()
@@ -35,8 +39,15 @@ def init_distributed(device: torch.device) -> DistInfo:
         torch.cuda.set_device(device)
     if not dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
-        dist.init_process_group(backend=backend, init_method="env://", world_size=world, rank=rank)
+        dist.init_process_group(backend=backend, init_method="env://", world_size=world, rank=rank,
+                                timeout=timedelta(minutes=timeout_min))  # fmt: skip
     return DistInfo(rank, world, local)
+
+
+def close_distributed() -> None:
+    """Leave the process group, if one was joined (the end of a run, or its failure)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def is_main() -> bool:

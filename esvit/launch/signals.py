@@ -3,8 +3,8 @@ preemption, cancel).
 
 Slurm sends USR2 ``signal_delay_s`` before the time limit (submitit's ``--signal``) and SIGTERM when a job is
 cancelled, preempted or requeued (``scontrol requeue``), SIGKILL ``KillWait`` seconds later. The handler only
-sets a flag; the training loop polls :meth:`GracefulStop.requested` between steps, which all ranks answer
-together, so every rank stops after the same step and rank 0's checkpoint is exact.
+sets a flag; the training step agrees on every rank's flag in the collective it makes anyway (see
+``Trainer.step``), so every rank stops after the same step and rank 0's checkpoint is exact.
 """
 
 from __future__ import annotations
@@ -13,8 +13,6 @@ import logging
 import signal
 from types import FrameType
 
-import torch
-import torch.distributed as dist
 
 __all__ = ["GracefulStop"]
 
@@ -22,12 +20,11 @@ log = logging.getLogger("esvit")
 
 
 class GracefulStop:
-    """Catch ``signals``; :meth:`requested` is True on every rank once any rank caught one."""
+    """Catch ``signals``; calling it gives this rank's stop request (a code), :meth:`agree` the ranks' verdict."""
 
     def __init__(self, signals: tuple[signal.Signals, ...] = (signal.SIGUSR2, signal.SIGTERM)):
         self.signals = signals
         self.caught: signal.Signals | None = None
-        self._agreed = False
 
     def install(self) -> "GracefulStop":
         for s in self.signals:
@@ -40,24 +37,16 @@ class GracefulStop:
             self.caught = sig
             log.warning("caught %s: stopping after this step to checkpoint", sig.name)
 
-    def requested(self) -> bool:
-        """Whether to stop now; a collective when torch.distributed is initialised (call it on every rank).
+    def __call__(self) -> int:
+        """This rank's stop request: 0 (none), 1 (USR2: time limit) or 2 (SIGTERM and others). Not a collective:
+        the training step agrees on it with the other ranks and reports back through :meth:`agree`."""
+        return _rank(self.caught) if self.caught is not None else 0
 
-        The ranks agree on the signal too: SIGTERM (cancel, requeue, preemption) outranks USR2 (time limit), so
-        a job being cancelled never requeues itself.
-        """
-        if self._agreed:
-            return True
-        code = _rank(self.caught)
-        if dist.is_available() and dist.is_initialized():
-            device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else "cpu"
-            t = torch.tensor([code], device=device)
-            dist.all_reduce(t, op=dist.ReduceOp.MAX)
-            code = int(t.item())
-            if code and self.caught is None:
-                self.caught = _CODES[min(code, len(_CODES) - 1)]
-        self._agreed = code > 0
-        return self._agreed
+    def agree(self, code: int) -> None:
+        """The code the ranks agreed on (the highest): a rank that caught nothing, or a weaker signal, takes it,
+        so every rank stops the same way (a job being cancelled never requeues itself)."""
+        if code > (self() or 0):
+            self.caught = _CODES[min(code, len(_CODES) - 1)]
 
 
 _CODES = (None, signal.SIGUSR2, signal.SIGTERM)  # agreement order: a higher code wins

@@ -73,7 +73,7 @@ class PretrainJob(submitit.helpers.Checkpointable):
         restarts = int(os.environ.get("SLURM_RESTART_COUNT", "0"))
         print(f"esvit job: rank {env.rank}/{env.world_size} on {os.environ.get('SLURMD_NODENAME', socket.gethostname())}"
               f", master {os.environ['MASTER_ADDR']}:{env.master_port}, restart {restarts}", flush=True)  # fmt: skip
-        final = train(cfg, self.run_dir, should_stop=stop.requested, show_progress=env.rank == 0)
+        final = train(cfg, self.run_dir, should_stop=stop, show_progress=env.rank == 0)
         if stop.caught is None:
             return str(final)
         # stopped by a signal: the checkpoint is written; requeue on a time limit, else let Slurm decide

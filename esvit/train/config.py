@@ -100,6 +100,7 @@ class RunConfig:
     max_steps: int | None = _field(None, gt=0, help="Stop after this many global steps (benchmarks, smoke runs).")
     continual_from: str | None = _field(None, help="View-only checkpoint to start region-level training from (continual mode).")
     tensorboard: bool = _field(True, help="Write TensorBoard scalars to <run>/tb.")
+    dist_timeout_min: float = _field(30.0, gt=0, help="Minutes a collective waits for the other ranks before failing (a hung or dead rank ends the job instead of stalling it).")
     reuse_memory: bool = _field(True, help="Keep freed host memory for reuse (glibc); large CPU steps ~1.3x faster.")
 
 

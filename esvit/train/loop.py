@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
+import torch.distributed as dist
 import torch.nn as nn
 
 from esvit.atomic import atomic_write_json, atomic_write_text
@@ -26,7 +27,7 @@ from esvit.data.pipeline import make_loader, open_shards, train_pipeline
 from esvit.device import DeviceError, resolve_device
 from esvit.data.multicrop import FastMultiCrop
 from esvit.data.transforms import MultiCropAugmentation
-from esvit.launch.distributed import DistInfo, gather_objects, init_distributed, rank_fingerprints
+from esvit.launch.distributed import DistInfo, close_distributed, gather_objects, init_distributed, rank_fingerprints
 from esvit.losses import EsViTLoss
 from esvit.models import Backbone, EsViTNet
 from esvit.progress import progress
@@ -123,9 +124,13 @@ def _precision(cfg: TrainConfig, device: torch.device) -> str:
 
 @dataclass
 class StepStats:
+    """One step's losses (this rank's) and the stop request the ranks agreed on (0: none, 1: time limit,
+    2: cancel / requeue / preemption)."""
+
     loss: float
     view: float
     region: float | None
+    stop: int = 0
 
 
 class Trainer:
@@ -256,8 +261,14 @@ class Trainer:
         dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
         return torch.autocast(self.device.type, dtype=dtype)
 
-    def step(self, crops: list[torch.Tensor]) -> StepStats:
-        """One optimisation step at ``self.epoch`` / ``self.global_step``, then the EMA update."""
+    def step(self, crops: list[torch.Tensor], stop_request: int = 0) -> StepStats:
+        """One optimisation step at ``self.epoch`` / ``self.global_step``, then the EMA update.
+
+        ``stop_request``: this rank's wish to stop after this step (a signal's code). The ranks agree on it and on
+        the loss being finite in one collective after the backward pass (every rank has reached it, so none can
+        hang), and read the result with the step's only host sync. A non-finite loss on any rank stops every
+        rank before the update, naming the rank.
+        """
         g, epoch = self.global_step, self.epoch
         for i, group in enumerate(self.optimizer.param_groups):
             group["lr"] = float(self.lr[g])
@@ -270,20 +281,23 @@ class Trainer:
             student_out = self.student_ddp(crops)
         parts = self.loss(student_out, teacher_out, epoch)
         loss = parts.total
-        if not math.isfinite(loss.item()):
-            raise TrainingError(
-                f"loss is {loss.item()} at epoch {epoch}, step {g}; stopped, the last good checkpoint is kept in "
-                f"{self.run_dir}. Try a lower optim.lr, run.precision=fp32, or a lower loss.teacher_temp"
-            )
         self.optimizer.zero_grad(set_to_none=True)
+        (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
+        stats = self._agree(parts, stop_request)
+        bad = [r for r, v in enumerate(stats[0]) if not math.isfinite(v)]
+        if bad:
+            self.optimizer.zero_grad(set_to_none=True)
+            where = f" on rank {', '.join(map(str, bad))} of {self.dist.world_size}" if self.dist.distributed else ""
+            raise TrainingError(
+                f"loss is {stats[0][bad[0]]}{where} at epoch {epoch}, step {g}; stopped, the last good checkpoint is "
+                f"kept in {self.run_dir}. Try a lower optim.lr, run.precision=fp32, or a lower loss.teacher_temp"
+            )
         if self.scaler is None:
-            loss.backward()
             if self.cfg.optim.clip_grad:
                 clip_gradients(self.student, self.cfg.optim.clip_grad)
             cancel_last_layer_grads(self.student, epoch, self.cfg.optim.freeze_last_layer)
             self.optimizer.step()
         else:
-            self.scaler.scale(loss).backward()
             if self.cfg.optim.clip_grad:
                 self.scaler.unscale_(self.optimizer)
                 clip_gradients(self.student, self.cfg.optim.clip_grad)
@@ -293,13 +307,28 @@ class Trainer:
         ema_update(self.teacher, self.student, float(self.momentum[g]))
         self.global_step += 1
         self.it += 1
-        return StepStats(loss.item(), parts.view.item(), parts.region.item() if parts.region is not None else None)
+        r = self.dist.rank
+        return StepStats(stats[0][r], stats[1][r], stats[2][r] if parts.region is not None else None, int(max(stats[3])))
+
+    def _agree(self, parts, stop_request: int) -> list[list[float]]:
+        """[loss, view, region, stop request] of every rank, as Python floats: each rank fills its own column of a
+        [4, world] tensor, one all-reduce (sum) shares them, one ``tolist`` brings them to the host."""
+        world = self.dist.world_size
+        flags = torch.zeros(4, world, dtype=torch.float32, device=self.device)
+        region = parts.region if parts.region is not None else torch.zeros((), device=self.device)
+        flags[:, self.dist.rank] = torch.stack([
+            parts.total.detach().float(), parts.view.float(), region.float(),
+            torch.tensor(float(stop_request), device=self.device),
+        ])  # fmt: skip
+        if self.dist.distributed:
+            dist.all_reduce(flags)
+        return flags.tolist()
 
 
 # --------------------------------------------------------------------------------------------------- train
 
 
-def train(cfg: TrainConfig, run_dir: str | Path, *, should_stop: Callable[[], bool] = lambda: False,
+def train(cfg: TrainConfig, run_dir: str | Path, *, should_stop: Callable[[], int | bool] = lambda: 0,
           show_progress: bool = True) -> Path:  # fmt: skip
     """Pretrain, resuming from ``<run_dir>/checkpoint.pth`` when it exists.
 
@@ -307,7 +336,10 @@ def train(cfg: TrainConfig, run_dir: str | Path, *, should_stop: Callable[[], bo
         cfg: the resolved training config.
         run_dir: where checkpoints, ``log.jsonl``, ``config.yaml``, ``tb/`` and finally ``final.pth`` +
             ``done.json`` go.
-        should_stop: polled every step; when it returns True the run checkpoints and returns (preemption).
+        should_stop: polled every step, on each rank, for that rank's wish to stop after the step (a code: 1 a
+            time limit, 2 a cancel; True counts as 1). The ranks agree inside the step (the highest code wins);
+            then the run checkpoints and returns. A ``should_stop`` with an ``agree(code)`` method is told the
+            agreed code (:class:`esvit.launch.signals.GracefulStop`).
         show_progress: progress bar / lines.
 
     Returns:
@@ -315,9 +347,16 @@ def train(cfg: TrainConfig, run_dir: str | Path, *, should_stop: Callable[[], bo
     """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    dist_info = init_distributed(_device(cfg), timeout_min=cfg.run.dist_timeout_min)
+    try:
+        return _train(cfg, run_dir, dist_info, should_stop, show_progress)
+    finally:  # also when a rank fails: the others are told, no process group is left behind
+        close_distributed()
+
+
+def _train(cfg: TrainConfig, run_dir: Path, dist_info: DistInfo, should_stop: Callable[[], int | bool],
+           show_progress: bool) -> Path:  # fmt: skip
     t_start = time.perf_counter()
-    device = _device(cfg)
-    dist_info = init_distributed(device)
     main = dist_info.rank == 0
 
     # -- data ---------------------------------------------------------------------------------------------------
@@ -388,7 +427,7 @@ def train(cfg: TrainConfig, run_dir: str | Path, *, should_stop: Callable[[], bo
             t0 = time.perf_counter()
             crops, _ = next(loader)
             wait_window += time.perf_counter() - t0
-            stats = tr.step(augment.finish(crops, tr.device))
+            stats = tr.step(augment.finish(crops, tr.device), int(should_stop()))
             window.append(stats)
             bar.update(1)
             if main and (tr.global_step % cfg.run.log_every_steps == 0 or tr.global_step == total_steps or tr.it == iters):
@@ -405,7 +444,9 @@ def train(cfg: TrainConfig, run_dir: str | Path, *, should_stop: Callable[[], bo
             every = cfg.run.checkpoint_every_steps
             if every and tr.global_step % every == 0 and tr.it < iters:
                 checkpoint()
-            if should_stop():
+            if stats.stop:
+                if hasattr(should_stop, "agree"):
+                    should_stop.agree(stats.stop)
                 stopped = True
                 break
         del loader

@@ -20,7 +20,7 @@ import torch
 import yaml
 
 from esvit.train.state import load_checkpoint
-from tests.conftest import REPO, env_with_python
+from tests.conftest import POISON_RANK_1, REPO, env_with_python
 
 pytestmark = pytest.mark.slow
 
@@ -222,6 +222,26 @@ def test_no_requeues_left_fails_with_the_jobs_own_error(site, digits_shards, tmp
     assert proc.returncode != 0
     assert f"Slurm job {jid} ended FAILED: esvit.launch.submit.LaunchError: time limit reached after 0 requeues" in out, out
     assert (run / "checkpoint.pth").exists() and not (run / "final.pth").exists()  # the checkpoint is kept
+
+
+def test_a_nan_loss_on_one_node_stops_both_with_the_real_message(site, digits_shards, tmp_path):
+    """Rank 1 (on the other node) gets a NaN loss at its third step: both ranks stop at that step together and
+    the job fails with that message, not with a collective timeout after minutes of waiting."""
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(POISON_RANK_1)
+    env = env_with_python()
+    env["PYTHONPATH"] = os.pathsep.join([str(hook), str(REPO), env.get("PYTHONPATH", "")])  # sbatch exports it
+    run = tmp_path / "nan"
+    cmd = [sys.executable, "-m", "esvit", "pretrain", "--launcher", "slurm", "--site", str(site), "--shards",
+           str(digits_shards), "--out", str(run), *TINY, "optim.epochs=2", "run.checkpoint_every_steps=1",
+           "run.dist_timeout_min=3"]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and "loss is nan on rank 1 of 2 at epoch 0, step 2" in out, out[-3000:]
+    assert "timeout" not in out.lower() and "timed out" not in out.lower()
+    assert sacct(job_id(run))[0][1] == "FAILED"
+    assert load_checkpoint(run / "checkpoint.pth")["global_step"] == 2
 
 
 def test_interrupting_the_launcher_cancels_its_job(site, digits_shards, tmp_path):

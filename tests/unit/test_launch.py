@@ -62,11 +62,18 @@ def test_graceful_stop_waits_for_the_step_boundary_and_names_the_signal():
     old = {s: signal.getsignal(s) for s in (signal.SIGUSR2, signal.SIGTERM)}
     try:
         stop = GracefulStop().install()
-        assert not stop.requested()
+        assert stop() == 0
         os.kill(os.getpid(), signal.SIGUSR2)
-        assert stop.requested() and stop.caught == signal.SIGUSR2
+        assert stop() == 1 and stop.caught == signal.SIGUSR2
         os.kill(os.getpid(), signal.SIGTERM)  # a cancel during the time-limit stop: no requeue then
-        assert stop.requested() and stop.caught == signal.SIGTERM
+        assert stop() == 2 and stop.caught == signal.SIGTERM
+        quiet = GracefulStop()  # a rank that caught nothing takes the ranks' verdict
+        quiet.agree(2)
+        assert quiet.caught == signal.SIGTERM
+        timed = GracefulStop()
+        timed.caught = signal.SIGUSR2
+        timed.agree(2)  # another rank is being cancelled: the strongest signal wins everywhere
+        assert timed.caught == signal.SIGTERM
     finally:
         for s, h in old.items():
             signal.signal(s, h)

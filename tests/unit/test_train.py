@@ -353,3 +353,33 @@ def test_two_process_ddp_run_with_env_rendezvous(digits_shards, tmp_path):
     # both ranks end with bit-identical student and teacher (the teacher too: it is never broadcast)
     ranks = json.loads((out / "done.json").read_text())["ranks"]
     assert [r["rank"] for r in ranks] == [0, 1] and ranks[0]["fingerprint"] == ranks[1]["fingerprint"]
+
+
+
+
+@pytest.mark.slow
+def test_a_nan_loss_on_one_rank_stops_every_rank_together_naming_it(digits_shards, tmp_path):
+    """One rank's non-finite loss used to stop that rank alone, before the backward pass, while the others waited
+    in DDP's gradient all-reduce until the collective timeout. Now the ranks agree after the backward pass: all
+    stop at the same step with the same message naming the rank; the last good checkpoint is kept."""
+    import subprocess
+    import sys
+
+    from tests.conftest import POISON_RANK_1, REPO, env_with_python
+
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(POISON_RANK_1)
+    env = env_with_python()
+    env["PYTHONPATH"] = os.pathsep.join([str(hook), str(REPO), env.get("PYTHONPATH", "")])
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "esvit",
+           "pretrain", "--shards", str(digits_shards), "--out", str(out), "--no-progress", *TINY,
+           "data.num_workers=0", "run.threads=1", "run.checkpoint_every_steps=1", "run.dist_timeout_min=5"]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=240)  # < the 5-min timeout
+    assert proc.returncode != 0
+    said = [ln for ln in proc.stderr.splitlines() if ln.startswith("esvit: error: loss is nan")]
+    # (torchrun ends the other worker once one has failed, so one or both of the identical lines get printed)
+    assert said and all("on rank 1 of 2 at epoch 0, step 2;" in ln for ln in said), proc.stderr[-3000:]
+    assert "Timeout" not in proc.stderr and "timed out" not in proc.stderr
+    assert load_checkpoint(out / "checkpoint.pth")["global_step"] == 2 and not (out / "final.pth").exists()
