@@ -230,10 +230,11 @@ def _hue(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
     return torch.cat([pick(v, q, p, p, t, v), pick(t, v, v, q, p, p), pick(p, p, t, v, v, q)], 1)
 
 
-def _blur(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-    """Per-sample Gaussian blur (sigma 0: unchanged), separable, replicated borders."""
+def _blur(x: torch.Tensor, sigma: torch.Tensor, sigma_max: float) -> torch.Tensor:
+    """Per-sample Gaussian blur (sigma 0: unchanged), separable, replicated borders; ``sigma_max`` (known on the
+    host) sets the kernel radius."""
     n, c, h, w = x.shape
-    r = max(1, math.ceil(3 * float(sigma.max())))
+    r = max(1, math.ceil(3 * sigma_max))
     ax = torch.arange(-r, r + 1, device=x.device, dtype=x.dtype)
     s = sigma.clamp(min=1e-6).view(-1, 1)
     k = torch.exp(-(ax.view(1, -1) ** 2) / (2 * s**2))
@@ -247,15 +248,25 @@ def _blur(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
 
 def photometric(crops: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
     """The photometric ops of :func:`apply_ops_uint8` on a batch (uint8 [B, 3, H, W], flips already done; params
-    [B, len(PARAMS)]), in float on the crops' device, then normalised: the GPU-side augmentation."""
+    [B, len(PARAMS)] on the CPU), in float on the crops' device, then normalised: the GPU-side augmentation.
+
+    Which samples each op touches is decided on the CPU from ``params`` and sent as index lists, so the device
+    never waits for the host (no ``nonzero`` / ``any`` / ``item`` on device tensors)."""
     x = crops.float().div_(255)
-    p = params.to(x.device)
-    jit = p[:, _P["jitter"]] > 0
+    dev = x.device
+    p_cpu = params.cpu()
+    p = p_cpu.to(dev, non_blocking=True)
+
+    def where(mask: torch.Tensor) -> torch.Tensor | None:  # CPU mask -> device index list, or None when empty
+        idx = torch.nonzero(mask).flatten()
+        return idx.to(dev, non_blocking=True) if idx.numel() else None
+
+    jit = p_cpu[:, _P["jitter"]] > 0
     for k in range(4):
-        order = p[:, _P[f"order{k}"]]
+        order = p_cpu[:, _P[f"order{k}"]]
         for op in range(4):
-            idx = torch.nonzero(jit & (order == op)).flatten()
-            if idx.numel() == 0:
+            idx = where(jit & (order == op))
+            if idx is None:
                 continue
             sub = x.index_select(0, idx)
             if op == 0:
@@ -272,13 +283,12 @@ def photometric(crops: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
             else:
                 sub = _hue(sub, torch.trunc(p[idx, _P["hue"]] * 255).remainder(256) / 255)  # as np.uint8(h * 255)
             x.index_copy_(0, idx, sub)
-    gray = p[:, _P["gray"]] > 0
-    if gray.any():
-        idx = torch.nonzero(gray).flatten()
+    idx = where(p_cpu[:, _P["gray"]] > 0)
+    if idx is not None:
         x.index_copy_(0, idx, _gray(x.index_select(0, idx)).expand(-1, 3, -1, -1))
-    blur = p[:, _P["blur_sigma"]] > 0
-    if blur.any():
-        idx = torch.nonzero(blur).flatten()
-        x.index_copy_(0, idx, _blur(x.index_select(0, idx), p[idx, _P["blur_sigma"]]))
+    sigma = p_cpu[:, _P["blur_sigma"]]
+    idx = where(sigma > 0)
+    if idx is not None:
+        x.index_copy_(0, idx, _blur(x.index_select(0, idx), p[idx, _P["blur_sigma"]], float(sigma.max())))
     sol = (p[:, _P["solarize"]] > 0).view(-1, 1, 1, 1)
     return _standardize(torch.where(sol & (x >= 128 / 255), 1.0 - x, x))

@@ -7,6 +7,7 @@ crops, all-reduced across ranks (reference §1.3-1.4). The teacher temperature i
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -65,7 +66,9 @@ class EsViTLoss(nn.Module):
 
         Always in fp32 (fp64 inputs stay fp64), also when called inside an autocast region: the K-wide products
         and the region matching's similarities would otherwise run in half precision again."""
-        with torch.autocast(teacher.view.device.type, enabled=False):
+        device = teacher.view.device.type
+        off = torch.autocast(device, enabled=False) if device in ("cpu", "cuda", "xpu", "mps") else contextlib.nullcontext()
+        with off:
             return self._forward(student, teacher, epoch)
 
     def _forward(self, student: list[GroupOutput], teacher: GroupOutput, epoch: int) -> LossParts:

@@ -176,3 +176,16 @@ def test_the_loss_is_fp32_inside_an_autocast_region_too():
     assert b.total.dtype == torch.float32
     assert torch.equal(a.total, b.total) and torch.equal(a.region, b.region)
     assert torch.equal(outside.center, inside.center) and torch.equal(outside.center_grid, inside.center_grid)
+
+
+def test_the_loss_never_reads_a_device_tensor_on_the_host():
+    """Run on the meta device, where a host read (a boolean mask, nonzero, item) raises: the loss, the region
+    matching and the centre updates queue device work only (the same-view pairs are dropped by an index list
+    built on the CPU)."""
+    gen = torch.Generator().manual_seed(8)
+    student, _ = random_outputs([(2, 4), (3, 2)], gen)
+    teacher, _ = random_outputs([(2, 4)], gen)
+    meta = lambda g: GroupOutput(g.view.to("meta"), g.region.to("meta"), g.features.to("meta"))  # noqa: E731
+    loss = EsViTLoss(K, epochs=3).double().to("meta")
+    parts = loss([meta(g) for g in student], meta(teacher[0]), 0)
+    assert parts.total.device.type == "meta" and parts.region.shape == ()

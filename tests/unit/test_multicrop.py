@@ -161,6 +161,15 @@ def test_batched_device_ops_match_the_loader_ops():
     assert diff.mean() < 1.5 and diff.max() < 4.0, diff
 
 
+def test_batched_device_ops_never_read_a_device_tensor_on_the_host():
+    """On the meta device any host read (nonzero, any, item, float) raises: the GPU-side colour ops run there,
+    so on a GPU they queue kernels without waiting for the device."""
+    rows = random_rows(24, 3)
+    batch = torch.zeros(24, 3, 32, 32, dtype=torch.uint8, device="meta")
+    out = photometric(batch, torch.tensor(rows))
+    assert out.device.type == "meta" and out.shape == (24, 3, 32, 32)
+
+
 @pytest.mark.parametrize("size,scale,image", [(96, (0.4, 1.0), (320, 240)), (32, (0.05, 0.4), (28, 28))])
 def test_resize_is_the_references_resized_crop(size, scale, image):
     """Down- and up-sampling (ImageNet-sized and 28-px demo images): torchvision's PIL resized_crop, to a level."""
