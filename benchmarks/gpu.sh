@@ -4,7 +4,7 @@
 #   1. the bf16 matmul peak of the GPU (8192^3 products),
 #   2. the EsViT training step of Swin-T/W7 with the paper's crops (2 x 224 + 8 x 96, K = 65,536, view +
 #      region loss, bf16 autocast) at the largest batch that fits: images/s, TFLOP/s and MFU (= achieved /
-#      the peak of step 1),
+#      the peak of step 1); then the same step with deterministic kernels (run.deterministic), for its cost,
 #   3. inference images/s of Swin-T/S/B (batch 128, 224 px, as the paper's Table 1) in fp32 and bf16,
 #   4. the fast multi-crop loader on this machine's CPU cores (are the GPUs going to wait for input?),
 #   5. the transfer probe's lambda search + refit on the GPU vs scikit-learn on 8 CPU threads (issue 5's goal:
@@ -48,20 +48,25 @@ mkdir -p "$OUT"
 start=$(date +%s)
 run() { "$PY" -m esvit bench --out "$OUT" "$@" | tail -1; }
 t=$(run train "${train[@]}")
+batch=$("$PY" -c 'import json, sys; print(json.loads(sys.argv[1])["batch"])' "$t")
+td=$(run train "${train[@]}" --batch "$batch" --deterministic)  # the same step with deterministic kernels
 i32=$(run infer "${infer[@]}" --precision fp32)
 i16=$(run infer "${infer[@]}" --precision bf16)
 ld=$(run loader "${loader[@]}")
 pr=$(run probe "${probe[@]}")
 
-"$PY" - "$t" "$i32" "$i16" "$ld" "$pr" "$device" <<'EOF'
+"$PY" - "$t" "$i32" "$i16" "$ld" "$pr" "$device" "$td" <<'EOF'
 import json, sys
 t, i32, i16, ld, pr = (json.loads(a) for a in sys.argv[1:6])
 device = sys.argv[6]
+td = json.loads(sys.argv[7])
 print(f"\n== EsViT on {t['machine']['device']} ({device}) ==")
 print(f"training step {t['arch']} {t['crops']}, K={t['out_dim']}, {t['precision']}, batch {t['batch']}: "
       f"{t['img_s']:.1f} img/s, {t['gflop_s'] / 1e3:.1f} TFLOP/s of a measured {t['matmul_peak_gflop_s'] / 1e3:.1f} "
       f"TFLOP/s {t['precision']} matmul peak: MFU {100 * t['fraction_of_peak']:.1f} % (goal on an H100: >= 45 %)"
       + (f", peak memory {t['peak_gpu_gb']} GB" if t.get("peak_gpu_gb") else ""))
+print(f"the same step with deterministic kernels (run.deterministic): {td['img_s']:.1f} img/s = "
+      f"{td['img_s'] / t['img_s']:.2f}x the default")
 for rec in (i32, i16):
     print(f"inference batch {rec['batch']}, {rec['size']} px, {rec['precision']}: "
           + ", ".join(f"{a} {v:.0f} img/s" for a, v in rec["img_s"].items()))

@@ -31,6 +31,7 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--swin-block", default="official", choices=["official", "timm"],
                    help="official: the EsViT block order (pad, then shift; the default everywhere); timm: timm's own "
                    "shift-then-pad block, to measure what the official order costs (default %(default)s)")
+    p.add_argument("--deterministic", action="store_true", help="deterministic GPU kernels (run.deterministic): measure their cost")
     p.add_argument("--no-reuse-memory", action="store_true", help="leave glibc's malloc settings alone (run.reuse_memory=false)")
 
 
@@ -92,7 +93,7 @@ def bench_train(args: argparse.Namespace) -> dict:
         f"optim.batch_size_per_device={1 if args.batch == 'auto' else args.batch}", f"crops.global_size={args.global_size}",
         f"crops.local_size=[{args.local_size}]", f"crops.local_number=[{args.locals}]", f"run.precision={args.precision}",
         f"run.device={args.device}", f"run.threads={args.threads}", "optim.warmup_epochs=0", "optim.epochs=1",
-        "optim.freeze_last_layer=0", f"run.reuse_memory={not args.no_reuse_memory}",
+        "optim.freeze_last_layer=0", f"run.reuse_memory={not args.no_reuse_memory}", f"run.deterministic={args.deterministic}",
     ])  # fmt: skip
     tr = Trainer(cfg, Path(tempfile.gettempdir()), iters_per_epoch=1000)
     if args.swin_block == "timm":
@@ -142,7 +143,7 @@ def bench_train(args: argparse.Namespace) -> dict:
     return {
         "arch": args.arch, "batch": batch, "crops": f"2x{args.global_size}+{args.locals}x{args.local_size}",
         "out_dim": args.out_dim, "region_weight": args.region_weight, "precision": args.precision, "device": args.device,
-        "threads": args.threads, "swin_block": args.swin_block, "reuse_memory": not args.no_reuse_memory, "step_s": round(dt, 3), "img_s": round(batch / dt, 3),
+        "threads": args.threads, "swin_block": args.swin_block, "deterministic": args.deterministic, "reuse_memory": not args.no_reuse_memory, "step_s": round(dt, 3), "img_s": round(batch / dt, 3),
         "gflop_per_step": round(flops / 1e9, 1), "gflop_s": round(achieved, 1), "matmul_peak_gflop_s": round(peak, 1),
         "fraction_of_peak": round(achieved / peak, 3), "peak_rss_gb": round(_peak_rss_gb(), 2),
         "peak_gpu_gb": round(torch.cuda.max_memory_allocated() / 1e9, 2) if args.device == "cuda" else None,

@@ -26,7 +26,7 @@ import webdataset as wds
 
 from esvit.data.shards import ShardError, load_manifest
 
-__all__ = ["ShardSet", "open_shards", "train_pipeline", "eval_pipeline", "make_loader", "IMAGE_KEYS"]
+__all__ = ["ShardSet", "EpochCursor", "open_shards", "train_pipeline", "eval_pipeline", "make_loader", "IMAGE_KEYS"]
 
 IMAGE_KEYS = "jpg;png;jpeg;ppm;bmp;webp;tif;gif"
 
@@ -95,24 +95,41 @@ def _role(skip_batches: int) -> int:
     return (worker + skip_batches) % num_workers
 
 
+class EpochCursor:
+    """Where a training stream starts: ``(epoch, batches of it already consumed)``. Every stage of the pipeline
+    reads it when its iteration starts. It lives in shared memory, so a loader's persistent workers see a new
+    position each time the loader is iterated again (the next epoch) without being restarted."""
+
+    def __init__(self, epoch: int = 0, skip_batches: int = 0):
+        self._pos = torch.tensor([epoch, skip_batches], dtype=torch.int64).share_memory_()
+
+    def set(self, epoch: int, skip_batches: int = 0) -> None:
+        self._pos[0], self._pos[1] = epoch, skip_batches
+
+    def get(self) -> tuple[int, int]:
+        return int(self._pos[0]), int(self._pos[1])
+
+
 class _ResampledShards(torch.utils.data.IterableDataset):
     """Infinite shard stream, drawn with replacement, seeded by (seed, epoch, rank, worker)."""
 
-    def __init__(self, urls: list[str], seed: int, epoch: int, rank: int, skip_batches: int):
-        self.urls, self.seed, self.epoch, self.rank, self.skip = urls, seed, epoch, rank, skip_batches
+    def __init__(self, urls: list[str], seed: int, rank: int, cursor: EpochCursor):
+        self.urls, self.seed, self.rank, self.cursor = urls, seed, rank, cursor
 
     def __iter__(self) -> Iterator[dict]:
-        rng = random.Random(_seed(self.seed, self.epoch, self.rank, _role(self.skip), 1))
+        epoch, skip = self.cursor.get()
+        rng = random.Random(_seed(self.seed, epoch, self.rank, _role(skip), 1))
         while True:
             yield {"url": rng.choice(self.urls)}
 
 
-def _skip_for_resume(skip_batches: int, batch_size: int) -> Callable:
+def _skip_for_resume(cursor: EpochCursor, batch_size: int) -> Callable:
     """Drop the raw samples (before decoding) that the role's worker fed the first ``skip_batches`` batches
     (worker r made batches r, r + W, r + 2W, ...), and number the rest: the number seeds the augmentation."""
 
     def stage(src: Iterator[dict]) -> Iterator[dict]:
         _, num_workers = _worker()
+        _, skip_batches = cursor.get()
         mine = len(range(_role(skip_batches), skip_batches, num_workers)) * batch_size
         for i, sample in enumerate(islice(src, mine, None), start=mine):
             sample["__index__"] = i
@@ -121,12 +138,13 @@ def _skip_for_resume(skip_batches: int, batch_size: int) -> Callable:
     return stage
 
 
-def _seeded_transform(transform: Callable, seed: int, epoch: int, rank: int, skip_batches: int) -> Callable:
+def _seeded_transform(transform: Callable, seed: int, rank: int, cursor: EpochCursor) -> Callable:
     """Apply ``transform`` with Python's and torch's RNGs seeded per sample from (seed, epoch, rank, role,
     sample number), restoring the process RNGs afterwards: augmentations are the same whether an epoch runs
     straight through or resumes, and the training process's own RNG stream is untouched."""
 
     def stage(src: Iterator[dict]) -> Iterator[tuple]:
+        epoch, skip_batches = cursor.get()
         role = _role(skip_batches)
         for sample in src:
             s = _seed(seed, epoch, rank, role, 3, sample["__index__"])
@@ -149,8 +167,9 @@ def _pick(sample: dict) -> dict:
     return {"__image__": image, "__label__": int(sample["cls"]), "__index__": sample["__index__"]}
 
 
-def _seeded_shuffle(bufsize: int, seed: int, epoch: int, rank: int, skip_batches: int) -> Callable:
+def _seeded_shuffle(bufsize: int, seed: int, rank: int, cursor: EpochCursor) -> Callable:
     def stage(src: Iterator) -> Iterator:
+        epoch, skip_batches = cursor.get()
         rng = random.Random(_seed(seed, epoch, rank, _role(skip_batches), 2))
         yield from wds.filters._shuffle(src, bufsize=bufsize, initial=bufsize, rng=rng)
 
@@ -167,6 +186,7 @@ def train_pipeline(
     epoch: int = 0,
     shuffle_buffer: int = 2000,
     skip_batches: int = 0,
+    cursor: EpochCursor | None = None,
     collate: Callable = torch.utils.data.default_collate,
 ) -> wds.DataPipeline:
     """Infinite, shuffled, resampled training batches of ``(transform(image), label)``.
@@ -179,32 +199,37 @@ def train_pipeline(
         seed: base seed; epoch: the epoch, part of every seed.
         shuffle_buffer: samples held in the shuffle buffer.
         skip_batches: batches of this epoch already consumed (exact resume).
+        cursor: instead of ``epoch`` and ``skip_batches``: a shared :class:`EpochCursor`, moved between
+            iterations of one loader (persistent workers).
         collate: batch collation.
 
     A transform with ``takes_bytes = True`` (:class:`esvit.data.multicrop.FastMultiCrop`) gets the undecoded
     image bytes, so it can decode at a reduced scale; others get an RGB PIL image.
     """
     decode = [] if getattr(transform, "takes_bytes", False) else [wds.decode("pilrgb")]
+    cursor = cursor or EpochCursor(epoch, skip_batches)
     return wds.DataPipeline(
-        _ResampledShards(shards.urls, seed, epoch, rank, skip_batches),
+        _ResampledShards(shards.urls, seed, rank, cursor),
         wds.tarfile_to_samples(),
-        _seeded_shuffle(shuffle_buffer, seed, epoch, rank, skip_batches),
-        _skip_for_resume(skip_batches, batch_size),
+        _seeded_shuffle(shuffle_buffer, seed, rank, cursor),
+        _skip_for_resume(cursor, batch_size),
         *decode,
         wds.map(_pick),
-        _seeded_transform(transform, seed, epoch, rank, skip_batches),
+        _seeded_transform(transform, seed, rank, cursor),
         wds.batched(batch_size, collation_fn=collate, partial=False),
     )
 
 
-def make_loader(pipeline: wds.DataPipeline, num_workers: int, batches_per_epoch: int | None = None, **kw: Any) -> wds.WebLoader:
-    """Wrap a pipeline that already yields batches in a ``WebLoader``; ``batches_per_epoch`` fixes the epoch."""
+def make_loader(pipeline: wds.DataPipeline, num_workers: int, batches_per_epoch: int | None = None,
+                persistent: bool = False, **kw: Any) -> wds.WebLoader:  # fmt: skip
+    """Wrap a pipeline that already yields batches in a ``WebLoader``; ``batches_per_epoch`` fixes the epoch;
+    ``persistent``: the workers outlive an iteration (move the pipeline's :class:`EpochCursor` between them)."""
     kw.setdefault("generator", torch.Generator())  # never draw worker seeds from the global RNG (exact resume)
     loader = wds.WebLoader(
         pipeline,
         batch_size=None,
         num_workers=num_workers,
-        persistent_workers=False,
+        persistent_workers=persistent and num_workers > 0,
         prefetch_factor=4 if num_workers > 0 else None,
         **kw,
     )

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 from pathlib import Path
 from typing import Any, Literal
 
@@ -14,7 +15,7 @@ import yaml
 
 from esvit.config import ConfigError, _field, apply_overrides, from_dict, load_yaml, to_dict
 
-__all__ = ["LaunchConfig", "TrainConfig", "load_train_config", "dump_train_config", "per_device_batch"]
+__all__ = ["LaunchConfig", "TrainConfig", "load_train_config", "dump_train_config", "loader_workers", "per_device_batch"]
 
 
 def _archs() -> tuple[str, ...]:
@@ -73,7 +74,10 @@ class CropsConfig:
 @dataclasses.dataclass
 class DataConfig:
     shards: str = _field("", help="Training shard folder (holding manifest.json); set by the pretrain rule.")
-    num_workers: int = _field(2, min=0, help="Data-loader worker processes per device.")
+    num_workers: int | None = _field(
+        None, min=0, help="Data-loader worker processes per device; null: the allocation's cores less one for the training "
+        "process (SLURM_CPUS_PER_TASK - 1 in a Slurm job), else 2. They persist across epochs."
+    )
     shuffle_buffer: int = _field(2000, gt=0, help="Samples in each worker's shuffle buffer.")
     samples_per_epoch: int | None = _field(None, gt=0, help="Samples per epoch (default: the shard set's total).")
     augmentation: Literal["fast", "reference"] = _field(
@@ -100,6 +104,10 @@ class RunConfig:
     max_steps: int | None = _field(None, gt=0, help="Stop after this many global steps (benchmarks, smoke runs).")
     continual_from: str | None = _field(None, help="View-only checkpoint to start region-level training from (continual mode).")
     tensorboard: bool = _field(True, help="Write TensorBoard scalars to <run>/tb.")
+    deterministic: bool = _field(
+        False, help="Deterministic GPU kernels (torch.use_deterministic_algorithms, cuBLAS workspace :4096:8, no cuDNN "
+        "autotuning): a resumed GPU run then ends bitwise-identical too, at a speed cost `esvit bench train --deterministic` measures."
+    )
     dist_timeout_min: float = _field(30.0, gt=0, help="Minutes a collective waits for the other ranks before failing (a hung or dead rank ends the job instead of stalling it).")
     reuse_memory: bool = _field(True, help="Keep freed host memory for reuse (glibc); large CPU steps ~1.3x faster.")
 
@@ -161,6 +169,15 @@ class TrainConfig:
                 "leave tasks_per_node unset on GPUs"
             )
         return self
+
+
+def loader_workers(data: DataConfig) -> int:
+    """``data.num_workers``, or when unset the cores this process was given less one for itself (Slurm's
+    ``SLURM_CPUS_PER_TASK``; at least 1), or 2 outside a Slurm allocation."""
+    if data.num_workers is not None:
+        return data.num_workers
+    cpus = os.environ.get("SLURM_CPUS_PER_TASK", "")
+    return max(int(cpus) - 1, 1) if cpus.isdigit() else 2
 
 
 def per_device_batch(optim: OptimConfig, world_size: int) -> int:

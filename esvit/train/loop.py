@@ -12,6 +12,7 @@ import contextlib
 import json
 import logging
 import math
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +24,7 @@ import torch.nn as nn
 
 from esvit.atomic import atomic_write_json, atomic_write_text
 from esvit.config import to_dict
-from esvit.data.pipeline import make_loader, open_shards, train_pipeline
+from esvit.data.pipeline import EpochCursor, make_loader, open_shards, train_pipeline
 from esvit.device import DeviceError, resolve_device
 from esvit.data.multicrop import FastMultiCrop
 from esvit.data.transforms import MultiCropAugmentation
@@ -31,7 +32,7 @@ from esvit.launch.distributed import DistInfo, close_distributed, gather_objects
 from esvit.losses import EsViTLoss
 from esvit.models import Backbone, EsViTNet
 from esvit.progress import progress
-from esvit.train.config import TrainConfig, dump_train_config, per_device_batch
+from esvit.train.config import TrainConfig, dump_train_config, loader_workers, per_device_batch
 from esvit.train.ema import ema_update
 from esvit.train.memory import keep_freed_memory
 from esvit.train.schedules import cosine_schedule
@@ -110,6 +111,15 @@ def _device(cfg: TrainConfig) -> torch.device:
         raise TrainingError(f"run.device: {exc}") from None
 
 
+def deterministic_kernels() -> None:
+    """GPU kernels that give the same bits every run: cuBLAS with a fixed workspace (set before its first use),
+    no cuDNN autotuning, and PyTorch's deterministic implementations (a warning names any op that has none)."""
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.backends.cudnn.benchmark = False
+    torch.backends.cudnn.deterministic = True
+    torch.use_deterministic_algorithms(True, warn_only=True)
+
+
 def _precision(cfg: TrainConfig, device: torch.device) -> str:
     p = cfg.run.precision
     if p == "auto":
@@ -146,6 +156,8 @@ class Trainer:
             torch.set_num_threads(cfg.run.threads)
         if cfg.run.reuse_memory:
             keep_freed_memory()
+        if cfg.run.deterministic:
+            deterministic_kernels()
         self.iters_per_epoch = iters_per_epoch
 
         # -- student and teacher: the same initial weights on every rank ---------------------------------------
@@ -365,6 +377,7 @@ def _train(cfg: TrainConfig, run_dir: Path, dist_info: DistInfo, should_stop: Ca
     shards = open_shards(cfg.data.shards)
     samples = cfg.data.samples_per_epoch or shards.total
     bs = cfg.optim.batch_size_per_device = per_device_batch(cfg.optim, dist_info.world_size)
+    cfg.data.num_workers = loader_workers(cfg.data)  # recorded in config.yaml as resolved
     iters = samples // (bs * dist_info.world_size)
     if iters == 0:
         raise TrainingError(
@@ -415,17 +428,22 @@ def _train(cfg: TrainConfig, run_dir: Path, dist_info: DistInfo, should_stop: Ca
     t_window, wait_window = time.perf_counter(), 0.0
 
     # -- loop ---------------------------------------------------------------------------------------------------
+    # One loader for the whole run; its workers persist across epochs and read where each epoch starts from
+    # the shared cursor, so every epoch's stream is the same pure function of (seed, epoch, rank, worker).
+    cursor = EpochCursor(tr.epoch, tr.it)
+    pipe = train_pipeline(shards, augment, bs, rank=dist_info.rank, seed=cfg.run.seed,
+                          shuffle_buffer=cfg.data.shuffle_buffer, cursor=cursor)  # fmt: skip
+    loader = make_loader(pipe, cfg.data.num_workers, persistent=True)
     stopped = False
     while tr.epoch < cfg.optim.epochs and tr.global_step < total_steps and not stopped:
         if tr.it >= iters:
             tr.epoch, tr.it = tr.epoch + 1, 0
             continue
-        pipe = train_pipeline(shards, augment, bs, rank=dist_info.rank, seed=cfg.run.seed, epoch=tr.epoch,
-                              shuffle_buffer=cfg.data.shuffle_buffer, skip_batches=tr.it)  # fmt: skip
-        loader = iter(make_loader(pipe, cfg.data.num_workers, iters - tr.it))
+        cursor.set(tr.epoch, tr.it)
+        batches = iter(loader)
         while tr.it < iters and tr.global_step < total_steps:
             t0 = time.perf_counter()
-            crops, _ = next(loader)
+            crops, _ = next(batches)
             wait_window += time.perf_counter() - t0
             stats = tr.step(augment.finish(crops, tr.device), int(should_stop()))
             window.append(stats)
@@ -449,13 +467,14 @@ def _train(cfg: TrainConfig, run_dir: Path, dist_info: DistInfo, should_stop: Ca
                     should_stop.agree(stats.stop)
                 stopped = True
                 break
-        del loader
+        del batches
         if tr.it >= iters:  # epoch finished: the checkpoint records the start of the next one
             tr.epoch, tr.it = tr.epoch + 1, 0
             keep = cfg.run.keep_every_epochs
             kept = (keep and tr.epoch % keep == 0) or tr.epoch in cfg.run.keep_epochs
             checkpoint(tr.epoch if kept else None)  # named by epochs completed
     bar.close()
+    del loader  # its workers end here
     path = checkpoint()
     if writer:
         writer.close()

@@ -83,3 +83,28 @@ def test_a_comma_list_of_shard_folders_is_one_pooled_training_set(digits_shards)
     one = open_shards(digits_shards)
     mix = open_shards(f"{digits_shards},{digits_shards}")
     assert mix.total == 2 * one.total and mix.urls == one.urls * 2 and mix.manifest["mix"] == [str(digits_shards)] * 2
+
+
+def test_persistent_workers_give_every_epoch_the_stream_of_a_fresh_loader(digits_shards):
+    """One loader whose 2 workers persist across epochs (the cursor moved between iterations) yields, epoch by
+    epoch and after a mid-epoch resume, exactly the batches of a fresh loader built for that epoch."""
+    from itertools import islice
+
+    from esvit.data.pipeline import EpochCursor
+
+    shards = open_shards(digits_shards)
+
+    def fresh(epoch: int, skip: int, n: int) -> list[torch.Tensor]:
+        pipe = train_pipeline(shards, to_tensor, 8, seed=3, epoch=epoch, skip_batches=skip, shuffle_buffer=64)
+        return [images for images, _ in islice(iter(make_loader(pipe, 2)), n)]
+
+    cursor = EpochCursor(1, 3)  # a run resumed at batch 3 of epoch 1
+    pipe = train_pipeline(shards, to_tensor, 8, seed=3, shuffle_buffer=64, cursor=cursor)
+    loader = make_loader(pipe, 2, persistent=True)
+    got = {}
+    for epoch, skip, n in ((1, 3, 5), (2, 0, 8), (3, 0, 8)):
+        cursor.set(epoch, skip)
+        got[epoch] = [images for images, _ in islice(iter(loader), n)]
+        want = fresh(epoch, skip, n)
+        assert len(got[epoch]) == n and all(torch.equal(a, b) for a, b in zip(got[epoch], want)), f"epoch {epoch}"
+    assert not torch.equal(got[2][0], got[3][0])  # the epochs differ

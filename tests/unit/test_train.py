@@ -383,3 +383,31 @@ def test_a_nan_loss_on_one_rank_stops_every_rank_together_naming_it(digits_shard
     assert said and all("on rank 1 of 2 at epoch 0, step 2;" in ln for ln in said), proc.stderr[-3000:]
     assert "Timeout" not in proc.stderr and "timed out" not in proc.stderr
     assert load_checkpoint(out / "checkpoint.pth")["global_step"] == 2 and not (out / "final.pth").exists()
+
+
+@pytest.mark.parametrize("slurm_cpus,configured,workers", [(None, None, 2), ("10", None, 9), ("1", None, 1), ("10", 3, 3), ("10", 0, 0)])
+def test_loader_workers_follow_the_allocation_unless_set(monkeypatch, slurm_cpus, configured, workers):
+    from esvit.train.config import loader_workers
+
+    if slurm_cpus is None:
+        monkeypatch.delenv("SLURM_CPUS_PER_TASK", raising=False)
+    else:
+        monkeypatch.setenv("SLURM_CPUS_PER_TASK", slurm_cpus)
+    data = load_train_config(None, [] if configured is None else [f"data.num_workers={configured}"]).data
+    assert loader_workers(data) == workers
+
+
+def test_deterministic_kernels_are_switched_on_and_change_nothing_on_the_cpu(digits_shards, tmp_path):
+    """run.deterministic turns on PyTorch's deterministic algorithms and the cuBLAS workspace setting; on the
+    CPU (deterministic already) the run's weights are bit-identical to a default run."""
+    try:
+        a = tiny_cfg(digits_shards, "run.max_steps=3", "data.num_workers=0")
+        train(a, tmp_path / "a", show_progress=False)
+        assert not torch.are_deterministic_algorithms_enabled()
+        b = tiny_cfg(digits_shards, "run.max_steps=3", "data.num_workers=0", "run.deterministic=true")
+        train(b, tmp_path / "b", show_progress=False)
+        assert torch.are_deterministic_algorithms_enabled() and os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
+    finally:
+        torch.use_deterministic_algorithms(False)
+    wa, wb = load_checkpoint(tmp_path / "a" / "final.pth"), load_checkpoint(tmp_path / "b" / "final.pth")
+    assert all(torch.equal(v, wb["student"][k]) for k, v in wa["student"].items())
