@@ -179,7 +179,7 @@ def test_transfer_config_fans_out_over_the_18_sets_with_their_splits(tmp_path):
     assert counts["extract_features"] == runs * n_splits and counts["write_shards"] == n_splits
     assert "--metric 11point_mAP --val results/features/esvit_swin_tiny_w7/voc2007/val.pt" in out
     assert "--dataset fgvc_aircraft --metric mean_per_class --val" in out
-    assert re.search(r"--dataset cifar10 --metric accuracy +>", out)  # no val split: 20 % of train
+    assert re.search(r"--dataset cifar10 --metric accuracy +--device auto +>", out)  # no val split: 20 % of train
 
 
 @pytest.mark.slow
