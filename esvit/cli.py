@@ -8,6 +8,7 @@ traceback.
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from pathlib import Path
 from typing import Callable
@@ -29,6 +30,42 @@ def command(name: str, help: str, configure: Callable[[argparse.ArgumentParser],
     return register
 
 
+def _positive(kind: type = int):
+    """argparse type: a number > 0."""
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be a number > 0 (got {text!r})") from None
+        if not value > 0:
+            raise argparse.ArgumentTypeError(f"must be > 0 (got {text})")
+        return value
+
+    parse.__name__ = f"positive {kind.__name__}"
+    return parse
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0 (got {text!r})") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0 (got {text})")
+    return value
+
+
+def _ks(text: str) -> tuple[int, ...]:
+    try:
+        ks = tuple(int(k) for k in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be comma-separated integers, e.g. 10,20,100,200 (got {text!r})") from None
+    if not ks or min(ks) < 1:
+        raise argparse.ArgumentTypeError(f"every k must be >= 1 (got {text})")
+    return ks
+
+
 # ------------------------------------------------------------------------------------------------- shard
 
 
@@ -37,7 +74,7 @@ def _shard_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dataset", help="dataset name (a key of the config's `datasets`, or any name with --source)")
     p.add_argument("--split", help="split to shard (default: every split of the dataset)")
     p.add_argument("--out", help="output folder (default: {data_dir}/shards/{dataset}/{split})")
-    p.add_argument("--workers", type=int, help="worker processes (overrides shard.workers)")
+    p.add_argument("--workers", type=_positive(int), help="worker processes (overrides shard.workers)")
     p.add_argument("--verify", metavar="DIR", help="check the shard set in DIR against its manifest and exit")
     p.add_argument("--no-progress", action="store_true", help="no progress bar or progress lines")
     g = p.add_argument_group("without a config file (how the Snakemake rule calls it)")
@@ -165,9 +202,9 @@ def _extract_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="initialisation seed of --random-init")
     p.add_argument("--shards", required=True, help="shard folder of one split")
     p.add_argument("--out", required=True, help="feature cache file (.pt)")
-    p.add_argument("--image-size", type=int, help="eval crop size (default: the run's global crop size, else 224)")
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--image-size", type=_positive(int), help="eval crop size (default: the run's global crop size, else 224)")
+    p.add_argument("--batch-size", type=_positive(int), default=128, help="images per batch (default %(default)s)")
+    p.add_argument("--workers", type=_non_negative_int, default=2, help="data-loader workers, 0: in this process (default %(default)s)")
     p.add_argument("--device", default="auto", help="auto (the GPU when one is visible), cpu, cuda or cuda:N (default %(default)s)")
     p.add_argument("--no-progress", action="store_true")
 
@@ -198,8 +235,8 @@ def _metrics_args(p: argparse.ArgumentParser) -> None:
 
 def _knn_args(p: argparse.ArgumentParser) -> None:
     _metrics_args(p)
-    p.add_argument("--ks", default="10,20,100,200", help="k values (default %(default)s)")
-    p.add_argument("--temperature", type=float, default=0.07)
+    p.add_argument("--ks", type=_ks, default="10,20,100,200", help="k values, comma-separated (default %(default)s)")
+    p.add_argument("--temperature", type=_positive(float), default=0.07, help="vote weights exp(sim / T) (default %(default)s)")
 
 
 def _device(name: str, command: str):
@@ -240,7 +277,8 @@ def run_knn(args: argparse.Namespace) -> int:
     _check_same_source(train, test)
     if train["meta"].get("multilabel"):
         raise UsageError(f"{args.train} is multi-label (a VOC-style set); k-NN classification does not apply, use `esvit probe`")
-    ks = tuple(int(k) for k in args.ks.split(","))
+    _check_inputs(args, {"train": train, "test": test})
+    ks = args.ks
     acc = knn_classify(train["pooled"], train["labels"], test["pooled"], test["labels"], ks, args.temperature)
     best_k = 20 if 20 in acc else ks[0]
     _write_metrics(args, "knn", "top1", acc[best_k], {f"top1_k{k}": v for k, v in acc.items()},
@@ -265,6 +303,7 @@ def run_probe_cmd(args: argparse.Namespace) -> int:
     val = load_features(args.val) if args.val else None
     if train["meta"].get("multilabel") and args.metric != "11point_mAP":
         raise UsageError(f"{args.train} is multi-label (a VOC-style set): use --metric 11point_mAP")
+    _check_inputs(args, {"train": train, "test": test, **({"val": val} if val else {})})
     device = _device(args.device, "probe")
     res = run_probe(train["pooled"], _targets(train), test["pooled"], _targets(test), args.metric,
                     val["pooled"] if val else None, _targets(val) if val else None, device=device)  # fmt: skip
@@ -279,11 +318,11 @@ def _linear_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mode", choices=["fast", "paper"], default="fast",
                    help="fast: cached centre-crop features; paper: augmented views through the frozen backbone")  # fmt: skip
     p.add_argument("--shards", help="training shard folder (paper mode)")
-    p.add_argument("--epochs", type=int, default=100)
-    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--epochs", type=_positive(int), default=100, help="epochs (default %(default)s)")
+    p.add_argument("--batch-size", type=_positive(int), default=256, help="images per step (default %(default)s)")
     p.add_argument("--lr", type=float, default=1e-3, help="base lr, scaled by batch / 256 (default %(default)s)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--workers", type=int, default=2, help="data-loader workers (paper mode)")
+    p.add_argument("--workers", type=_non_negative_int, default=2, help="data-loader workers (paper mode)")
     p.add_argument("--device", default="auto", help="auto (the GPU when one is visible), cpu, cuda or cuda:N (default %(default)s)")
     p.add_argument("--no-progress", action="store_true")
 
@@ -295,9 +334,7 @@ def run_linear(args: argparse.Namespace) -> int:
 
     train, test = load_features(args.train), load_features(args.test)
     _check_same_source(train, test)
-    for name, cache in (("train", train), ("test", test)):
-        if "last_blocks" not in cache:
-            raise UsageError(f"{name} feature cache has no last_blocks; re-extract it with `esvit extract`")
+    _check_inputs(args, {"train": train, "test": test}, "last_blocks")
     device = _device(args.device, f"linear ({args.mode})")
     kw = dict(epochs=args.epochs, batch_size=args.batch_size, base_lr=args.lr, seed=args.seed, device=device,
               show_progress=not args.no_progress)  # fmt: skip
@@ -336,6 +373,18 @@ def _check_same_source(train: dict, test: dict) -> None:
         raise UsageError(f"train and test features come from different checkpoints ({a} vs {b}); re-extract")
 
 
+def _check_inputs(args: argparse.Namespace, caches: dict[str, dict], feature: str = "pooled") -> None:
+    """One line for empty, non-finite (naming the sample), mismatched or single-class inputs, naming the file."""
+    from esvit.eval.checks import check_features
+
+    for role, cache in caches.items():
+        if feature not in cache:
+            raise UsageError(f"{getattr(args, role)} holds no {feature} features; re-extract it with `esvit extract`")
+    sets = {role: (c[feature], _targets(c)) for role, c in caches.items()}
+    check_features(sets["train"], sets["test"], sets.get("val"), names={role: getattr(args, role) for role in caches},
+                   keys={role: c.get("keys", []) for role, c in caches.items()})  # fmt: skip
+
+
 # -------------------------------------------------------------------------------------------- report
 
 
@@ -362,7 +411,7 @@ def _viz_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--arch", help="architecture (required with --random-init)")
     p.add_argument("--shards", required=True, help="shard folder to draw images from")
     p.add_argument("--n", type=int, default=64, help="images for the correspondence accuracy (default %(default)s)")
-    p.add_argument("--image-size", type=int, default=224, help="view size (default %(default)s)")
+    p.add_argument("--image-size", type=_positive(int), default=224, help="view size (default %(default)s)")
     p.add_argument("--out", required=True, help="output folder: correspondence.json + correspondence.png")
 
 
@@ -460,6 +509,14 @@ def _training_errors() -> tuple[type[Exception], ...]:
     from esvit.train.state import CheckpointError
 
     errors: tuple[type[Exception], ...] = (TrainingError, CheckpointError)
+    if "esvit.eval.checks" in sys.modules:
+        from esvit.eval.checks import FeatureError
+
+        errors += (FeatureError,)
+    if "esvit.device" in sys.modules:
+        from esvit.device import DeviceError
+
+        errors += (DeviceError,)
     if "esvit.launch.submit" in sys.modules:
         from esvit.launch.submit import LaunchError
 
@@ -481,7 +538,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # `a=1 --out R b=2`: overrides after an option are overrides too; anything else is an error
+        if hasattr(args, "overrides") and all(re.match(r"^[A-Za-z_][\w.]*=", e) for e in extra):
+            args.overrides = [*args.overrides, *extra]
+        else:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if not args.command:
         parser.print_help()
         return 2

@@ -18,6 +18,7 @@ from esvit.atomic import atomic_path
 from esvit.data.pipeline import eval_pipeline, make_loader, open_shards
 from esvit.data.shards import file_sha256
 from esvit.data.transforms import eval_transform
+from esvit.eval.checks import FeatureError, first_non_finite
 from esvit.models import Backbone
 from esvit.progress import progress
 from esvit.models.checkpoint import backbone_state
@@ -38,7 +39,7 @@ def load_backbone(checkpoint: str | Path | None, arch: str | None = None, key: s
     """
     if checkpoint is None:
         if not arch:
-            raise ValueError("a random-init baseline needs --arch")
+            raise FeatureError("a random-init baseline needs --arch (e.g. --arch swin_tiny_w7)")
         torch.manual_seed(seed)
         return Backbone(arch).eval(), {"checkpoint": None, "checkpoint_sha256": f"random-init-seed{seed}", "arch": arch, "seed": seed}
     ckpt = load_checkpoint(checkpoint)
@@ -103,8 +104,16 @@ def extract(backbone: Backbone, shard_dir: str | Path, out: str | Path, meta: di
             continue
         images = images.to(device)
         pooled, blocks = backbone.pooled_and_last_blocks(images, n_blocks)  # one forward pass for both
-        buf["pooled"].append(pooled.half().cpu())
-        buf["last_blocks"].append(blocks.half().cpu())
+        for name, feats in (("pooled", pooled), ("last_blocks", blocks)):
+            bad = first_non_finite(feats)
+            if bad is not None:
+                raise FeatureError(
+                    f"{meta.get('checkpoint') or 'the random-init ' + str(meta.get('arch'))} gives non-finite {name} "
+                    f"features for sample {keys[bad]} of {shard_dir}: the checkpoint has diverged (or the image is "
+                    "broken); nothing was cached"
+                )
+            half = feats.half()  # float16 caches; a batch beyond its range (65,504) is kept in float32
+            buf[name].append((half if first_non_finite(half) is None else feats.float()).cpu())
         buf["labels"].append(labels.long())
         buf["keys"].append(list(keys))
         bar.update(1)
@@ -117,7 +126,11 @@ def extract(backbone: Backbone, shard_dir: str | Path, out: str | Path, meta: di
     result["keys"] = sum((p["keys"] for p in loaded), [])
     result["meta"] = meta
     if len(result["keys"]) != shards.total or len(set(result["keys"])) != shards.total:
-        raise RuntimeError(f"{shard_dir}: extracted {len(result['keys'])} samples, the manifest says {shards.total}")
+        shutil.rmtree(parts_dir)
+        raise FeatureError(
+            f"{shard_dir}: read {len(result['keys'])} samples ({len(set(result['keys']))} distinct), the manifest says "
+            f"{shards.total}; the shard set is damaged: run `esvit shard --verify {shard_dir}`"
+        )
     with atomic_path(out) as tmp:
         torch.save(result, tmp)
     shutil.rmtree(parts_dir)
@@ -128,7 +141,10 @@ def load_features(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"feature cache {str(path)!r} does not exist; run `esvit extract` for it")
-    data = torch.load(path, weights_only=True)
-    if not {"pooled", "labels", "meta"} <= set(data):
-        raise ValueError(f"{path}: not an esvit feature cache")
+    try:
+        data = torch.load(path, weights_only=True)
+    except Exception as exc:
+        raise FeatureError(f"cannot read feature cache {str(path)!r} ({type(exc).__name__}); delete it and run `esvit extract` again") from None
+    if not isinstance(data, dict) or not {"pooled", "labels", "meta"} <= set(data):
+        raise FeatureError(f"{path}: not an esvit feature cache; run `esvit extract` for it")
     return data

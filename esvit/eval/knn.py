@@ -10,6 +10,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from esvit.eval.checks import FeatureError, check_features
+
 __all__ = ["knn_classify", "KS"]
 
 KS = (10, 20, 100, 200)
@@ -26,6 +28,9 @@ def knn_classify(train: torch.Tensor, train_labels: torch.Tensor, test: torch.Te
         ks: the k values (each <= the training set size is used as is; larger ones are clamped).
         query_chunk, bank_chunk: rows per block (memory ~ query_chunk x bank_chunk floats).
     """
+    check_features((train, train_labels), (test, test_labels))
+    if any(k < 1 for k in ks) or temperature <= 0:
+        raise FeatureError(f"k-NN needs every k >= 1 and a temperature > 0 (got ks {tuple(ks)}, temperature {temperature})")
     n_classes = n_classes or int(train_labels.max()) + 1
     k_max = min(max(ks), len(train))
     bank_labels = train_labels.to(device)

@@ -20,9 +20,11 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
 import torch
 import torch.nn as nn
 
+from esvit.eval.checks import check_features
 from esvit.progress import progress
 
 __all__ = ["LinearResult", "linear_fast", "linear_paper", "augment_transform"]
@@ -84,8 +86,7 @@ def linear_fast(train_x: torch.Tensor, train_y: torch.Tensor, val_x: torch.Tenso
                 device: str | torch.device = "cpu", show_progress: bool = True) -> LinearResult:  # fmt: skip
     """Train the linear layer on cached features (shuffled each epoch, seeded), on ``device`` (the features are
     moved there once; the shuffling order is drawn on the CPU, so it is the same on every device)."""
-    if len(train_x) != len(train_y) or len(val_x) != len(val_y):
-        raise ValueError("features and labels differ in length")
+    check_features((train_x, train_y), (val_x, val_y))
     n_classes = int(max(train_y.max(), val_y.max())) + 1
     head = _make_head(train_x.shape[1], n_classes, seed).to(device)
     g = torch.Generator().manual_seed(seed + 1)
@@ -121,6 +122,7 @@ def linear_paper(backbone, train_shards: str | Path, val_x: torch.Tensor, val_y:
     size per epoch, shuffled and seeded per epoch); validate on the cached centre-crop features ``val_x``."""
     from esvit.data.pipeline import make_loader, open_shards, train_pipeline
 
+    check_features((val_x, val_y), (val_x, val_y), names={"train": "the validation features"})
     shards = open_shards(train_shards)
     backbone = backbone.to(device).eval()
     for p in backbone.parameters():

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from esvit.eval.checks import check_features
 from esvit.eval.metrics import METRICS
 
 __all__ = ["LAMBDA_GRID", "fit_logreg", "lambda_search", "ProbeResult", "run_probe", "standardize"]
@@ -163,10 +164,8 @@ def run_probe(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor
     t0 = time.perf_counter()
     if metric not in METRICS:
         raise ValueError(f"unknown metric {metric!r}; known: {', '.join(METRICS)}")
+    check_features((train_x, train_y), (test_x, test_y), (val_x, val_y) if val_x is not None else None)
     train_x, test_x = train_x.float(), test_x.float()
-    for name, t in (("train features", train_x), ("test features", test_x)):
-        if not torch.isfinite(t.abs().amax()):  # amax propagates NaN; 25x cheaper than isfinite(t).all()
-            raise ValueError(f"{name} hold non-finite values; re-extract them")
     multilabel = train_y.ndim == 2
     if multilabel:
         train_y, test_y = train_y.float(), test_y.float()

@@ -162,6 +162,18 @@ class TrainConfig:
                 raise ConfigError(f"{key} must be [low, high] with 0 < low <= high <= 1 (got {scale})")
         if any(n < 0 for n in c.local_number) or any(s <= 0 for s in c.local_size):
             raise ConfigError(f"crops.local_number must be >= 0 and crops.local_size > 0 (got {c.local_number}, {c.local_size})")
+        smallest = _min_input(self.model.arch)
+        if c.global_size < smallest or any(s < smallest for n, s in zip(c.local_number, c.local_size) if n):
+            raise ConfigError(
+                f"crops.global_size {c.global_size} / crops.local_size {c.local_size}: {self.model.arch} needs crops of "
+                f"at least {smallest} px (one patch)"
+            )
+        if any(s > c.global_size for n, s in zip(c.local_number, c.local_size) if n):
+            raise ConfigError(f"crops.local_size {c.local_size} is larger than crops.global_size {c.global_size}: local crops are the small views")
+        o = self.optim
+        if o.warmup_epochs > o.epochs:
+            raise ConfigError(f"optim.warmup_epochs {o.warmup_epochs} is longer than optim.epochs {o.epochs}")
+
         la = self.launch
         if la.gpus_per_node and la.tasks_per_node not in (None, la.gpus_per_node):
             raise ConfigError(
@@ -169,6 +181,11 @@ class TrainConfig:
                 "leave tasks_per_node unset on GPUs"
             )
         return self
+
+
+def _min_input(arch: str) -> int:
+    """The smallest input side an architecture takes (its patch), known from the name: no model is built."""
+    return 32 if arch.startswith("resnet") else 16 if arch.startswith(("vit", "deit")) else 4
 
 
 def loader_workers(data: DataConfig) -> int:

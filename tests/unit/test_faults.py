@@ -1,0 +1,127 @@
+"""Faults reproduced for real — damaged features, a diverged checkpoint, bad command lines — each must stop
+with one line naming the file or key and what to do, never give a wrong number with exit code 0."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from tests.conftest import run_cli
+
+
+@pytest.fixture(scope="module")
+def caches(digits_shards, tmp_path_factory):
+    """Real feature caches of the digits train split (random-init swin_pico at 32 px): a good one to damage."""
+    d = tmp_path_factory.mktemp("feats")
+    proc = run_cli("extract", "--random-init", "--arch", "swin_pico", "--shards", str(digits_shards), "--out",
+                   str(d / "train.pt"), "--image-size", "32", "--workers", "0", "--no-progress")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    return d
+
+
+def damaged(caches, tmp_path, how: str):
+    data = torch.load(caches / "train.pt", weights_only=True)
+    if how == "nan row":
+        data["pooled"][7, 3] = float("nan")
+        data["last_blocks"][7, 3] = float("nan")
+    elif how == "fewer features":
+        data["pooled"], data["last_blocks"] = data["pooled"][:1433], data["last_blocks"][:1433]
+    elif how == "other width":
+        data["pooled"], data["last_blocks"] = data["pooled"][:, :100], data["last_blocks"][:, :100]
+    elif how == "empty":
+        data["pooled"], data["last_blocks"], data["labels"], data["keys"] = data["pooled"][:0], data["last_blocks"][:0], data["labels"][:0], []
+    elif how == "one class":
+        data["labels"] = torch.zeros_like(data["labels"])
+    path = tmp_path / f"{how.replace(' ', '_')}.pt"
+    torch.save(data, path)
+    return path, data
+
+
+CASES = [
+    ("nan row", "non-finite features, first at sample 7 ("),
+    ("fewer features", "1433 features but 1438 labels"),
+    ("empty", "no samples"),
+    ("one class", "labels of only 1 class"),
+]
+
+
+@pytest.mark.parametrize("how,message", CASES, ids=[c[0] for c in CASES])
+@pytest.mark.parametrize("command", ["knn", "probe", "linear"])
+def test_bad_features_stop_every_evaluation_with_one_line(caches, tmp_path, how, message, command):
+    bad, data = damaged(caches, tmp_path, how)
+    out = tmp_path / "m.json"
+    extra = ["--epochs", "1", "--no-progress"] if command == "linear" else []
+    proc = run_cli(command, "--train", str(bad), "--test", str(caches / "train.pt"), "--out", str(out), "--run", "r",
+                   "--dataset", "digits", *extra)  # fmt: skip
+    err = proc.stderr.strip().splitlines()
+    assert proc.returncode == 1 and len(err) == 1 and message in err[0] and str(bad) in err[0], proc.stderr[-2000:]
+    assert not out.exists()
+    if how == "nan row":
+        assert data["keys"][7] in err[0]  # the sample, by its key
+
+
+def test_train_and_test_of_different_widths_are_refused(caches, tmp_path):
+    bad, _ = damaged(caches, tmp_path, "other width")
+    proc = run_cli("knn", "--train", str(caches / "train.pt"), "--test", str(bad), "--out", str(tmp_path / "m.json"),
+                   "--run", "r", "--dataset", "digits")  # fmt: skip
+    assert proc.returncode == 1 and "have 100 dimensions, the train features 192" in proc.stderr, proc.stderr
+
+
+def test_a_diverged_checkpoint_stops_extraction_naming_it_and_the_sample(digits_shards, tmp_path):
+    """A real checkpoint with a NaN weight: extraction stops, names the checkpoint and the first sample, and
+    caches nothing (a NaN row would drop k-NN from ~97 % to ~10 % with exit code 0)."""
+    from tests.unit.test_train import TINY
+
+    run = tmp_path / "run"
+    assert run_cli("pretrain", "--shards", str(digits_shards), "--out", str(run), "--no-progress", *TINY, "run.max_steps=1").returncode == 0
+    from esvit.train.state import load_checkpoint, save_checkpoint
+
+    ckpt = load_checkpoint(run / "final.pth")
+    ckpt["teacher"]["backbone.net.norm.weight"][0] = float("nan")
+    save_checkpoint(tmp_path / "nan.pth", ckpt)
+    proc = run_cli("extract", "--checkpoint", str(tmp_path / "nan.pth"), "--shards", str(digits_shards), "--out",
+                   str(tmp_path / "f.pt"), "--workers", "0", "--no-progress")  # fmt: skip
+    assert proc.returncode == 1 and "nan.pth gives non-finite pooled features for sample 0" in proc.stderr, proc.stderr
+    assert not (tmp_path / "f.pt").exists()
+    # features beyond float16's range are cached in float32, not as inf
+    ckpt["teacher"]["backbone.net.norm.weight"].fill_(1e6)
+    save_checkpoint(tmp_path / "big.pth", ckpt)
+    proc = run_cli("extract", "--checkpoint", str(tmp_path / "big.pth"), "--shards", str(digits_shards), "--out",
+                   str(tmp_path / "big.pt"), "--workers", "0", "--no-progress")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    feats = torch.load(tmp_path / "big.pt", weights_only=True)["pooled"]
+    assert feats.dtype == torch.float32 and torch.isfinite(feats).all() and feats.abs().max() > 65504
+
+
+BAD_COMMAND_LINES = [
+    (["knn", "--train", "a", "--test", "b", "--out", "c", "--run", "r", "--dataset", "d", "--ks", "0"], "argument --ks: every k must be >= 1"),
+    (["knn", "--train", "a", "--test", "b", "--out", "c", "--run", "r", "--dataset", "d", "--temperature", "0"], "argument --temperature: must be > 0"),
+    (["extract", "--random-init", "--arch", "swin_pico", "--shards", "s", "--out", "o", "--image-size", "0"], "argument --image-size: must be > 0"),
+    (["extract", "--random-init", "--arch", "swin_pico", "--shards", "s", "--out", "o", "--workers", "-3"], "argument --workers: must be >= 0"),
+    (["shard", "--dataset", "digits", "--workers", "0"], "argument --workers: must be > 0"),
+    (["extract", "--random-init", "--shards", "s", "--out", "o"], "a random-init baseline needs --arch"),
+    (["pretrain", "--shards", "s", "--out", "o", "optim.warmup_epochs=400"], "optim.warmup_epochs 400 is longer than optim.epochs 300"),
+    (["pretrain", "--shards", "s", "--out", "o", "crops.global_size=3"], "needs crops of at least 4 px"),
+    (["pretrain", "--shards", "s", "--out", "o", "crops.local_size=[300]"], "crops.local_size [300] is larger than crops.global_size 224"),
+    (["pretrain", "optim.lr=-1", "--out", "o", "optim.epochs=2"], "optim.lr must be > 0"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("argv,message", BAD_COMMAND_LINES, ids=[" ".join(a[:1] + a[-2:]) for a, _ in BAD_COMMAND_LINES])
+def test_bad_command_lines_get_one_line_naming_the_option_or_key(argv, message, tmp_path):
+    proc = run_cli(*argv, cwd=None)
+    errors = [ln for ln in proc.stderr.splitlines() if "error:" in ln]  # (argparse prints its usage lines first)
+    assert proc.returncode in (1, 2) and len(errors) == 1 and message in errors[0], proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_an_override_after_an_option_is_an_override(digits_shards, tmp_path):
+    from tests.unit.test_train import TINY
+
+    proc = run_cli("pretrain", "--shards", str(digits_shards), *TINY[:4], "--out", str(tmp_path / "r"), "--no-progress",
+                   *TINY[4:], "run.max_steps=1")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "max_steps: 1" in (tmp_path / "r" / "config.yaml").read_text()
+    assert json.loads((tmp_path / "r" / "done.json").read_text())["global_step"] == 1
