@@ -251,3 +251,20 @@ def test_evaluation_rules_pass_the_device(tmp_path):
     cfg["eval"]["device"] = "gpu"
     bad = snakemake(tmp_path, "-n", "--cores", "1", config=cfg)
     assert bad.returncode != 0 and "eval.device must be auto, cpu, cuda or cuda:N (got 'gpu')" in bad.stdout + bad.stderr
+
+
+def test_values_with_spaces_and_quotes_reach_the_commands_intact(tmp_path):
+    """Every value a rule puts on a command line is shell-quoted: a data_dir with a space and a quote works, and
+    a quote in a run override is part of the override (refused by the config check), never shell code."""
+    cfg = small_config()
+    cfg["data_dir"] = "my data/it's here"
+    cfg["datasets"] = {"digits": {"source": "digits", "splits": ["train"]}}
+    cfg["runs"] = {"r": {"config": str(REPO / "configs/pretrain/demo.yaml"), "dataset": "digits",
+                         "overrides": ["run.continual_from=x'; touch pwned; echo 'y"]}}  # fmt: skip
+    cfg["eval"] = {"random_init_baseline": False}
+    proc = snakemake(tmp_path, "--cores", "1", "results/pretrain/r/final.pth", config=cfg)
+    assert proc.returncode != 0  # the pretrain rule fails on the override's path...
+    assert verify_shards(tmp_path / "my data" / "it's here" / "shards" / "digits" / "train") == []  # ...after sharding
+    assert not (tmp_path / "pwned").exists()  # ...and no shell ran it
+    log = (tmp_path / "results" / "logs" / "pretrain" / "r.log").read_text()
+    assert "checkpoint \"x'; touch pwned; echo 'y\" does not exist" in log, log

@@ -1,6 +1,5 @@
 # Config validation, the dataset lists, wildcard constraints and input functions.
 import json
-import shlex
 from pathlib import Path
 
 from snakemake.utils import validate
@@ -105,8 +104,8 @@ def pretrain_inputs(wildcards):
 
 
 def pretrain_override_args(wildcards):
-    """The run's training-config overrides, shell-quoted (continual start and kept epochs included)."""
-    return " ".join(shlex.quote(o) for o in pretrain_overrides(CFG, wildcards.run))
+    """The run's training-config overrides (continual start and kept epochs included), quoted by the rule."""
+    return pretrain_overrides(CFG, wildcards.run)
 
 
 def eval_features(wildcards):
@@ -128,6 +127,7 @@ def eval_model_inputs(wildcards):
 def eval_model_args(wildcards):
     """`esvit extract` arguments naming the model: a checkpoint, or a random-init architecture."""
     spec = EVAL_MODELS[wildcards.run]
+    size = ["--image-size", str(spec["image_size"])]
     if spec["checkpoint"]:
-        return f"--checkpoint {spec['checkpoint']} --image-size {spec['image_size']}"
-    return f"--random-init --arch {spec['arch']} --image-size {spec['image_size']}"
+        return ["--checkpoint", spec["checkpoint"], *size]
+    return ["--random-init", "--arch", spec["arch"], *size]

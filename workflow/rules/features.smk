@@ -15,11 +15,12 @@ rule extract_features:
         batch_size=lookup(dpath="eval/batch_size", within=config, default=256),
         workers=lookup(dpath="eval/workers", within=config, default=2),
         device=CFG.eval.device,
+        shards=lambda w, input: Path(input.manifest).parent,
     threads: 2
     resources:
         mem_mb=8000,
         runtime=240,
         gpu=1,
     shell:
-        "python -m esvit extract {params.model} --shards $(dirname {input.manifest}) --out {output.features}"
-        " --batch-size {params.batch_size} --workers {params.workers} --device {params.device} > {log} 2>&1"
+        "python -m esvit extract {params.model:q} --shards {params.shards:q} --out {output.features:q}"
+        " --batch-size {params.batch_size} --workers {params.workers} --device {params.device:q} > {log:q} 2>&1"

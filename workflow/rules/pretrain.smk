@@ -20,17 +20,15 @@ rule pretrain:
         overrides=pretrain_override_args,
         out=lambda w, output: Path(output.final).parent,
         shards=lambda w, input: ",".join(str(Path(m).parent) for m in input.manifest),
-        launch=lambda w: (
-            f"--launcher slurm --site {CFG.launch_site}" if CFG.launcher == "slurm" else "--launcher local"
-        ),
+        launch=lambda w: ["--launcher", "slurm", "--site", CFG.launch_site] if CFG.launcher == "slurm" else ["--launcher", "local"],
     threads: 2
     resources:
         mem_mb=8000,
         runtime=1440,
     localrule: True
     shell:
-        "python -m esvit pretrain --config {params.config} --shards {params.shards}"
-        " --out {params.out} {params.launch} {params.overrides} > {log} 2>&1"
+        "python -m esvit pretrain --config {params.config:q} --shards {params.shards:q}"
+        " --out {params.out:q} {params.launch:q} {params.overrides:q} > {log:q} 2>&1"
 
 
 # A released checkpoint (runs.<name>.checkpoint, checkpoint_format: official) in this project's format:
@@ -46,4 +44,4 @@ rule import_checkpoint:
         arch=lambda w: CFG.runs[w.run].arch,
     localrule: True
     shell:
-        "python -m esvit import --official {input.official} --arch {params.arch} --out {output.final} > {log} 2>&1"
+        "python -m esvit import --official {input.official:q} --arch {params.arch:q} --out {output.final:q} > {log:q} 2>&1"

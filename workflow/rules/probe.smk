@@ -16,9 +16,9 @@ rule knn_classify:
         mem_mb=8000,
         runtime=60,
     shell:
-        "python -m esvit knn --train {input.train} --test {input.test} --out {output.metrics}"
-        " --run {wildcards.run} --dataset {wildcards.dataset} --ks {params.ks}"
-        " --temperature {params.temperature} > {log} 2>&1"
+        "python -m esvit knn --train {input.train:q} --test {input.test:q} --out {output.metrics:q}"
+        " --run {wildcards.run:q} --dataset {wildcards.dataset:q} --ks {params.ks}"
+        " --temperature {params.temperature} > {log:q} 2>&1"
 
 
 rule fit_linear_probe:
@@ -32,15 +32,15 @@ rule fit_linear_probe:
         "results/benchmarks/probe/{run}/{dataset}.tsv"
     params:
         metric=lambda w: CFG.datasets[w.dataset].metric,
-        val=lambda w, input: f"--val {input.val}" if "val" in input.keys() else "",
+        val=lambda w, input: ["--val", input.val] if "val" in input.keys() else [],
         device=CFG.eval.device,
     resources:
         mem_mb=8000,
         runtime=120,
     shell:
-        "python -m esvit probe --train {input.train} --test {input.test} --out {output.metrics}"
-        " --run {wildcards.run} --dataset {wildcards.dataset} --metric {params.metric} {params.val}"
-        " --device {params.device} > {log} 2>&1"
+        "python -m esvit probe --train {input.train:q} --test {input.test:q} --out {output.metrics:q}"
+        " --run {wildcards.run:q} --dataset {wildcards.dataset:q} --metric {params.metric:q} {params.val:q}"
+        " --device {params.device:q} > {log:q} 2>&1"
 
 
 rule linear_protocol:
@@ -60,13 +60,14 @@ rule linear_protocol:
         batch_size=CFG.eval.linear_batch_size,
         workers=CFG.eval.workers,
         device=CFG.eval.device,
+        shards=lambda w, input: Path(input.manifest).parent,
     threads: 2
     resources:
         mem_mb=16000,
         runtime=600,
         gpu=lambda w: int(CFG.eval.linear_mode == "paper"),
     shell:
-        "python -m esvit linear --train {input.train} --test {input.test} --out {output.metrics}"
-        " --run {wildcards.run} --dataset {wildcards.dataset} --mode {params.mode} --epochs {params.epochs}"
+        "python -m esvit linear --train {input.train:q} --test {input.test:q} --out {output.metrics:q}"
+        " --run {wildcards.run:q} --dataset {wildcards.dataset:q} --mode {params.mode} --epochs {params.epochs}"
         " --lr {params.lr} --batch-size {params.batch_size} --workers {params.workers}"
-        " --shards $(dirname {input.manifest}) --device {params.device} --no-progress > {log} 2>&1"
+        " --shards {params.shards:q} --device {params.device:q} --no-progress > {log:q} 2>&1"

@@ -12,15 +12,17 @@ rule correspondence:
     log:
         "results/logs/viz/{run}.log",
     params:
-        model=lambda w: (f"--checkpoint {EVAL_MODELS[w.run]['checkpoint']}" if EVAL_MODELS[w.run]["checkpoint"]
-                         else f"--random-init --arch {EVAL_MODELS[w.run]['arch']}"),
+        model=lambda w: (["--checkpoint", EVAL_MODELS[w.run]["checkpoint"]] if EVAL_MODELS[w.run]["checkpoint"]
+                         else ["--random-init", "--arch", EVAL_MODELS[w.run]["arch"]]),
+        shards=lambda w, input: Path(input.manifest).parent,
+        out=lambda w, output: Path(output.json).parent,
         size=lambda w: max(EVAL_MODELS[w.run]["image_size"], 128),  # >= 4 x 4 last-stage regions
     resources:
         mem_mb=4000,
         runtime=30,
     shell:
-        "python -m esvit viz {params.model} --shards $(dirname {input.manifest}) --image-size {params.size}"
-        " --out $(dirname {output.json}) > {log} 2>&1"
+        "python -m esvit viz {params.model:q} --shards {params.shards:q} --image-size {params.size}"
+        " --out {params.out:q} > {log:q} 2>&1"
 
 
 rule report:
@@ -39,4 +41,4 @@ rule report:
         "results/logs/report.log",
     localrule: True
     shell:
-        "python -m esvit report --results results --out $(dirname {output.html}) > {log} 2>&1"
+        "python -m esvit report --results results --out results/report > {log:q} 2>&1"

@@ -15,13 +15,14 @@ rule write_shards:
         root=lambda w: dataset_param("root")(w) or "",
         options=dataset_param("options"),
         settings=json.dumps(config.get("shard", {})),
-        data_dir=lambda w, output: Path(output.manifest).parents[3],
+        data_dir=DATA_DIR,
+        out=lambda w, output: Path(output.manifest).parent,
     threads: lookup(dpath="shard/workers", within=config, default=2)
     resources:
         mem_mb=4000,
         runtime=240,
     shell:
-        "python -m esvit shard --dataset {wildcards.dataset} --split {wildcards.split}"
-        " --source {params.source} --root '{params.root}' --options '{params.options}'"
-        " --shard-settings '{params.settings}' --data-dir {params.data_dir} --workers {threads}"
-        " --out $(dirname {output.manifest}) > {log} 2>&1"
+        "python -m esvit shard --dataset {wildcards.dataset:q} --split {wildcards.split:q}"
+        " --source {params.source:q} --root={params.root:q} --options {params.options:q}"
+        " --shard-settings {params.settings:q} --data-dir {params.data_dir:q} --workers {threads}"
+        " --out {params.out:q} > {log:q} 2>&1"
