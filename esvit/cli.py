@@ -73,7 +73,8 @@ def _shard_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", default="configs/config.yaml", help="workflow config (default: %(default)s)")
     p.add_argument("--dataset", help="dataset name (a key of the config's `datasets`, or any name with --source)")
     p.add_argument("--split", help="split to shard (default: every split of the dataset)")
-    p.add_argument("--out", help="output folder (default: {data_dir}/shards/{dataset}/{split})")
+    p.add_argument("--out", help="output folder: the shard set with --split, else <out>/<split>/ for every split "
+                   "(default: {data_dir}/shards/{dataset}/{split})")
     p.add_argument("--workers", type=_positive(int), help="worker processes (overrides shard.workers)")
     p.add_argument("--verify", metavar="DIR", help="check the shard set in DIR against its manifest and exit")
     p.add_argument("--no-progress", action="store_true", help="no progress bar or progress lines")
@@ -137,7 +138,10 @@ def run_shard(args: argparse.Namespace) -> int:
     )
     source = get_source(ds.source, ds.root, ds.options, cache_dir=str(Path(cfg.data_dir) / "raw" / args.dataset))
     for split in splits:
-        out = Path(args.out) if args.out and len(splits) == 1 else Path(cfg.data_dir) / "shards" / args.dataset / split
+        if args.out:  # one split: that folder; every split: a folder per split inside it
+            out = Path(args.out) if args.split else Path(args.out) / split
+        else:
+            out = Path(cfg.data_dir) / "shards" / args.dataset / split
         write_shards(source, args.dataset, split, out, settings, progress=not args.no_progress)
     return 0
 

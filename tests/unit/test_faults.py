@@ -125,3 +125,19 @@ def test_an_override_after_an_option_is_an_override(digits_shards, tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "max_steps: 1" in (tmp_path / "r" / "config.yaml").read_text()
     assert json.loads((tmp_path / "r" / "done.json").read_text())["global_step"] == 1
+
+
+def test_shard_out_without_split_writes_every_split_under_it_and_nothing_else(tmp_path):
+    """`esvit shard --dataset digits --out X` used to ignore X and rewrite the default data/shards/digits/*."""
+    from esvit.data.shards import verify_shards
+
+    from tests.conftest import REPO
+
+    default = REPO / "data" / "shards" / "digits"
+    before = {p: p.stat().st_mtime_ns for p in default.rglob("*")} if default.exists() else None
+    proc = run_cli("shard", "--dataset", "digits", "--out", str(tmp_path / "X"), "--no-progress")
+    assert proc.returncode == 0, proc.stderr
+    for split in ("train", "test"):
+        assert verify_shards(tmp_path / "X" / split) == []
+    after = {p: p.stat().st_mtime_ns for p in default.rglob("*")} if default.exists() else None
+    assert after == before  # the default shard folders are untouched
