@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torchvision import transforms as T
 
+from esvit.data.images import to_rgb
 from esvit.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 
 __all__ = ["FastMultiCrop", "PARAMS", "draw_params", "photometric", "normalize", "decode_scale", "apply_ops_uint8"]
@@ -112,7 +113,7 @@ class FastMultiCrop:
             r = decode_scale(boxes, [c[0] for c in self.crops])
             if r > 1:
                 img.draft("RGB", (math.ceil(full_w / r), math.ceil(full_h / r)))
-        img = img.convert("RGB")
+        img = to_rgb(img)
         sx, sy = img.size[0] / full_w, img.size[1] / full_h
         whole = torch.from_numpy(np.array(img)).permute(2, 0, 1).unsqueeze(0)  # [1, 3, H, W], channels-last memory
         out = []

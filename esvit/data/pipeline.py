@@ -24,6 +24,7 @@ from typing import Any, Callable, Iterator
 import torch
 import webdataset as wds
 
+from esvit.data.images import wds_rgb
 from esvit.data.shards import ShardError, load_manifest
 
 __all__ = ["ShardSet", "EpochCursor", "open_shards", "train_pipeline", "eval_pipeline", "make_loader", "IMAGE_KEYS"]
@@ -206,7 +207,7 @@ def train_pipeline(
     A transform with ``takes_bytes = True`` (:class:`esvit.data.multicrop.FastMultiCrop`) gets the undecoded
     image bytes, so it can decode at a reduced scale; others get an RGB PIL image.
     """
-    decode = [] if getattr(transform, "takes_bytes", False) else [wds.decode("pilrgb")]
+    decode = [] if getattr(transform, "takes_bytes", False) else [wds.decode(wds_rgb)]
     cursor = cursor or EpochCursor(epoch, skip_batches)
     return wds.DataPipeline(
         _ResampledShards(shards.urls, seed, rank, cursor),
@@ -267,7 +268,7 @@ def eval_pipeline(
         shard_stage,
         wds.tarfile_to_samples(),
         sample_stage,
-        wds.decode("pilrgb"),
+        wds.decode(wds_rgb),
         wds.to_tuple("__key__", IMAGE_KEYS, "cls"),
         wds.map_tuple(None, transform, int),
         wds.batched(batch_size, collation_fn=collate, partial=True),

@@ -85,11 +85,38 @@ def check_image(data: bytes, ext: str, mode: str) -> str | None:
             fmt = img.format
     except Exception as exc:  # PIL raises many types for broken files
         return f"{type(exc).__name__}: {exc}"
-    if fmt == "JPEG" and not data.rstrip(b"\x00").endswith(b"\xff\xd9"):
-        return "truncated JPEG (no end-of-image marker)"
+    if fmt == "JPEG" and not _jpeg_complete(data):
+        return "truncated JPEG (no end-of-image marker after its last scan)"
     if fmt == "PNG" and b"IEND" not in data[-16:]:
         return "truncated PNG (no IEND chunk)"
     return None
+
+
+def _jpeg_complete(data: bytes) -> bool:
+    """Whether a JPEG's marker stream reaches its end-of-image marker (FFD9).
+
+    Walks the segments by their lengths (so an FFD9 inside an embedded EXIF thumbnail does not count) and, in
+    entropy-coded scan data, skips byte stuffing (FF00) and restart markers (FFD0-FFD7). Bytes after the EOI
+    marker, which cameras and editors write and decoders ignore, are fine; a file cut anywhere before it is
+    not: the same verdict as a full decode."""
+    n, i = len(data), 2  # after SOI
+    while i + 4 <= n:
+        if data[i] != 0xFF:
+            return False
+        marker = data[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+            continue
+        if marker == 0xD9:
+            return True
+        if 0xD0 <= marker <= 0xD7 or marker == 0x01:  # markers without a length
+            i += 2
+            continue
+        i += 2 + int.from_bytes(data[i + 2 : i + 4], "big")
+        if marker == 0xDA:  # start of scan: entropy-coded data up to the next real marker
+            while i + 1 < n and not (data[i] == 0xFF and data[i + 1] != 0x00 and not 0xD0 <= data[i + 1] <= 0xD7):
+                i += 1
+    return i + 1 < n and data[i] == 0xFF and data[i + 1] == 0xD9
 
 
 def _encode_png(arr: np.ndarray) -> bytes:

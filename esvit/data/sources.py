@@ -269,8 +269,10 @@ class TorchvisionSource(Source):
             arr = np.asarray(data[ref])
             if arr.dtype == np.uint8:
                 return arr, "png"
+        from esvit.data.images import to_rgb
+
         img = ds[ref][0]
-        return np.asarray(img.convert("RGB") if img.mode not in ("L", "RGB") else img), "png"
+        return np.asarray(img if img.mode in ("L", "RGB") else to_rgb(img)), "png"
 
     def describe(self, record: Record) -> str:
         return str(record.ref[2])

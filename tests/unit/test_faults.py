@@ -141,3 +141,66 @@ def test_shard_out_without_split_writes_every_split_under_it_and_nothing_else(tm
         assert verify_shards(tmp_path / "X" / split) == []
     after = {p: p.stat().st_mtime_ns for p in default.rglob("*")} if default.exists() else None
     assert after == before  # the default shard folders are untouched
+
+
+def test_a_16_bit_grey_png_is_scaled_to_8_bits_not_clipped(tmp_path):
+    """A real 16-bit grey PNG (576 levels between 1,000 and 60,000) in an image folder, sharded and read back by
+    the evaluation reader and the training augmentation: the grey levels are value / 257, not clipped to 255."""
+    import numpy as np
+    from PIL import Image
+
+    from esvit.data.multicrop import FastMultiCrop
+    from esvit.data.pipeline import eval_pipeline, make_loader, open_shards
+    from esvit.data.shards import ShardSettings, write_shards
+    from esvit.data.sources import get_source
+
+    levels = np.linspace(1000, 60000, 576).round().astype(np.uint16)
+    arr = np.tile(levels, (24, 1))  # 24 x 576
+    for split in ("train",):
+        d = tmp_path / "root" / split / "scan"
+        d.mkdir(parents=True)
+        Image.fromarray(arr).save(d / "a.png")  # mode I;16
+    assert Image.open(d / "a.png").mode in ("I;16", "I")
+    write_shards(get_source("image_folder", str(tmp_path / "root")), "scans", "train", tmp_path / "shards",
+                 ShardSettings(workers=1), progress=False)  # fmt: skip
+    as_array = lambda img: torch.from_numpy(np.asarray(img).copy())  # noqa: E731
+    (_, images, _), = list(make_loader(eval_pipeline(open_shards(tmp_path / "shards"), as_array, 4), 0))
+    want = torch.from_numpy(np.rint(levels / 257.0).astype(np.int64))
+    assert torch.equal(images[0][0, :, 0].long(), want), (images[0][0, :8, 0], want[:8])
+    assert len(torch.unique(images[0][..., 0])) > 200  # not 4 near-white levels
+    crops, _ = FastMultiCrop(32, (0.9, 1.0), [0], [16], (0.05, 0.4), draft=False)((d / "a.png").read_bytes())
+    assert crops[0].float().mean() < 200  # the training crops too (clipping made them ~255)
+
+
+@pytest.mark.parametrize("check", ["header", "decode"])
+def test_the_header_check_agrees_with_decoding_on_real_jpegs(tmp_path, check):
+    """A JPEG with bytes after its end marker (as cameras write) is valid for both checks; one cut before its
+    end is invalid for both; an EXIF thumbnail's own end marker does not make a cut file pass."""
+    import io
+
+    from PIL import Image
+
+    from esvit.data.shards import check_image
+    from tests.conftest import make_jpeg
+
+    good = make_jpeg(tmp_path / "a.jpg", seed=1, size=(64, 48))
+    thumb = io.BytesIO()
+    Image.new("RGB", (8, 8), (200, 10, 10)).save(thumb, format="JPEG")
+    exif = Image.Exif()
+    exif[0x010E] = "a camera"
+    with_thumb = io.BytesIO()
+    img = Image.open(io.BytesIO(good))
+    img.save(with_thumb, format="JPEG", exif=exif.tobytes() + thumb.getvalue())  # an FFD9 inside APP1
+    cases = {
+        "plain": (good, None),
+        "trailing bytes": (good + b"\x00\x00extra data from the camera" * 20, None),
+        "thumbnail, whole": (with_thumb.getvalue(), None),
+        "cut in the scan": (good[: len(good) * 2 // 3], "truncated"),
+        "thumbnail, cut": (with_thumb.getvalue()[:-200], "truncated"),
+    }
+    for name, (data, expected) in cases.items():
+        verdict = check_image(data, "jpg", check)
+        if expected is None:
+            assert verdict is None, (name, verdict)
+        else:
+            assert verdict is not None, name
