@@ -94,6 +94,7 @@ def run_shard(args: argparse.Namespace) -> int:
     from esvit.config import ConfigError, _did_you_mean, load_config
     from esvit.data.shards import ShardSettings, verify_shards, write_shards
     from esvit.data.sources import get_source
+    from esvit.lock import RunLock
 
     if args.verify:
         problems = verify_shards(args.verify)
@@ -142,7 +143,8 @@ def run_shard(args: argparse.Namespace) -> int:
             out = Path(args.out) if args.split else Path(args.out) / split
         else:
             out = Path(cfg.data_dir) / "shards" / args.dataset / split
-        write_shards(source, args.dataset, split, out, settings, progress=not args.no_progress)
+        with RunLock(out, "shard folder"):
+            write_shards(source, args.dataset, split, out, settings, progress=not args.no_progress)
     return 0
 
 
@@ -170,8 +172,25 @@ def _pretrain_args(p: argparse.ArgumentParser) -> None:
                    help="local: this process (CPU or one GPU, or each torchrun process); slurm: submit a submitit job "
                         "(launch.* settings) and follow it; default: the config's launch.launcher")  # fmt: skip
     p.add_argument("--site", help="site file of launch settings (partition, account, ...), e.g. cluster_profiles/slurm/submitit.yaml")
+    p.add_argument("--restart", action="store_true", help="start afresh even if <out> holds a run: the old folder is "
+                   "renamed to <out>.old-<time>, never deleted (a run resumes only with its own training settings)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar or progress lines")
     p.add_argument("overrides", nargs="*", help="training-config overrides, key.sub=value")
+
+
+def _move_aside(run: Path) -> None:
+    """``--restart``: rename a run folder out of the way (refused while a process holds it)."""
+    import time
+
+    from esvit.lock import RunLock
+
+    if not run.exists():
+        return
+    with RunLock(run, "run folder"):  # nobody is training in it
+        pass
+    old = run.with_name(f"{run.name}.old-{time.strftime('%Y%m%d-%H%M%S')}")
+    run.rename(old)
+    print(f"pretrain: --restart: the previous run is kept in {old}", flush=True)
 
 
 @command("pretrain", "EsViT self-supervised pretraining (resumes from <out>/checkpoint.pth)", _pretrain_args)
@@ -186,6 +205,8 @@ def run_pretrain(args: argparse.Namespace) -> int:
     if args.launcher:
         overrides.append(f"launch.launcher={args.launcher}")
     cfg = load_train_config(args.config, overrides, site=args.site)
+    if args.restart:
+        _move_aside(Path(args.out))
     if cfg.launch.launcher == "slurm":
         from esvit.launch.submit import launch_slurm
 
@@ -222,8 +243,11 @@ def run_extract(args: argparse.Namespace) -> int:
     backbone, meta = load_backbone(args.checkpoint, args.arch, seed=args.seed)
     size = args.image_size or meta.get("train_crop_size", 224)
     device = _device(args.device, "extract")
-    res = extract(backbone, args.shards, args.out, meta, image_size=size, batch_size=args.batch_size,
-                  num_workers=args.workers, device=device, show_progress=not args.no_progress)  # fmt: skip
+    from esvit.lock import RunLock
+
+    with RunLock(args.out, "feature cache", folder=False):
+        res = extract(backbone, args.shards, args.out, meta, image_size=size, batch_size=args.batch_size,
+                      num_workers=args.workers, device=device, show_progress=not args.no_progress)  # fmt: skip
     print(f"extract: {len(res['keys'])} samples, pooled {tuple(res['pooled'].shape)}, "
           f"last blocks {tuple(res['last_blocks'].shape)} -> {args.out}")  # fmt: skip
     return 0
@@ -507,25 +531,13 @@ class UsageError(ValueError):
 
 
 def _training_errors() -> tuple[type[Exception], ...]:
-    if "esvit.train.state" not in sys.modules:  # only imported (with torch) when a command needed it
-        return ()
-    from esvit.train.loop import TrainingError
-    from esvit.train.state import CheckpointError
-
-    errors: tuple[type[Exception], ...] = (TrainingError, CheckpointError)
-    if "esvit.eval.checks" in sys.modules:
-        from esvit.eval.checks import FeatureError
-
-        errors += (FeatureError,)
-    if "esvit.device" in sys.modules:
-        from esvit.device import DeviceError
-
-        errors += (DeviceError,)
-    if "esvit.launch.submit" in sys.modules:
-        from esvit.launch.submit import LaunchError
-
-        errors += (LaunchError,)
-    return errors
+    """The user-facing error types of the modules a command loaded (only those: importing the others would
+    import torch for every command)."""
+    where = {
+        "esvit.train.loop": "TrainingError", "esvit.train.state": "CheckpointError", "esvit.eval.checks": "FeatureError",
+        "esvit.lock": "LockError", "esvit.device": "DeviceError", "esvit.launch.submit": "LaunchError",
+    }  # fmt: skip
+    return tuple(getattr(sys.modules[m], name) for m, name in where.items() if m in sys.modules)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -15,7 +15,10 @@ import yaml
 
 from esvit.config import ConfigError, _field, apply_overrides, from_dict, load_yaml, to_dict
 
-__all__ = ["LaunchConfig", "TrainConfig", "load_train_config", "dump_train_config", "loader_workers", "per_device_batch"]
+__all__ = [
+    "LaunchConfig", "TrainConfig", "load_train_config", "dump_train_config", "loader_workers", "per_device_batch",
+    "training_differences", "training_digest", "RESUMABLE_KEYS",
+]  # fmt: skip
 
 
 def _archs() -> tuple[str, ...]:
@@ -249,6 +252,44 @@ def _merge(into: dict, diff: dict) -> None:
             _merge(into[k], v)
         else:
             into[k] = v
+
+
+# Keys a run may change when it resumes: how long it runs, where and how it logs, checkpoints and loads data,
+# and where it runs. Everything else decides what is trained, so a resume with another value is refused.
+RESUMABLE_KEYS = (
+    "optim.epochs", "data.shards", "data.num_workers", "run.device", "run.threads", "run.checkpoint_every_steps",
+    "run.keep_every_epochs", "run.keep_epochs", "run.log_every_steps", "run.max_steps", "run.continual_from",
+    "run.tensorboard", "run.reuse_memory", "run.dist_timeout_min", "launch.",
+)  # fmt: skip
+
+
+def _flat(d: dict, prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and v:
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def training_differences(saved: dict, cfg: TrainConfig) -> list[str]:
+    """``key: saved -> now`` for every training-relevant key (not in :data:`RESUMABLE_KEYS`) that differs
+    between a checkpoint's resolved config and ``cfg``."""
+    default = _flat(to_dict(TrainConfig()))  # a key a checkpoint of an older version lacks had its default
+    old, new = {**default, **_flat(saved)}, _flat(to_dict(cfg))
+    keys = sorted(k for k in old.keys() | new.keys() if not k.startswith(RESUMABLE_KEYS))
+    return [f"{k}: {old.get(k, '(absent)')} -> {new.get(k, '(absent)')}" for k in keys if old.get(k) != new.get(k)]
+
+
+def training_digest(cfg: TrainConfig) -> str:
+    """A short hash of what decides the trained weights (the config less :data:`RESUMABLE_KEYS`): the pretrain
+    rule's parameter, so Snakemake reruns a run when its training config changes, and only then."""
+    import hashlib
+    import json
+
+    flat = {k: v for k, v in _flat(to_dict(cfg)).items() if not k.startswith(RESUMABLE_KEYS)}
+    return hashlib.sha256(json.dumps(flat, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def dump_train_config(cfg: TrainConfig) -> str:

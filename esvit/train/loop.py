@@ -28,11 +28,12 @@ from esvit.data.pipeline import EpochCursor, make_loader, open_shards, train_pip
 from esvit.device import DeviceError, resolve_device
 from esvit.data.multicrop import FastMultiCrop
 from esvit.data.transforms import MultiCropAugmentation
+from esvit.lock import LockError, RunLock
 from esvit.launch.distributed import DistInfo, close_distributed, gather_objects, init_distributed, rank_fingerprints
 from esvit.losses import EsViTLoss
 from esvit.models import Backbone, EsViTNet
 from esvit.progress import progress
-from esvit.train.config import TrainConfig, dump_train_config, loader_workers, per_device_batch
+from esvit.train.config import TrainConfig, dump_train_config, loader_workers, per_device_batch, training_differences
 from esvit.train.ema import ema_update
 from esvit.train.memory import keep_freed_memory
 from esvit.train.schedules import cosine_schedule
@@ -211,6 +212,13 @@ class Trainer:
         }
 
     def load_state(self, ckpt: dict[str, Any], path: Path) -> None:
+        changed = training_differences(ckpt.get("config", {}), self.cfg)
+        if changed:
+            raise CheckpointError(
+                f"{path}: the run was trained with other settings ({'; '.join(changed[:6])}"
+                f"{'; ...' if len(changed) > 6 else ''}). Resume it with its own config ({path.parent / 'config.yaml'}), "
+                "or start afresh with `esvit pretrain --restart` (the old run folder is kept, renamed)"
+            )
         if ckpt.get("iters_per_epoch") != self.iters_per_epoch:
             raise CheckpointError(
                 f"{path}: saved with {ckpt.get('iters_per_epoch')} iterations per epoch, this run has "
@@ -361,9 +369,30 @@ def train(cfg: TrainConfig, run_dir: str | Path, *, should_stop: Callable[[], in
     run_dir.mkdir(parents=True, exist_ok=True)
     dist_info = init_distributed(_device(cfg), timeout_min=cfg.run.dist_timeout_min)
     try:
-        return _train(cfg, run_dir, dist_info, should_stop, show_progress)
+        with _hold_run_folder(run_dir, dist_info):
+            return _train(cfg, run_dir, dist_info, should_stop, show_progress)
     finally:  # also when a rank fails: the others are told, no process group is left behind
         close_distributed()
+
+
+@contextlib.contextmanager
+def _hold_run_folder(run_dir: Path, dist_info: DistInfo):
+    """Rank 0 holds the run folder's lock for the run's lifetime; every rank learns whether it got it (a second
+    run in the same folder stops at once, naming the holder, before anything is written)."""
+    lock = RunLock(run_dir, "run folder")
+    error = None
+    if dist_info.rank == 0:
+        try:
+            lock.__enter__()
+        except LockError as exc:
+            error = str(exc)
+    error = gather_objects(error)[0] if dist_info.distributed else error
+    if error:
+        raise LockError(error)
+    try:
+        yield
+    finally:
+        lock.__exit__(None, None, None)
 
 
 def _train(cfg: TrainConfig, run_dir: Path, dist_info: DistInfo, should_stop: Callable[[], int | bool],

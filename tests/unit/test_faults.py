@@ -204,3 +204,50 @@ def test_the_header_check_agrees_with_decoding_on_real_jpegs(tmp_path, check):
             assert verdict is None, (name, verdict)
         else:
             assert verdict is not None, name
+
+
+@pytest.mark.parametrize("command", ["pretrain", "shard", "extract"])
+def test_a_second_process_on_the_same_folder_stops_naming_the_holder(command, digits_shards, tmp_path, monkeypatch):
+    """This test process holds the lock as a running job would (pid, host, Slurm job id written); a real second
+    `esvit` process on the same output stops at once with one line naming it, and writes nothing there."""
+    from esvit.lock import RunLock
+    from tests.unit.test_train import TINY
+
+    monkeypatch.setenv("SLURM_JOB_ID", "4242")
+    out = tmp_path / "out"
+    argv = {
+        "pretrain": ["pretrain", "--shards", str(digits_shards), "--out", str(out), "--no-progress", *TINY, "run.max_steps=1"],
+        "shard": ["shard", "--dataset", "digits", "--split", "test", "--out", str(out), "--no-progress"],
+        "extract": ["extract", "--random-init", "--arch", "swin_pico", "--shards", str(digits_shards), "--out", str(out),
+                    "--image-size", "32", "--workers", "0", "--no-progress"],
+    }[command]  # fmt: skip
+    with RunLock(out, "x", folder=command != "extract"):
+        proc = run_cli(*argv)
+    err = [ln for ln in proc.stderr.splitlines() if "error:" in ln]
+    assert proc.returncode == 1 and len(err) == 1, proc.stderr[-2000:]
+    assert f"is in use by pid {__import__('os').getpid()} on" in err[0] and "Slurm job 4242" in err[0], err
+    assert not (out / "checkpoint.pth").exists() and not (out / "manifest.json").exists() and not out.with_suffix(".pt").exists()
+    assert run_cli(*argv).returncode == 0  # free again: it runs
+
+
+def test_a_changed_training_config_refuses_to_resume_and_restart_keeps_the_old_run(digits_shards, tmp_path):
+    """Changing optim.lr of a finished run used to 'resume' with 0 steps and write final.pth with the old weights
+    under the new config. Now the resume names the differing keys; --restart starts afresh and keeps the old run;
+    keys that may change (optim.epochs to extend a run, logging) still resume."""
+    from tests.unit.test_train import TINY
+
+    run = tmp_path / "run"
+    base = ["pretrain", "--shards", str(digits_shards), "--out", str(run), "--no-progress", *TINY, "data.num_workers=0"]
+    assert run_cli(*base).returncode == 0
+    proc = run_cli(*base, "optim.lr=0.004", "run.seed=3")
+    err = [ln for ln in proc.stderr.splitlines() if "error:" in ln]
+    assert proc.returncode == 1 and len(err) == 1, proc.stderr[-2000:]
+    assert "optim.lr: 0.002 -> 0.004; run.seed: 0 -> 3" in err[0] and "--restart" in err[0]
+    assert "lr: 0.002" in (run / "config.yaml").read_text()  # the record still says what trained
+    longer = run_cli(*base, "optim.epochs=3", "run.log_every_steps=1")  # an allowed change: it resumes and extends
+    assert longer.returncode == 0, longer.stderr[-2000:]
+    assert json.loads((run / "done.json").read_text())["epochs"] == 3
+    fresh = run_cli(*base, "optim.lr=0.004", "--restart")
+    assert fresh.returncode == 0, fresh.stderr[-2000:]
+    kept = [p for p in tmp_path.iterdir() if p.name.startswith("run.old-")]
+    assert len(kept) == 1 and (kept[0] / "final.pth").exists() and "lr: 0.004" in (run / "config.yaml").read_text()

@@ -268,3 +268,43 @@ def test_values_with_spaces_and_quotes_reach_the_commands_intact(tmp_path):
     assert not (tmp_path / "pwned").exists()  # ...and no shell ran it
     log = (tmp_path / "results" / "logs" / "pretrain" / "r.log").read_text()
     assert "checkpoint \"x'; touch pwned; echo 'y\" does not exist" in log, log
+
+
+@pytest.mark.slow
+def test_a_rule_text_change_reruns_nothing_and_a_training_config_change_is_refused_not_resumed(tmp_path):
+    """With the profiles' rerun-triggers: after an upgrade that only changes a rule's text, a finished run is up
+    to date; a changed training config reruns the pretrain rule, whose resume then refuses the other settings
+    (naming them) instead of writing the old weights under the new config."""
+    import shutil
+
+    wf = tmp_path / "wf"
+    wf.mkdir()
+    for part in ("Snakefile", "workflow", "configs"):
+        (shutil.copytree if (REPO / part).is_dir() else shutil.copy)(REPO / part, wf / part)
+    triggers = yaml.safe_load((REPO / "cluster_profiles/local/config.yaml").read_text())["rerun-triggers"]
+    assert triggers == yaml.safe_load((REPO / "cluster_profiles/slurm/config.yaml").read_text())["rerun-triggers"]
+    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(TINY_TRAIN))
+    cfg = small_config()
+    cfg["runs"] = {"r": {"config": str(tmp_path / "tiny.yaml"), "dataset": "digits"}}
+    cfg["eval"] = {"random_init_baseline": False}
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg))
+
+    def sm(*args):
+        cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(wf / "Snakefile"), "--directory", str(tmp_path),
+               "--configfile", str(tmp_path / "config.yaml"), "--cores", "2", *args, "--rerun-triggers", *triggers,
+               "--", "results/pretrain/r/final.pth"]  # fmt: skip
+        return subprocess.run(cmd, cwd=tmp_path, env=env_with_python(), capture_output=True, text=True, timeout=600)
+
+    assert sm().returncode == 0
+    rule = wf / "workflow" / "rules" / "pretrain.smk"
+    rule.write_text(rule.read_text().replace('"python -m esvit pretrain', '"python  -m esvit pretrain'))  # cosmetic
+    again = sm("-n")
+    assert again.returncode == 0 and "Nothing to be done" in again.stdout + again.stderr, again.stdout + again.stderr
+    changed = dict(TINY_TRAIN, optim={**TINY_TRAIN["optim"], "warmup_epochs": 1})
+    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(changed))
+    plan = sm("-n")
+    assert plan.returncode == 0 and job_counts(plan.stdout + plan.stderr).get("pretrain") == 1
+    run = sm()
+    assert run.returncode != 0
+    log = (tmp_path / "results" / "logs" / "pretrain" / "r.log").read_text()
+    assert "optim.warmup_epochs: 0 -> 1" in log and "--restart" in log, log[-2000:]

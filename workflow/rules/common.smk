@@ -5,7 +5,7 @@ from pathlib import Path
 from snakemake.utils import validate
 
 from esvit.config import ConfigError, load_config, pretrain_overrides
-from esvit.train.config import load_train_config
+from esvit.train.config import load_train_config, training_digest
 
 # Friendly messages first (unknown key with did-you-mean, wrong type, missing path, unknown source), then the
 # JSON schema, which also fills in defaults for keys left out.
@@ -101,6 +101,13 @@ def pretrain_inputs(wildcards):
     if run.continual_from is not None:
         inputs["base"] = f"results/pretrain/{run.continual_from.run}/done.json"
     return inputs
+
+
+def training_config_digest(wildcards):
+    """A hash of what decides a run's weights (its training config less the keys a resume may change): the
+    pretrain rule reruns when it changes, and not for a changed rule text (rerun-triggers in the profiles)."""
+    run = CFG.runs[wildcards.run]
+    return training_digest(load_train_config(run.config, pretrain_overrides(CFG, wildcards.run)))
 
 
 def pretrain_override_args(wildcards):

@@ -18,6 +18,7 @@ rule pretrain:
     params:
         config=lambda w: config["runs"][w.run]["config"],
         overrides=pretrain_override_args,
+        digest=training_config_digest,  # not on the command line: a changed training config reruns the job
         out=lambda w, output: Path(output.final).parent,
         shards=lambda w, input: ",".join(str(Path(m).parent) for m in input.manifest),
         launch=lambda w: ["--launcher", "slurm", "--site", CFG.launch_site] if CFG.launcher == "slurm" else ["--launcher", "local"],
