@@ -540,6 +540,16 @@ def _training_errors() -> tuple[type[Exception], ...]:
     return tuple(getattr(sys.modules[m], name) for m, name in where.items() if m in sys.modules)
 
 
+def _one_line(exc: BaseException) -> str:
+    """The error's own message: an error raised in a data-loader worker comes back wrapped with the worker's
+    traceback ("Caught X in DataLoader worker ... Original Traceback ..."), whose last line is the message."""
+    text = str(exc)
+    if "Original Traceback" in text:
+        last = [ln for ln in text.strip().splitlines() if ln.strip()][-1]
+        text = last.split(": ", 1)[1] if last.startswith(type(exc).__name__ + ":") else last
+    return text
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="esvit",
@@ -573,7 +583,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"esvit: error: {exc}", file=sys.stderr)
         return 2
     except (ShardError, SourceError, FileNotFoundError, *_training_errors()) as exc:  # evaluated when raised
-        print(f"esvit: error: {exc}", file=sys.stderr)
+        print(f"esvit: error: {_one_line(exc)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("esvit: interrupted; finished work is kept and a rerun continues from it", file=sys.stderr)

@@ -84,11 +84,14 @@ def bench_loader(args: argparse.Namespace) -> dict:
         mean_kb = sum(s["bytes"] for s in shard_set.manifest["shards"]) / shard_set.total / 1e3
         crops = dict(global_size=args.global_size, global_scale=(0.4, 1.0), local_number=[args.locals],
                      local_size=[args.local_size], local_scale=(0.05, 0.4))  # fmt: skip
-        contenders = {"reference": MultiCropAugmentation(**crops), "fast": FastMultiCrop(**crops)}
+        fast = FastMultiCrop(**crops)
+        # name: (augmentation, shard check); "fast, count only" prices the sha256 the readers compute while streaming
+        contenders = {"reference": (MultiCropAugmentation(**crops), "sha256"), "fast": (fast, "sha256"),
+                      "fast, count only": (fast, "count")}  # fmt: skip
         cpu = torch.device("cpu")
 
-        def timed(augment) -> float:
-            pipe = train_pipeline(shard_set, augment, args.batch, seed=0, shuffle_buffer=64)
+        def timed(augment, verify: str) -> float:
+            pipe = train_pipeline(shard_set, augment, args.batch, seed=0, shuffle_buffer=64, verify=verify)
             it = iter(make_loader(pipe, args.workers, args.batches + 2))
             out = augment.finish(next(it)[0], cpu)  # warm-up batch (worker start, caches)
             t0 = time.perf_counter()
@@ -100,13 +103,15 @@ def bench_loader(args: argparse.Namespace) -> dict:
 
         best = {name: 0.0 for name in contenders}
         for _ in range(args.repeats):
-            for name, augment in contenders.items():
-                best[name] = max(best[name], timed(augment))
+            for name, (augment, verify) in contenders.items():
+                best[name] = max(best[name], timed(augment, verify))
         per = "core" if args.workers == 0 else f"{args.workers} workers"
         return {
             "images": shard_set.total, "mean_kb": round(mean_kb, 1), "crops": f"2x{args.global_size}+{args.locals}x{args.local_size}",
             "batch": args.batch, "workers": args.workers, "per": per, "reference_img_s": round(best["reference"], 2),
             "fast_img_s": round(best["fast"], 2), "ratio": round(best["fast"] / best["reference"], 3),
+            "fast_count_only_img_s": round(best["fast, count only"], 2),
+            "sha256_cost": round(1 - best["fast"] / best["fast, count only"], 4),
         }  # fmt: skip
     finally:
         if not args.workdir:

@@ -12,7 +12,7 @@ import io
 import numpy as np
 from PIL import Image
 
-__all__ = ["to_rgb", "decode_rgb", "wds_rgb"]
+__all__ = ["to_rgb", "decode_rgb"]
 
 _HIGH_BIT = ("I;16", "I;16B", "I;16L", "I;16N", "I")
 
@@ -35,11 +35,3 @@ def decode_rgb(data: bytes) -> Image.Image:
     with Image.open(io.BytesIO(data)) as img:
         img.load()
         return to_rgb(img)
-
-
-_EXTS = {"jpg", "jpeg", "png", "ppm", "pgm", "pbm", "bmp", "webp", "tif", "tiff", "gif"}
-
-
-def wds_rgb(key: str, data: bytes) -> Image.Image | None:
-    """A WebDataset decoder handler: image members -> 8-bit RGB PIL images (other members: not handled)."""
-    return decode_rgb(data) if key.rsplit(".", 1)[-1].lower() in _EXTS else None

@@ -15,7 +15,11 @@ environment), as DESIGN.md's pitfalls list asks.
 
 from __future__ import annotations
 
+import hashlib
+import io
+import logging
 import random
+import tarfile
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
@@ -24,12 +28,13 @@ from typing import Any, Callable, Iterator
 import torch
 import webdataset as wds
 
-from esvit.data.images import wds_rgb
+from esvit.data.images import decode_rgb
 from esvit.data.shards import ShardError, load_manifest
 
-__all__ = ["ShardSet", "EpochCursor", "open_shards", "train_pipeline", "eval_pipeline", "make_loader", "IMAGE_KEYS"]
+__all__ = ["ShardSet", "EpochCursor", "checked_samples", "open_shards", "train_pipeline", "eval_pipeline", "make_loader", "IMAGE_KEYS"]
 
 IMAGE_KEYS = "jpg;png;jpeg;ppm;bmp;webp;tif;gif"
+log = logging.getLogger("esvit")
 
 
 @dataclass(frozen=True)
@@ -39,6 +44,13 @@ class ShardSet:
     directory: Path
     manifest: dict
     urls: list[str]
+
+    def expected(self) -> dict[str, dict]:
+        """Per tar path: its manifest entry (sample count, sha256) and the folder to name in errors."""
+        entries = {}
+        for url, entry in zip(self.urls, self.manifest["shards"]):
+            entries[url] = {**entry, "dir": str(Path(url).parent)}
+        return entries
 
     @property
     def total(self) -> int:
@@ -74,6 +86,67 @@ def open_shards(directory: str | Path) -> ShardSet:
     if not urls:
         raise ShardError(f"{directory}: the manifest lists no shards")
     return ShardSet(directory, manifest, urls)
+
+
+class _HashingReader(io.RawIOBase):
+    """A read-only file that hashes what passes through it (sha256 while streaming: no second read)."""
+
+    def __init__(self, f, hashing: bool = True):
+        self.f, self.sha, self.n = f, hashlib.sha256() if hashing else None, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b) -> int:
+        n = self.f.readinto(b)
+        if n:
+            if self.sha is not None:
+                self.sha.update(memoryview(b)[:n])
+            self.n += n
+        return n or 0
+
+    def drain(self) -> None:
+        while self.read(1 << 20):
+            pass
+
+
+def checked_samples(expected: dict[str, dict], verify: str = "sha256") -> Callable:
+    """A pipeline stage: ``{"url"}`` items -> the samples of each tar, checked against the manifest: the sample
+    count always, and with ``verify="sha256"`` the file's sha256. A mismatch (a flipped byte in a tar header,
+    which makes tar readers stop early; in a label; anywhere) raises :class:`ShardError` naming the shard and
+    ``esvit shard --verify``.
+
+    The count and the hash are computed while streaming (no second read) and compared when a shard has been read
+    to its end — every time for the evaluation reader; for the training reader every shard read except the one
+    each worker is in when an epoch ends (a shard cut short by damage ends its read there, so it is caught at
+    once)."""
+
+    def fail(url: str, problem: str) -> None:
+        raise ShardError(f"shard {url} is damaged: {problem}; run `esvit shard --verify {expected[url]['dir']}` and rewrite it")
+
+    def stage(src: Iterator[dict]) -> Iterator[dict]:
+        for item in src:
+            url = item["url"]
+            info = expected[url]
+            n, problem = 0, None
+            with open(url, "rb") as f:
+                reader = _HashingReader(f, hashing=verify == "sha256")
+                try:
+                    members = wds.tariterators.tar_file_iterator(io.BufferedReader(reader, buffer_size=1 << 20))
+                    for sample in wds.tariterators.group_by_keys({**m, "__url__": url} for m in members):
+                        n += 1
+                        yield sample
+                except (tarfile.TarError, OSError, ValueError) as exc:
+                    problem = f"unreadable after {n} samples ({type(exc).__name__}: {exc})"
+                reader.drain()
+            if problem is None and n != info["count"]:
+                problem = f"{n} samples read, its manifest says {info['count']}"
+            if problem is None and verify == "sha256" and reader.sha.hexdigest() != info["sha256"]:
+                problem = "its sha256 differs from the manifest's (the bytes changed)"
+            if problem:
+                fail(url, problem)
+
+    return stage
 
 
 def _worker() -> tuple[int, int]:
@@ -139,7 +212,7 @@ def _skip_for_resume(cursor: EpochCursor, batch_size: int) -> Callable:
     return stage
 
 
-def _seeded_transform(transform: Callable, seed: int, rank: int, cursor: EpochCursor) -> Callable:
+def _seeded_transform(transform: Callable, seed: int, rank: int, cursor: EpochCursor, on_bad_image: str = "stop") -> Callable:
     """Apply ``transform`` with Python's and torch's RNGs seeded per sample from (seed, epoch, rank, role,
     sample number), restoring the process RNGs afterwards: augmentations are the same whether an epoch runs
     straight through or resumes, and the training process's own RNG stream is untouched."""
@@ -150,11 +223,19 @@ def _seeded_transform(transform: Callable, seed: int, rank: int, cursor: EpochCu
         for sample in src:
             s = _seed(seed, epoch, rank, role, 3, sample["__index__"])
             py_state = random.getstate()
-            with torch.random.fork_rng(devices=[]):
-                random.seed(s)
-                torch.default_generator.manual_seed(s)  # the CPU generator only: torch.manual_seed would reseed
-                out = transform(sample["__image__"])  # the GPUs' too, every sample, when the loader runs in-process
-            random.setstate(py_state)
+            try:
+                with torch.random.fork_rng(devices=[]):
+                    random.seed(s)
+                    torch.default_generator.manual_seed(s)  # the CPU generator only: torch.manual_seed would
+                    out = transform(sample["__image__"])  # reseed the GPUs' too, every sample, in-process
+            except Exception as exc:  # a corrupt image: PIL / OpenCV raise many types
+                bad = f"image {sample['__key__']} in shard {sample['__url__']} does not decode ({type(exc).__name__}: {exc})"
+                if on_bad_image == "skip":
+                    log.warning("skipped: %s (data.on_bad_image=skip)", bad)
+                    continue
+                raise ShardError(f"{bad}; rewrite the shard set (`esvit shard`), or set data.on_bad_image=skip") from None
+            finally:
+                random.setstate(py_state)
             yield out, sample["__label__"]
 
     return stage
@@ -165,7 +246,28 @@ def _pick(sample: dict) -> dict:
     image = next((sample[k] for k in IMAGE_KEYS.split(";") if k in sample), None)
     if image is None:
         raise ShardError(f"sample {sample.get('__key__')} in {sample.get('__url__')} has no image")
-    return {"__image__": image, "__label__": int(sample["cls"]), "__index__": sample["__index__"]}
+    try:
+        label = int(sample["cls"])
+    except (KeyError, ValueError):
+        raise ShardError(f"sample {sample.get('__key__')} in {sample.get('__url__')} has no readable label (.cls); "
+                         f"run `esvit shard --verify {Path(str(sample.get('__url__'))).parent}`") from None  # fmt: skip
+    return {"__image__": image, "__label__": label, "__index__": sample["__index__"],
+            "__key__": sample.get("__key__"), "__url__": sample.get("__url__")}  # fmt: skip
+
+
+def _decode_image(sample: dict) -> dict:
+    """Decode the sample's image member to 8-bit RGB (:mod:`esvit.data.images`), naming shard and key if it fails."""
+    for k in IMAGE_KEYS.split(";"):
+        if k in sample:
+            try:
+                sample[k] = decode_rgb(sample[k])
+            except Exception as exc:  # PIL raises many types for broken files
+                raise ShardError(
+                    f"image {sample.get('__key__')} in shard {sample.get('__url__')} does not decode "
+                    f"({type(exc).__name__}: {exc}); rewrite the shard set with `esvit shard`"
+                ) from None
+            break
+    return sample
 
 
 def _seeded_shuffle(bufsize: int, seed: int, rank: int, cursor: EpochCursor) -> Callable:
@@ -188,6 +290,8 @@ def train_pipeline(
     shuffle_buffer: int = 2000,
     skip_batches: int = 0,
     cursor: EpochCursor | None = None,
+    verify: str = "sha256",
+    on_bad_image: str = "stop",
     collate: Callable = torch.utils.data.default_collate,
 ) -> wds.DataPipeline:
     """Infinite, shuffled, resampled training batches of ``(transform(image), label)``.
@@ -202,21 +306,25 @@ def train_pipeline(
         skip_batches: batches of this epoch already consumed (exact resume).
         cursor: instead of ``epoch`` and ``skip_batches``: a shared :class:`EpochCursor`, moved between
             iterations of one loader (persistent workers).
+        verify: ``sha256`` (each shard's bytes and sample count against the manifest, hashed while streaming) or
+            ``count`` (the sample count only); a damaged shard stops the pipeline naming it.
+        on_bad_image: an image that does not decode: ``stop`` (naming shard and key) or ``skip`` (dropped and
+            logged, the stream goes on).
         collate: batch collation.
 
     A transform with ``takes_bytes = True`` (:class:`esvit.data.multicrop.FastMultiCrop`) gets the undecoded
     image bytes, so it can decode at a reduced scale; others get an RGB PIL image.
     """
-    decode = [] if getattr(transform, "takes_bytes", False) else [wds.decode(wds_rgb)]
+    decode = [] if getattr(transform, "takes_bytes", False) else [wds.map(_decode_image)]
     cursor = cursor or EpochCursor(epoch, skip_batches)
     return wds.DataPipeline(
         _ResampledShards(shards.urls, seed, rank, cursor),
-        wds.tarfile_to_samples(),
+        checked_samples(shards.expected(), verify),
         _seeded_shuffle(shuffle_buffer, seed, rank, cursor),
         _skip_for_resume(cursor, batch_size),
         *decode,
         wds.map(_pick),
-        _seeded_transform(transform, seed, rank, cursor),
+        _seeded_transform(transform, seed, rank, cursor, on_bad_image),
         wds.batched(batch_size, collation_fn=collate, partial=False),
     )
 
@@ -247,9 +355,12 @@ def eval_pipeline(
     *,
     rank: int = 0,
     world_size: int = 1,
+    verify: str = "sha256",
     collate: Callable = torch.utils.data.default_collate,
 ) -> wds.DataPipeline:
-    """Ordered batches of ``(keys, images, labels)``; across ranks and workers each sample appears once."""
+    """Ordered batches of ``(keys, images, labels)``; across ranks and workers each sample appears once; every
+    shard is checked against its manifest as it is read (``verify``, see :func:`checked_samples`), and an image
+    that does not decode stops it naming shard and key."""
     n_urls = len(shards.urls)
 
     def shard_stage(src: Iterator[dict]) -> Iterator[dict]:
@@ -266,9 +377,9 @@ def eval_pipeline(
     return wds.DataPipeline(
         wds.SimpleShardList(shards.urls),
         shard_stage,
-        wds.tarfile_to_samples(),
+        checked_samples(shards.expected(), verify),
         sample_stage,
-        wds.decode(wds_rgb),
+        wds.map(_decode_image),
         wds.to_tuple("__key__", IMAGE_KEYS, "cls"),
         wds.map_tuple(None, transform, int),
         wds.batched(batch_size, collation_fn=collate, partial=True),

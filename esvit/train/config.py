@@ -83,6 +83,13 @@ class DataConfig:
     )
     shuffle_buffer: int = _field(2000, gt=0, help="Samples in each worker's shuffle buffer.")
     samples_per_epoch: int | None = _field(None, gt=0, help="Samples per epoch (default: the shard set's total).")
+    verify: Literal["sha256", "count"] = _field(
+        "sha256", help="Check each shard against its manifest as it is read: sha256 (hashed while streaming) and the "
+        "sample count, or the count only; a damaged shard stops training naming it."
+    )
+    on_bad_image: Literal["stop", "skip"] = _field(
+        "stop", help="An image in a shard that does not decode: stop (naming shard and key) or skip it (logged)."
+    )
     augmentation: Literal["fast", "reference"] = _field(
         "fast", help="fast: the reference's random crops and colour ops, computed cheaper (reduced-scale JPEG decode, "
         "torch uint8 resize, OpenCV colour ops, uint8 to the device); reference: PIL + torchvision per crop, as the official code."
@@ -257,7 +264,7 @@ def _merge(into: dict, diff: dict) -> None:
 # Keys a run may change when it resumes: how long it runs, where and how it logs, checkpoints and loads data,
 # and where it runs. Everything else decides what is trained, so a resume with another value is refused.
 RESUMABLE_KEYS = (
-    "optim.epochs", "data.shards", "data.num_workers", "run.device", "run.threads", "run.checkpoint_every_steps",
+    "optim.epochs", "data.shards", "data.num_workers", "data.verify", "data.on_bad_image", "run.device", "run.threads", "run.checkpoint_every_steps",
     "run.keep_every_epochs", "run.keep_epochs", "run.log_every_steps", "run.max_steps", "run.continual_from",
     "run.tensorboard", "run.reuse_memory", "run.dist_timeout_min", "launch.",
 )  # fmt: skip

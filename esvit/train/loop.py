@@ -460,8 +460,8 @@ def _train(cfg: TrainConfig, run_dir: Path, dist_info: DistInfo, should_stop: Ca
     # One loader for the whole run; its workers persist across epochs and read where each epoch starts from
     # the shared cursor, so every epoch's stream is the same pure function of (seed, epoch, rank, worker).
     cursor = EpochCursor(tr.epoch, tr.it)
-    pipe = train_pipeline(shards, augment, bs, rank=dist_info.rank, seed=cfg.run.seed,
-                          shuffle_buffer=cfg.data.shuffle_buffer, cursor=cursor)  # fmt: skip
+    pipe = train_pipeline(shards, augment, bs, rank=dist_info.rank, seed=cfg.run.seed, shuffle_buffer=cfg.data.shuffle_buffer,
+                          cursor=cursor, verify=cfg.data.verify, on_bad_image=cfg.data.on_bad_image)  # fmt: skip
     loader = make_loader(pipe, cfg.data.num_workers, persistent=True)
     stopped = False
     while tr.epoch < cfg.optim.epochs and tr.global_step < total_steps and not stopped:

@@ -251,3 +251,83 @@ def test_a_changed_training_config_refuses_to_resume_and_restart_keeps_the_old_r
     assert fresh.returncode == 0, fresh.stderr[-2000:]
     kept = [p for p in tmp_path.iterdir() if p.name.startswith("run.old-")]
     assert len(kept) == 1 and (kept[0] / "final.pth").exists() and "lr: 0.004" in (run / "config.yaml").read_text()
+
+
+def _copy_shards(src, dst):
+    import shutil
+
+    shutil.copytree(src, dst)
+    return dst
+
+
+def _flip(path, offset: int, mask: int = 0xFF) -> None:
+    data = bytearray(path.read_bytes())
+    data[offset] ^= mask
+    path.write_bytes(bytes(data))
+
+
+def _member_offset(tar_path, suffix: str, nth: int = 5) -> tuple[int, int]:
+    """(header offset, data offset) of the nth member ending in ``suffix`` of a real tar."""
+    import tarfile
+
+    with tarfile.open(tar_path) as tf:
+        members = [m for m in tf.getmembers() if m.name.endswith(suffix)]
+        return members[nth].offset, members[nth].offset_data
+
+
+@pytest.mark.parametrize("damage", ["tar header", "label byte"])
+def test_a_damaged_shard_stops_training_and_extraction_naming_it(digits_shards, tmp_path, damage):
+    """One flipped byte in a real shard: a tar header (readers used to stop there and train on the first 50 of
+    ~150 samples with exit code 0) or a `.cls` label (silently another label). Both readers check every shard
+    against its manifest while streaming (count, sha256) and stop, naming the shard and `esvit shard --verify`."""
+    from esvit.data.shards import ShardSettings, write_shards
+    from esvit.data.sources import get_source
+    from tests.unit.test_train import TINY
+
+    shards = tmp_path / "shards"  # one shard, so the resampling training reader surely reads it
+    write_shards(get_source("digits"), "digits", "train", shards, ShardSettings(max_samples=2000, workers=1), progress=False)
+    tar = sorted(shards.glob("*.tar"))[0]
+    header, data = _member_offset(tar, ".cls", nth=50)
+    if damage == "tar header":
+        _flip(tar, header + 10)  # a byte of the member's name: the header checksum no longer matches
+    else:
+        _flip(tar, data, 0x01)  # its label digit, e.g. "3" -> "2": still a valid label
+    assert tar.stat().st_size == json.loads((shards / "manifest.json").read_text())["shards"][0]["bytes"]
+    train = run_cli("pretrain", "--shards", str(shards), "--out", str(tmp_path / "run"), "--no-progress", *TINY,
+                    "data.samples_per_epoch=1600", "data.num_workers=1", "optim.epochs=1")  # fmt: skip  (one full read)
+    extract = run_cli("extract", "--random-init", "--arch", "swin_pico", "--shards", str(shards), "--out",
+                      str(tmp_path / "f.pt"), "--image-size", "32", "--workers", "0", "--no-progress")  # fmt: skip
+    for proc in (train, extract):
+        err = [ln for ln in proc.stderr.splitlines() if "error:" in ln]
+        assert proc.returncode == 1 and len(err) == 1, proc.stderr[-3000:]
+        assert f"shard {tar} is damaged" in err[0] and f"esvit shard --verify {shards}" in err[0], err
+        assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "run" / "final.pth").exists() and not (tmp_path / "f.pt").exists()
+
+
+@pytest.mark.parametrize("policy", ["stop", "skip"])
+def test_a_corrupt_image_inside_a_consistent_shard_is_named_or_skipped(tmp_path, policy):
+    """A shard set written with shard.check=none holds a JPEG cut in half (its manifest is consistent): training
+    names the shard and the image's key and stops, or with data.on_bad_image=skip logs it and goes on."""
+    from esvit.data.shards import ShardSettings, write_shards
+    from esvit.data.sources import get_source
+    from tests.conftest import make_jpeg
+    from tests.unit.test_train import TINY
+
+    root = tmp_path / "photos" / "train"
+    for i in range(40):
+        make_jpeg(root / f"c{i % 2}" / f"{i:03d}.jpg", seed=i, size=(40, 40))
+    cut = root / "c1" / "007.jpg"
+    cut.write_bytes(cut.read_bytes()[:300])
+    write_shards(get_source("image_folder", str(tmp_path / "photos")), "photos", "train", tmp_path / "shards",
+                 ShardSettings(workers=1, check="none"), progress=False)  # fmt: skip
+    proc = run_cli("pretrain", "--shards", str(tmp_path / "shards"), "--out", str(tmp_path / "run"), "--no-progress",
+                   *TINY, "data.samples_per_epoch=40", "optim.batch_size_per_device=8", "optim.epochs=2",
+                   "data.num_workers=0", f"data.on_bad_image={policy}")  # fmt: skip
+    if policy == "stop":
+        err = [ln for ln in proc.stderr.splitlines() if "error:" in ln]
+        assert proc.returncode == 1 and len(err) == 1 and "does not decode" in err[0] and "on_bad_image=skip" in err[0], proc.stderr[-2000:]
+        assert "photos-train-" in err[0] or "007" in err[0] or "image " in err[0]
+    else:
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        assert "skipped: image" in proc.stderr and "data.on_bad_image=skip" in proc.stderr
