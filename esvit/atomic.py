@@ -11,12 +11,33 @@ import os
 from pathlib import Path
 from typing import Any, Iterator
 
-__all__ = ["atomic_path", "atomic_write_bytes", "atomic_write_json", "atomic_write_text"]
+__all__ = ["WriteError", "atomic_path", "atomic_write_bytes", "atomic_write_json", "atomic_write_text"]
+
+
+class WriteError(OSError):
+    """An artifact could not be written: the disk is full or a file-size limit was reached."""
+
+
+def _no_room(folder: Path, tmp: Path) -> str | None:
+    """Why a write in ``folder`` failed for lack of room, or None: the file-size limit (``ulimit -f``) reached,
+    or (almost) no free space on its file system."""
+    import resource
+    import shutil
+
+    limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+    if limit != resource.RLIM_INFINITY and tmp.exists() and tmp.stat().st_size >= limit - 65536:
+        return f"the file-size limit of this process is reached ({limit:,} bytes, `ulimit -f`)"
+    free = shutil.disk_usage(folder).free
+    if free < 64 << 20:
+        return f"the disk is full ({free / 1e6:.1f} MB free on the file system of {folder})"
+    return None
 
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; on success rename it onto ``path``, on error remove it."""
+    """Yield a temporary path beside ``path``; on success rename it onto ``path``, on error remove it (so the
+    file already at ``path``, if any, is untouched). A write that fails for lack of room raises
+    :class:`WriteError` saying so (torch.save reports a full disk as "unexpected pos" or a failed write)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
@@ -25,6 +46,12 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except (OSError, RuntimeError) as exc:
+        why = _no_room(path.parent, tmp)
+        if why is None:
+            raise
+        raise WriteError(f"cannot write {path}: {why}. Nothing else was touched; make room (or point the output "
+                         "elsewhere) and rerun") from None  # fmt: skip
     finally:
         if tmp.exists():
             tmp.unlink()

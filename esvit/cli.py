@@ -536,6 +536,7 @@ def _training_errors() -> tuple[type[Exception], ...]:
     where = {
         "esvit.train.loop": "TrainingError", "esvit.train.state": "CheckpointError", "esvit.eval.checks": "FeatureError",
         "esvit.lock": "LockError", "esvit.device": "DeviceError", "esvit.launch.submit": "LaunchError",
+        "esvit.atomic": "WriteError",
     }  # fmt: skip
     return tuple(getattr(sys.modules[m], name) for m, name in where.items() if m in sys.modules)
 

@@ -331,3 +331,43 @@ def test_a_corrupt_image_inside_a_consistent_shard_is_named_or_skipped(tmp_path,
     else:
         assert proc.returncode == 0, proc.stderr[-2000:]
         assert "skipped: image" in proc.stderr and "data.on_bad_image=skip" in proc.stderr
+
+
+def test_no_room_for_a_checkpoint_says_so_in_one_line_and_leaves_nothing_half_written(digits_shards, tmp_path):
+    """A real write failure: the pretraining process runs under a 3 MB file-size limit (`ulimit -f`), smaller
+    than its first checkpoint. torch.save used to fail with "unexpected pos"; now the message names the file and
+    the limit, and no partial checkpoint or temp file is left."""
+    import resource
+    import signal
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO, env_with_python
+    from tests.unit.test_train import TINY
+
+    def limit():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a failed write, not a killed process
+        resource.setrlimit(resource.RLIMIT_FSIZE, (3_000_000, 3_000_000))
+
+    run = tmp_path / "run"
+    proc = subprocess.run([sys.executable, "-m", "esvit", "pretrain", "--shards", str(digits_shards), "--out", str(run),
+                           "--no-progress", *TINY, "run.max_steps=2", "data.num_workers=0"], cwd=REPO, env=env_with_python(),
+                          capture_output=True, text=True, timeout=300, preexec_fn=limit)  # fmt: skip
+    err = [ln for ln in proc.stderr.splitlines() if "error:" in ln]
+    assert proc.returncode == 1 and len(err) == 1, proc.stderr[-2000:]
+    assert f"cannot write {run / 'checkpoint.pth'}: the file-size limit of this process is reached" in err[0], err
+    assert "Traceback" not in proc.stderr
+    assert sorted(p.name for p in run.iterdir() if "checkpoint" in p.name or ".tmp" in p.name) == []
+
+
+@pytest.mark.parametrize("change,named", [("model.arch=swin_nano", "model.arch: swin_pico -> swin_nano"),
+                                          ("model.out_dim=512", "model.out_dim: 256 -> 512")])  # fmt: skip
+def test_resuming_with_another_network_names_the_difference_instead_of_a_size_mismatch(digits_shards, tmp_path, change, named):
+    from tests.unit.test_train import TINY
+
+    base = ["pretrain", "--shards", str(digits_shards), "--out", str(tmp_path / "run"), "--no-progress", *TINY,
+            "data.num_workers=0", "run.checkpoint_every_steps=1"]  # fmt: skip
+    assert run_cli(*base, "run.max_steps=1").returncode == 0
+    proc = run_cli(*base, change)
+    err = [ln for ln in proc.stderr.splitlines() if "error:" in ln]
+    assert proc.returncode == 1 and len(err) == 1 and named in err[0] and "size mismatch" not in proc.stderr, proc.stderr[-2000:]
