@@ -371,3 +371,41 @@ def test_resuming_with_another_network_names_the_difference_instead_of_a_size_mi
     proc = run_cli(*base, change)
     err = [ln for ln in proc.stderr.splitlines() if "error:" in ln]
     assert proc.returncode == 1 and len(err) == 1 and named in err[0] and "size mismatch" not in proc.stderr, proc.stderr[-2000:]
+
+
+def test_a_corrupt_image_stops_extraction_naming_shard_and_key(tmp_path):
+    """webdataset's decoder used to raise a DecodingError with no text; the evaluation reader names the image."""
+    from esvit.data.shards import ShardSettings, write_shards
+    from esvit.data.sources import get_source
+    from tests.conftest import make_jpeg
+
+    root = tmp_path / "photos" / "test"
+    for i in range(6):
+        make_jpeg(root / "c" / f"{i}.jpg", seed=i, size=(40, 40))
+    (root / "c" / "3.jpg").write_bytes((root / "c" / "3.jpg").read_bytes()[:200])
+    write_shards(get_source("image_folder", str(tmp_path / "photos")), "photos", "test", tmp_path / "shards",
+                 ShardSettings(workers=1, check="none"), progress=False)  # fmt: skip
+    proc = run_cli("extract", "--random-init", "--arch", "swin_pico", "--shards", str(tmp_path / "shards"), "--out",
+                   str(tmp_path / "f.pt"), "--image-size", "32", "--workers", "0", "--no-progress")  # fmt: skip
+    err = [ln for ln in proc.stderr.splitlines() if "error:" in ln]
+    assert proc.returncode == 1 and len(err) == 1 and "does not decode" in err[0] and "in shard " in err[0], proc.stderr[-2000:]
+
+
+def test_the_workflow_dry_run_rejects_what_the_cli_rejects(tmp_path):
+    """`snakemake -n` used to accept a warm-up longer than training (the run then died on an AssertionError)."""
+    import subprocess
+    import sys
+
+    import yaml
+
+    from tests.conftest import REPO, env_with_python
+
+    cfg = {"datasets": {"digits": {"source": "digits"}},
+           "runs": {"r": {"config": str(REPO / "configs/pretrain/demo.yaml"), "dataset": "digits",
+                          "overrides": ["optim.warmup_epochs=400"]}}}  # fmt: skip
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+    proc = subprocess.run([sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory",
+                           str(tmp_path), "--configfile", str(tmp_path / "c.yaml"), "-n", "--cores", "1"],
+                          env=env_with_python(), capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert proc.returncode != 0 and "runs.r: " in proc.stderr + proc.stdout
+    assert "optim.warmup_epochs 400 is longer than optim.epochs 8" in proc.stderr + proc.stdout, proc.stderr[-2000:]
