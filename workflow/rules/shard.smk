@@ -15,7 +15,7 @@ rule write_shards:
         root=lambda w: dataset_param("root")(w) or "",
         options=dataset_param("options"),
         settings=json.dumps(config.get("shard", {})),
-        data_dir=DATA_DIR,
+        data_dir=lambda w, output: Path(output.manifest).parents[3],
         out=lambda w, output: Path(output.manifest).parent,
     threads: lookup(dpath="shard/workers", within=config, default=2)
     resources:
