@@ -6,6 +6,7 @@ A killed process leaves either the old file or the new one, never a half-written
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 from pathlib import Path
@@ -18,18 +19,35 @@ class WriteError(OSError):
     """An artifact could not be written: the disk is full or a file-size limit was reached."""
 
 
-def _no_room(folder: Path, tmp: Path) -> str | None:
-    """Why a write in ``folder`` failed for lack of room, or None: the file-size limit (``ulimit -f``) reached,
-    or (almost) no free space on its file system."""
+_NO_ROOM = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+
+
+def _no_room(folder: Path, tmp: Path, exc: BaseException) -> str | None:
+    """Why a write in ``folder`` failed for lack of room, or None: the error's own errno (disk full, quota,
+    file too large); for torch.save's errors, which carry none, the file-size limit (``ulimit -f``) reached,
+    (almost) no free space, or a probe write that fails with one of those errnos (a quota)."""
     import resource
     import shutil
 
+    code = getattr(exc, "errno", None)
+    if code is not None:
+        return f"{os.strerror(code).lower()} ({shutil.disk_usage(folder).free / 1e6:.1f} MB free there)" if code in _NO_ROOM else None
     limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
     if limit != resource.RLIM_INFINITY and tmp.exists() and tmp.stat().st_size >= limit - 65536:
         return f"the file-size limit of this process is reached ({limit:,} bytes, `ulimit -f`)"
     free = shutil.disk_usage(folder).free
     if free < 64 << 20:
         return f"the disk is full ({free / 1e6:.1f} MB free on the file system of {folder})"
+    probe = folder / f".probe{os.getpid()}"
+    try:
+        with open(probe, "wb") as f:
+            f.write(b"\0" * (1 << 20))
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as err:
+        return f"{os.strerror(err.errno).lower()} on the file system of {folder}" if err.errno in _NO_ROOM else None
+    finally:
+        probe.unlink(missing_ok=True)
     return None
 
 
@@ -47,7 +65,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except (OSError, RuntimeError) as exc:
-        why = _no_room(path.parent, tmp)
+        why = _no_room(path.parent, tmp, exc)
         if why is None:
             raise
         raise WriteError(f"cannot write {path}: {why}. Nothing else was touched; make room (or point the output "

@@ -184,6 +184,11 @@ def _move_aside(run: Path) -> None:
 
     from esvit.lock import RunLock
 
+    import os
+
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise UsageError("--restart renames the run folder, which one process must do: rename it yourself (or use "
+                         "--launcher slurm, whose launcher does it), then start the distributed run")  # fmt: skip
     if not run.exists():
         return
     with RunLock(run, "run folder"):  # nobody is training in it
@@ -547,7 +552,8 @@ def _one_line(exc: BaseException) -> str:
     text = str(exc)
     if "Original Traceback" in text:
         last = [ln for ln in text.strip().splitlines() if ln.strip()][-1]
-        text = last.split(": ", 1)[1] if last.startswith(type(exc).__name__ + ":") else last
+        head, _, rest = last.partition(": ")
+        text = rest if rest and head.rsplit(".", 1)[-1] == type(exc).__name__ else last
     return text
 
 

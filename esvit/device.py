@@ -34,7 +34,9 @@ def resolve_device(want: str = "auto") -> torch.device:
                           "False); use auto or cpu")  # fmt: skip
     count = torch.cuda.device_count()
     if want.startswith("cuda:"):
-        index = int(want.split(":", 1)[1])
+        if not want[5:].isdigit():
+            raise DeviceError(f"device {want!r}: use auto, cpu, cuda or cuda:N")
+        index = int(want[5:])
         if index >= count:
             raise DeviceError(f"device {want!r}: only {count} CUDA device(s) visible")
         return torch.device("cuda", index)

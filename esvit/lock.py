@@ -9,14 +9,18 @@ dies: nothing is left to clean up.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
+import logging
 import os
 import socket
 import time
 from pathlib import Path
 
 __all__ = ["LockError", "RunLock"]
+
+log = logging.getLogger("esvit")
 
 
 class LockError(RuntimeError):
@@ -37,8 +41,16 @@ class RunLock:
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
+        except OSError as exc:
             holder = os.read(fd, 4096).decode(errors="replace")
+            if exc.errno not in (errno.EAGAIN, errno.EACCES):  # no locking on this file system (ENOLCK, ENOSYS)
+                log.warning("cannot lock %s (%s): going on without the one-process check", self.path, exc.strerror)
+                self._fd = fd
+                return self
+            if _same_slurm_job(holder):  # our own job, requeued after its node died: an NFS lock may outlive it
+                log.warning("%s is locked by an earlier attempt of this Slurm job; taking it over", self.path)
+                self._fd = fd
+                return self
             os.close(fd)
             raise LockError(f"{self.what} {str(self.target)!r} is in use by {_describe(holder)}; wait for it to finish or "
                             "stop it (a crashed holder releases the lock by itself)") from None  # fmt: skip
@@ -53,6 +65,14 @@ class RunLock:
         if self._fd is not None:
             os.close(self._fd)  # releases the lock; the file stays (removing it would race a new holder)
             self._fd = None
+
+
+def _same_slurm_job(holder: str) -> bool:
+    job = os.environ.get("SLURM_JOB_ID")
+    try:
+        return bool(job) and json.loads(holder).get("slurm_job") == job
+    except ValueError:
+        return False
 
 
 def _describe(holder: str) -> str:

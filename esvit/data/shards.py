@@ -95,16 +95,18 @@ def check_image(data: bytes, ext: str, mode: str) -> str | None:
 def _jpeg_complete(data: bytes) -> bool:
     """Whether a JPEG's marker stream reaches its end-of-image marker (FFD9).
 
-    Walks the segments by their lengths (so an FFD9 inside an embedded EXIF thumbnail does not count) and, in
-    entropy-coded scan data, skips byte stuffing (FF00) and restart markers (FFD0-FFD7). Bytes after the EOI
-    marker, which cameras and editors write and decoders ignore, are fine; a file cut anywhere before it is
-    not: the same verdict as a full decode."""
+    Walks the segments by their lengths (so an FFD9 inside an embedded EXIF thumbnail does not count) and jumps
+    through entropy-coded scan data to the next real marker (FF followed by anything but 00 stuffing or a
+    restart marker); stray bytes between segments are skipped as libjpeg does. Bytes after the EOI marker,
+    which cameras and editors write and decoders ignore, are fine; a file cut anywhere before it is not: the
+    same verdict as a full decode."""
     n, i = len(data), 2  # after SOI
-    while i + 4 <= n:
-        if data[i] != 0xFF:
+    while True:
+        i = data.find(b"\xff", i)
+        if i < 0 or i + 1 >= n:
             return False
         marker = data[i + 1]
-        if marker == 0xFF:  # fill byte
+        if marker == 0xFF or marker == 0x00:  # fill byte, or a stray FF00 between segments
             i += 1
             continue
         if marker == 0xD9:
@@ -112,11 +114,19 @@ def _jpeg_complete(data: bytes) -> bool:
         if 0xD0 <= marker <= 0xD7 or marker == 0x01:  # markers without a length
             i += 2
             continue
+        if i + 4 > n:
+            return False
         i += 2 + int.from_bytes(data[i + 2 : i + 4], "big")
         if marker == 0xDA:  # start of scan: entropy-coded data up to the next real marker
-            while i + 1 < n and not (data[i] == 0xFF and data[i + 1] != 0x00 and not 0xD0 <= data[i + 1] <= 0xD7):
-                i += 1
-    return i + 1 < n and data[i] == 0xFF and data[i + 1] == 0xD9
+            while True:
+                i = data.find(b"\xff", i)
+                if i < 0 or i + 1 >= n:
+                    return False
+                nxt = data[i + 1]
+                if nxt == 0x00 or 0xD0 <= nxt <= 0xD7 or nxt == 0xFF:
+                    i += 1 if nxt == 0xFF else 2
+                    continue
+                break
 
 
 def _encode_png(arr: np.ndarray) -> bytes:

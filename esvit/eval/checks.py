@@ -17,12 +17,15 @@ class FeatureError(ValueError):
     """Features or labels that cannot be evaluated as they are."""
 
 
-def first_non_finite(x: torch.Tensor) -> int | None:
-    """Index of the first row of ``x`` with a NaN or inf, or None. (A NaN-propagating max is the fast check.)"""
-    if x.numel() == 0 or torch.isfinite(x.float().abs().amax()):
-        return None
-    rows = ~torch.isfinite(x.float()).reshape(len(x), -1).all(1)
-    return int(rows.nonzero()[0])
+def first_non_finite(x: torch.Tensor, chunk: int = 65536) -> int | None:
+    """Index of the first row of ``x`` with a NaN or inf, or None. Chunk by chunk in the stored dtype (a
+    NaN-propagating max per chunk), so an ImageNet-sized cache is never copied whole."""
+    for start in range(0, len(x), chunk):
+        part = x[start : start + chunk]
+        if part.numel() and not torch.isfinite(part.abs().amax()):
+            rows = ~torch.isfinite(part).reshape(len(part), -1).all(1)
+            return start + int(rows.nonzero()[0])
+    return None
 
 
 def check_features(train: tuple[torch.Tensor, torch.Tensor], test: tuple[torch.Tensor, torch.Tensor],

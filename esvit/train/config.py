@@ -264,6 +264,9 @@ def _merge(into: dict, diff: dict) -> None:
 # Keys a run may change when it resumes: how long it runs, where and how it logs, checkpoints and loads data,
 # and where it runs. Everything else decides what is trained, so a resume with another value is refused.
 RESUMABLE_KEYS = (
+    # the batch split may change with the job's shape: the total (and so the lr and the steps per epoch) is what
+    # must not, and the resume checks the steps per epoch
+    "optim.batch_size_per_device", "optim.total_batch_size",
     "optim.epochs", "data.shards", "data.num_workers", "data.verify", "data.on_bad_image", "run.device", "run.threads", "run.checkpoint_every_steps",
     "run.keep_every_epochs", "run.keep_epochs", "run.log_every_steps", "run.max_steps", "run.continual_from",
     "run.tensorboard", "run.reuse_memory", "run.dist_timeout_min", "launch.",
@@ -295,7 +298,8 @@ def training_digest(cfg: TrainConfig) -> str:
     import hashlib
     import json
 
-    flat = {k: v for k, v in _flat(to_dict(cfg)).items() if not k.startswith(RESUMABLE_KEYS)}
+    default = _flat(to_dict(TrainConfig()))  # only what differs from the defaults: a new key does not change it
+    flat = {k: v for k, v in _flat(to_dict(cfg)).items() if not k.startswith(RESUMABLE_KEYS) and default.get(k, k) != v}
     return hashlib.sha256(json.dumps(flat, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 

@@ -191,6 +191,7 @@ class Trainer:
         self.wd = cosine_schedule(oc.weight_decay, oc.weight_decay_end, oc.epochs, iters_per_epoch)
         self.momentum = cosine_schedule(oc.momentum_teacher, 1.0, oc.epochs, iters_per_epoch)
         self.epoch, self.it, self.global_step = 0, 0, 0
+        self.data_identity: str | None = None  # what the run trains on (set by train(); checked on resume)
 
     # -- resume -----------------------------------------------------------------------------------------------
     def state(self, rng_ranks: list | None = None) -> dict[str, Any]:
@@ -209,9 +210,16 @@ class Trainer:
             "rng": rng_state(),
             "rng_ranks": rng_ranks,
             "config": json.loads(json.dumps(to_dict(self.cfg))),
+            "data_identity": self.data_identity,
         }
 
     def load_state(self, ckpt: dict[str, Any], path: Path) -> None:
+        saved, now = ckpt.get("data_identity"), self.data_identity
+        if saved and now and saved != now:
+            raise CheckpointError(
+                f"{path}: the run was trained on other shards ({saved}; now {now}): data.shards may move, not change. "
+                "Point it at the run's own shard set, or start afresh with `esvit pretrain --restart`"
+            )
         changed = training_differences(ckpt.get("config", {}), self.cfg)
         if changed:
             raise CheckpointError(
@@ -417,6 +425,7 @@ def _train(cfg: TrainConfig, run_dir: Path, dist_info: DistInfo, should_stop: Ca
 
     # -- student/teacher, loss, optimizer, schedules ------------------------------------------------------------
     tr = Trainer(cfg, run_dir, iters, dist_info)
+    tr.data_identity = _shards_identity(shards)
     if main:
         total = bs * dist_info.world_size
         log.info("batch %d = %d per process x %d processes; peak lr %.3g (optim.lr %g x %d / 256); %d steps per epoch",
@@ -442,11 +451,23 @@ def _train(cfg: TrainConfig, run_dir: Path, dist_info: DistInfo, should_stop: Ca
 
     def checkpoint(keep_epoch: int | None = None) -> Path:  # a collective: every rank calls it at the same step
         rng_ranks = gather_objects(rng_state()) if dist_info.distributed else None
+        error = None
         if main:
             state = tr.state(rng_ranks)
-            save_checkpoint(latest, state)
-            if keep_epoch is not None:
-                save_checkpoint(run_dir / f"checkpoint{keep_epoch:04d}.pth", state)
+            try:
+                save_checkpoint(latest, state)
+                if keep_epoch is not None:
+                    save_checkpoint(run_dir / f"checkpoint{keep_epoch:04d}.pth", state)
+            except Exception as exc:  # every rank stops with rank 0's error instead of waiting for it
+                if not dist_info.distributed:
+                    raise
+                error = exc
+        if dist_info.distributed:
+            failed = gather_objects(f"{type(error).__name__}: {error}" if error else None)[0]
+            if error is not None:
+                raise error
+            if failed:
+                raise TrainingError(f"rank 0 could not write the checkpoint ({failed}); stopped")
         return latest
 
     total_steps = cfg.optim.epochs * iters
@@ -522,6 +543,16 @@ def _train(cfg: TrainConfig, run_dir: Path, dist_info: DistInfo, should_stop: Ca
         })  # fmt: skip
         return run_dir / "final.pth"
     return path
+
+
+def _shards_identity(shards) -> str:
+    """What a run trains on, independent of where the shards lie: the datasets, splits and sample count, and a
+    hash of the shards' sha256 from the manifests."""
+    import hashlib
+
+    h = hashlib.sha256("".join(s.get("sha256", "") for s in shards.manifest["shards"]).encode()).hexdigest()[:12]
+    name = shards.manifest.get("dataset", "mix") + "/" + str(shards.manifest.get("split", ""))
+    return f"{name} {shards.total} samples {h}"
 
 
 def _log_record(tr: Trainer, window: list[StepStats], img_s: float, wait: float) -> dict:

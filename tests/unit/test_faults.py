@@ -222,12 +222,17 @@ def test_a_second_process_on_the_same_folder_stops_naming_the_holder(command, di
                     "--image-size", "32", "--workers", "0", "--no-progress"],
     }[command]  # fmt: skip
     with RunLock(out, "x", folder=command != "extract"):
+        monkeypatch.setenv("SLURM_JOB_ID", "4243")  # the second process belongs to another job
         proc = run_cli(*argv)
     err = [ln for ln in proc.stderr.splitlines() if "error:" in ln]
     assert proc.returncode == 1 and len(err) == 1, proc.stderr[-2000:]
     assert f"is in use by pid {__import__('os').getpid()} on" in err[0] and "Slurm job 4242" in err[0], err
     assert not (out / "checkpoint.pth").exists() and not (out / "manifest.json").exists() and not out.with_suffix(".pt").exists()
     assert run_cli(*argv).returncode == 0  # free again: it runs
+    monkeypatch.setenv("SLURM_JOB_ID", "4242")
+    with RunLock(out, "x", folder=command != "extract"):  # a requeued attempt of the holder's own job takes over
+        taken = run_cli(*argv)
+    assert taken.returncode == 0 and "locked by an earlier attempt of this Slurm job" in taken.stderr, taken.stderr[-1500:]
 
 
 def test_a_changed_training_config_refuses_to_resume_and_restart_keeps_the_old_run(digits_shards, tmp_path):
@@ -301,6 +306,7 @@ def test_a_damaged_shard_stops_training_and_extraction_naming_it(digits_shards, 
         err = [ln for ln in proc.stderr.splitlines() if "error:" in ln]
         assert proc.returncode == 1 and len(err) == 1, proc.stderr[-3000:]
         assert f"shard {tar} is damaged" in err[0] and f"esvit shard --verify {shards}" in err[0], err
+        assert "ShardError" not in err[0]  # a loader worker's error, unwrapped to its own message
         assert "Traceback" not in proc.stderr
     assert not (tmp_path / "run" / "final.pth").exists() and not (tmp_path / "f.pt").exists()
 
@@ -409,3 +415,26 @@ def test_the_workflow_dry_run_rejects_what_the_cli_rejects(tmp_path):
                           env=env_with_python(), capture_output=True, text=True, timeout=300)  # fmt: skip
     assert proc.returncode != 0 and "runs.r: " in proc.stderr + proc.stdout
     assert "optim.warmup_epochs 400 is longer than optim.epochs 8" in proc.stderr + proc.stdout, proc.stderr[-2000:]
+
+
+def test_resume_allows_another_batch_split_of_the_same_total_and_refuses_other_shards(digits_shards, tmp_path):
+    """optim.total_batch_size: the per-process batch differs with the job's shape, and the resume allows it; the
+    shards may move but not change (same size, other data: refused)."""
+    from esvit.data.shards import ShardSettings, write_shards
+    from esvit.data.sources import get_source
+    from esvit.train.config import load_train_config, training_differences
+    from tests.unit.test_train import TINY
+
+    on8 = load_train_config("configs/paper/swin_tiny_w7.yaml", ["optim.batch_size_per_device=64"])
+    on16 = load_train_config("configs/paper/swin_tiny_w7.yaml", ["optim.batch_size_per_device=32"])
+    from esvit.config import to_dict
+
+    assert training_differences(to_dict(on8), on16) == []
+    run = tmp_path / "run"
+    base = ["pretrain", "--out", str(run), "--no-progress", *TINY, "data.num_workers=0", "run.checkpoint_every_steps=1"]
+    assert run_cli(*base, "--shards", str(digits_shards), "run.max_steps=1").returncode == 0
+    other = tmp_path / "other"  # the same number of samples, other images (the test split, repeated)
+    write_shards(get_source("digits"), "digits", "test", other, ShardSettings(workers=1), progress=False)
+    proc = run_cli(*base, "--shards", str(other))
+    err = [ln for ln in proc.stderr.splitlines() if "error:" in ln]
+    assert proc.returncode == 1 and len(err) == 1 and "the run was trained on other shards (digits/train" in err[0], proc.stderr[-1500:]
