@@ -535,7 +535,7 @@ class UsageError(ValueError):
     """Wrong command-line arguments."""
 
 
-def _training_errors() -> tuple[type[Exception], ...]:
+def _user_errors() -> tuple[type[Exception], ...]:
     """The user-facing error types of the modules a command loaded (only those: importing the others would
     import torch for every command)."""
     where = {
@@ -589,7 +589,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, UsageError) as exc:
         print(f"esvit: error: {exc}", file=sys.stderr)
         return 2
-    except (ShardError, SourceError, FileNotFoundError, *_training_errors()) as exc:  # evaluated when raised
+    except (ShardError, SourceError, FileNotFoundError, *_user_errors()) as exc:  # evaluated when raised
         print(f"esvit: error: {_one_line(exc)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -92,17 +92,15 @@ class _HashingReader(io.RawIOBase):
     """A read-only file that hashes what passes through it (sha256 while streaming: no second read)."""
 
     def __init__(self, f, hashing: bool = True):
-        self.f, self.sha, self.n = f, hashlib.sha256() if hashing else None, 0
+        self.f, self.sha = f, hashlib.sha256() if hashing else None
 
     def readable(self) -> bool:
         return True
 
     def readinto(self, b) -> int:
         n = self.f.readinto(b)
-        if n:
-            if self.sha is not None:
-                self.sha.update(memoryview(b)[:n])
-            self.n += n
+        if n and self.sha is not None:
+            self.sha.update(memoryview(b)[:n])
         return n or 0
 
     def drain(self) -> None:

@@ -283,11 +283,14 @@ def _flat(d: dict, prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def _defaults() -> dict[str, Any]:
+    return _flat(to_dict(TrainConfig()))
+
+
 def training_differences(saved: dict, cfg: TrainConfig) -> list[str]:
     """``key: saved -> now`` for every training-relevant key (not in :data:`RESUMABLE_KEYS`) that differs
     between a checkpoint's resolved config and ``cfg``."""
-    default = _flat(to_dict(TrainConfig()))  # a key a checkpoint of an older version lacks had its default
-    old, new = {**default, **_flat(saved)}, _flat(to_dict(cfg))
+    old, new = {**_defaults(), **_flat(saved)}, _flat(to_dict(cfg))  # a key older checkpoints lack had its default
     keys = sorted(k for k in old.keys() | new.keys() if not k.startswith(RESUMABLE_KEYS))
     return [f"{k}: {old.get(k, '(absent)')} -> {new.get(k, '(absent)')}" for k in keys if old.get(k) != new.get(k)]
 
@@ -298,7 +301,7 @@ def training_digest(cfg: TrainConfig) -> str:
     import hashlib
     import json
 
-    default = _flat(to_dict(TrainConfig()))  # only what differs from the defaults: a new key does not change it
+    default = _defaults()  # only what differs from the defaults: a new key does not change it
     flat = {k: v for k, v in _flat(to_dict(cfg)).items() if not k.startswith(RESUMABLE_KEYS) and default.get(k, k) != v}
     return hashlib.sha256(json.dumps(flat, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
