@@ -64,7 +64,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="results/bench", help="folder for the JSON-lines files (default %(default)s)")
     sub = p.add_subparsers(dest="bench", metavar="BENCH", required=True)
     for name, (configure, fn) in BENCHES.items():
-        configure(sub.add_parser(name, help=(fn.__doc__ or "").strip().splitlines()[0]))
+        configure(sub.add_parser(name, help=(fn.__doc__ or "").strip().splitlines()[0].replace("%", "%%")))
 
 
 def run(args: argparse.Namespace) -> int:

@@ -33,6 +33,12 @@ def _train_args(p: argparse.ArgumentParser) -> None:
                    "shift-then-pad block, to measure what the official order costs (default %(default)s)")
     p.add_argument("--deterministic", action="store_true", help="deterministic GPU kernels (run.deterministic): measure their cost")
     p.add_argument("--no-reuse-memory", action="store_true", help="leave glibc's malloc settings alone (run.reuse_memory=false)")
+    p.add_argument("--no-chunked-heads", action="store_true",
+                   help="the heads' last layers as whole [tokens, K] logits (run.chunked_heads=false), to compare")
+    p.add_argument("--chunk-rows", type=int, default=None, help="rows per chunk of the chunked heads (run.head_chunk_rows)")
+    p.add_argument("--breakdown", action="store_true",
+                   help="also time the parts of the step (backbone / heads / loss forward and backward, optimizer, EMA) "
+                   "over 2 more steps, synchronising between parts")
 
 
 def matmul_peak(device: str, dtype: Any, n: int = 2048, repeats: int = 10) -> float:
@@ -76,12 +82,117 @@ def _peak_rss_gb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6  # KB on Linux
 
 
+def _rss_gb() -> float:
+    """Resident memory now (Linux; the peak elsewhere)."""
+    try:
+        pages = int(Path("/proc/self/statm").read_text().split()[1])
+    except (OSError, IndexError, ValueError):
+        return _peak_rss_gb()
+    import os
+
+    return pages * os.sysconf("SC_PAGE_SIZE") / 1e9
+
+
+def step_memory(tr, crops: list, device: str) -> float:
+    """GB: the most memory the tensors allocated during one more step held at once, above what was allocated when
+    it began (the model, the optimizer state, the batch): the allocator's own count, so neither the process's other
+    memory nor the allocator's cache blurs the comparison of two ways to run a step. On GPUs from
+    ``torch.cuda.max_memory_allocated``; on CPU from the profiler's record of every allocation and free."""
+    import torch
+
+    if device == "cuda":
+        torch.cuda.synchronize()
+        start = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        tr.step(crops)
+        torch.cuda.synchronize()
+        return (torch.cuda.max_memory_allocated() - start) / 1e9
+    return allocator_peak_gb(lambda: tr.step(crops))
+
+
+def allocator_peak_gb(fn) -> float:
+    """GB: the most memory the CPU tensors allocated while ``fn()`` runs held at once, above the start (from the
+    profiler's record of every allocation and free)."""
+    import os
+
+    from torch.profiler import ProfilerActivity, profile
+
+    os.environ.setdefault("KINETO_LOG_LEVEL", "5")  # the profiler's GPU probe would log an error on CPU machines
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    now = peak = 0
+    for event in sorted((e for e in prof.events() if e.self_cpu_memory_usage), key=lambda e: e.time_range.start):
+        now += event.self_cpu_memory_usage
+        peak = max(peak, now)
+    return peak / 1e9
+
+
+def step_breakdown(tr, crops: list, sync, steps: int = 2) -> dict[str, float]:
+    """Seconds per part of a training step (the mean of ``steps`` steps), from the trainer's phase marks and
+    hooks on the student's backbone: the backbone's forward (its calls), the heads' forward (the rest of the
+    student forward), the loss (with chunked heads it also forms the heads' last-layer gradients), the heads'
+    backward (until the backbone's outputs have their gradients), the backbone's backward, the optimizer
+    (clipping, AdamW) and the teacher's EMA; ``teacher`` is its whole forward, ``other`` the ranks' agreement."""
+    import torch
+
+    backbone = tr.student.backbone
+    times: dict[str, float] = {}
+    state: dict[str, float] = {}
+
+    def add(name: str, seconds: float) -> None:
+        times[name] = times.get(name, 0.0) + seconds
+
+    def now() -> float:
+        sync()
+        return time.perf_counter()
+
+    def pre(_m, _inp):
+        state["fwd"] = now()
+
+    def grad_arrived(grad):
+        # a hook runs as autograd is about to go into the backbone through this output: the first one marks the
+        # end of the heads' backward
+        state["grads_at"] = min(state["grads_at"], now())
+        return grad
+
+    def post(_m, _inp, out):
+        add("backbone_forward", now() - state["fwd"])
+        for t in out:
+            if torch.is_tensor(t) and t.requires_grad:
+                t.register_hook(grad_arrived)
+
+    def mark(name: str) -> None:
+        t = now()
+        seconds = t - state["last"]
+        if name == "student":
+            add("heads_forward", seconds - (times.get("backbone_forward", 0.0) - state["backbone_before"]))
+        elif name == "backward":
+            add("heads_loss_backward", state["grads_at"] - state["last"])
+            add("backbone_backward", t - state["grads_at"])
+        else:
+            add({"agree": "other"}.get(name, name), seconds)
+        state["last"] = now()
+
+    handles = [backbone.register_forward_pre_hook(pre), backbone.register_forward_hook(post)]
+    tr.mark_phase = mark
+    try:
+        for _ in range(steps):
+            state.update(last=now(), backbone_before=times.get("backbone_forward", 0.0), grads_at=float("inf"))
+            tr.step(crops)
+    finally:
+        tr.mark_phase = None
+        for h in handles:
+            h.remove()
+    return {k: round(v / steps, 3) for k, v in times.items()}
+
+
 @benchmark("train", _train_args)
 def bench_train(args: argparse.Namespace) -> dict:
     """EsViT training step (student fwd+bwd, teacher fwd, loss, AdamW, EMA): img/s, GFLOP/s, % of matmul peak."""
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
+    from esvit.losses.chunked import default_chunk_rows
     from esvit.train.config import load_train_config
     from esvit.train.loop import Trainer
 
@@ -94,8 +205,10 @@ def bench_train(args: argparse.Namespace) -> dict:
         f"crops.local_size=[{args.local_size}]", f"crops.local_number=[{args.locals}]", f"run.precision={args.precision}",
         f"run.device={args.device}", f"run.threads={args.threads}", "optim.warmup_epochs=0", "optim.epochs=1",
         "optim.freeze_last_layer=0", f"run.reuse_memory={not args.no_reuse_memory}", f"run.deterministic={args.deterministic}",
-    ])  # fmt: skip
+        f"run.chunked_heads={not args.no_chunked_heads}",
+    ] + ([f"run.head_chunk_rows={args.chunk_rows}"] if args.chunk_rows else []))  # fmt: skip
     tr = Trainer(cfg, Path(tempfile.gettempdir()), iters_per_epoch=1000)
+    rss_before = _rss_gb()
     if args.swin_block == "timm":
         from timm.models.swin_transformer import SwinTransformerBlock
 
@@ -137,16 +250,22 @@ def bench_train(args: argparse.Namespace) -> dict:
         tr.step(crops)
     sync()
     dt = (time.perf_counter() - t0) / args.steps
+    parts = step_breakdown(tr, crops, sync) if args.breakdown else None
+    step_gb = step_memory(tr, crops, args.device)
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[args.precision]
     peak = matmul_peak(args.device, dtype, n=2048 if args.device == "cpu" else 8192)
     achieved = flops / dt / 1e9
     return {
         "arch": args.arch, "batch": batch, "crops": f"2x{args.global_size}+{args.locals}x{args.local_size}",
         "out_dim": args.out_dim, "region_weight": args.region_weight, "precision": args.precision, "device": args.device,
-        "threads": args.threads, "swin_block": args.swin_block, "deterministic": args.deterministic, "reuse_memory": not args.no_reuse_memory, "step_s": round(dt, 3), "img_s": round(batch / dt, 3),
+        "threads": args.threads, "swin_block": args.swin_block, "deterministic": args.deterministic, "reuse_memory": not args.no_reuse_memory,
+        "chunked_heads": not args.no_chunked_heads, "chunk_rows": tr.loss.chunk_rows or default_chunk_rows(args.out_dim, args.device),
+        "step_s": round(dt, 3), "img_s": round(batch / dt, 3),
         "gflop_per_step": round(flops / 1e9, 1), "gflop_s": round(achieved, 1), "matmul_peak_gflop_s": round(peak, 1),
-        "fraction_of_peak": round(achieved / peak, 3), "peak_rss_gb": round(_peak_rss_gb(), 2),
+        "fraction_of_peak": round(achieved / peak, 3), "peak_rss_gb": round(_peak_rss_gb(), 2), "rss_before_steps_gb": round(rss_before, 2),
+        "step_peak_gb": round(step_gb, 3),
         "peak_gpu_gb": round(torch.cuda.max_memory_allocated() / 1e9, 2) if args.device == "cuda" else None,
+        **({"parts_s": parts} if parts else {}),
     }  # fmt: skip
 
 

@@ -58,6 +58,9 @@ class DINOHead(nn.Module):
         if norm_last_layer:
             self.last_layer.weight_g.requires_grad = False
 
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """The last layer's input: the MLP's output, L2-normalised ([.., bottleneck_dim])."""
+        return F.normalize(self.mlp(x), dim=-1, p=2)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.normalize(self.mlp(x), dim=-1, p=2)
-        return self.last_layer(x)
+        return self.last_layer(self.embed(x))

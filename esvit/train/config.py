@@ -104,7 +104,8 @@ class RunConfig:
     seed: int = _field(0, min=0, help="Seed of initialisation and data order.")
     device: Literal["auto", "cpu", "cuda"] = _field("auto", help="auto: cuda when available.")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = _field(
-        "auto", help="auto: bf16 autocast on GPUs that support it, fp32 on CPU (fp32 is faster there)."
+        "auto", help="auto: bf16 autocast on GPUs that support it, fp32 on CPU (exact; on CPUs with bf16 matrix "
+        "instructions, e.g. avx512_bf16, bf16 can be over 2x faster: `esvit bench train --precision bf16` measures it)."
     )
     threads: int | None = _field(None, gt=0, help="torch CPU threads (default: torch's choice).")
     checkpoint_every_steps: int = _field(0, min=0, help="Also checkpoint every N steps (0: only at epoch ends).")
@@ -120,6 +121,11 @@ class RunConfig:
     )
     dist_timeout_min: float = _field(30.0, gt=0, help="Minutes a collective waits for the other ranks before failing (a hung or dead rank ends the job instead of stalling it).")
     reuse_memory: bool = _field(True, help="Keep freed host memory for reuse (glibc); large CPU steps ~1.3x faster.")
+    chunked_heads: bool = _field(
+        True, help="Apply the heads' K-wide last layers inside the loss, a chunk of rows at a time, so no [tokens, K] "
+        "logits exist (same loss to float rounding, far less memory; `esvit bench train --no-chunked-heads` compares)."
+    )
+    head_chunk_rows: int | None = _field(None, gt=0, help="Rows per chunk of the chunked heads (default: ~8 MB of logits on CPU, ~512 MB on GPUs).")
 
 
 @dataclasses.dataclass
@@ -269,7 +275,7 @@ RESUMABLE_KEYS = (
     "optim.batch_size_per_device", "optim.total_batch_size",
     "optim.epochs", "data.shards", "data.num_workers", "data.verify", "data.on_bad_image", "run.device", "run.threads", "run.checkpoint_every_steps",
     "run.keep_every_epochs", "run.keep_epochs", "run.log_every_steps", "run.max_steps", "run.continual_from",
-    "run.tensorboard", "run.reuse_memory", "run.dist_timeout_min", "launch.",
+    "run.tensorboard", "run.reuse_memory", "run.dist_timeout_min", "run.chunked_heads", "run.head_chunk_rows", "launch.",
 )  # fmt: skip
 
 

@@ -55,7 +55,7 @@ def build_models(cfg: TrainConfig) -> tuple[EsViTNet, EsViTNet]:
     """Student (drop path from the config) and teacher (no drop path, a copy of the student, no gradients)."""
     m = cfg.model
     region = cfg.loss.region_loss_weight > 0
-    heads = dict(out_dim=m.out_dim, region=region, norm_last_layer=m.norm_last_layer, hidden_dim=m.hidden_dim,
+    heads = dict(out_dim=m.out_dim, region=region, norm_last_layer=m.norm_last_layer, chunked_heads=cfg.run.chunked_heads, hidden_dim=m.hidden_dim,
                  bottleneck_dim=m.bottleneck_dim)  # fmt: skip
     student = EsViTNet(Backbone(m.arch, m.drop_path_rate), **heads)
     teacher = EsViTNet(Backbone(m.arch, 0.0), **heads)
@@ -179,7 +179,8 @@ class Trainer:
         # -- loss ----------------------------------------------------------------------------------------------
         lc, oc = cfg.loss, cfg.optim
         self.loss = EsViTLoss(cfg.model.out_dim, oc.epochs, lc.region_loss_weight, lc.student_temp, lc.teacher_temp,
-                              lc.warmup_teacher_temp, lc.warmup_teacher_temp_epochs, lc.center_momentum).to(self.device)  # fmt: skip
+                              lc.warmup_teacher_temp, lc.warmup_teacher_temp_epochs, lc.center_momentum,
+                              chunk_rows=cfg.run.head_chunk_rows).to(self.device)  # fmt: skip
 
         # -- optimizer -----------------------------------------------------------------------------------------
         self.optimizer = torch.optim.AdamW(param_groups(self.student))
@@ -192,6 +193,9 @@ class Trainer:
         self.momentum = cosine_schedule(oc.momentum_teacher, 1.0, oc.epochs, iters_per_epoch)
         self.epoch, self.it, self.global_step = 0, 0, 0
         self.data_identity: str | None = None  # what the run trains on (set by train(); checked on resume)
+        # called with a phase's name as each part of a step ends (teacher, student, loss, backward, agree,
+        # optimizer, ema): `esvit bench train --breakdown` times the parts with it
+        self.mark_phase: Callable[[str], None] | None = None
 
     # -- resume -----------------------------------------------------------------------------------------------
     def state(self, rng_ranks: list | None = None) -> dict[str, Any]:
@@ -302,16 +306,23 @@ class Trainer:
             group["lr"] = float(self.lr[g])
             if i == 0:
                 group["weight_decay"] = float(self.wd[g])
+        mark = self.mark_phase or (lambda name: None)
         crops = [c.to(self.device, non_blocking=True) for c in crops]
+        self.optimizer.zero_grad(set_to_none=True)  # now: the last step's gradients never sit beside the activations
         with self.autocast():  # the networks in half precision; the loss (and matching) in fp32, outside it
             with torch.no_grad():
                 teacher_out = self.teacher(crops[:2])[0]
+            mark("teacher")
             student_out = self.student_ddp(crops)
+            mark("student")
         parts = self.loss(student_out, teacher_out, epoch)
+        del student_out, teacher_out  # what backward needs, autograd keeps; the rest (teacher logits, ...) goes now
         loss = parts.total
-        self.optimizer.zero_grad(set_to_none=True)
+        mark("loss")
         (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
+        mark("backward")
         stats = self._agree(parts, stop_request)
+        mark("agree")
         bad = [r for r, v in enumerate(stats[0]) if not math.isfinite(v)]
         if bad:
             self.optimizer.zero_grad(set_to_none=True)
@@ -332,7 +343,9 @@ class Trainer:
             cancel_last_layer_grads(self.student, epoch, self.cfg.optim.freeze_last_layer)
             self.scaler.step(self.optimizer)
             self.scaler.update()
+        mark("optimizer")
         ema_update(self.teacher, self.student, float(self.momentum[g]))
+        mark("ema")
         self.global_step += 1
         self.it += 1
         r = self.dist.rank

@@ -80,3 +80,60 @@ def test_batch_auto_runs_and_halves_until_a_batch_fits(tmp_path):
     assert largest_batch(fits, 128, lambda: released.append(1)) == 16 and tried == [128, 64, 32, 16] and len(released) == 3
     with pytest.raises(SystemExit, match="even batch 1 does not fit"):
         largest_batch(lambda b: (_ for _ in ()).throw(torch.OutOfMemoryError("oom")), 4)
+
+
+def test_the_step_memory_is_what_the_step_allocates_at_once():
+    """The allocator-level peak of a function against tensors of known size: 32 MB and 24 MB alive at once (a
+    freed 16 MB block before a new 8 MB one does not add up), whatever the process held before."""
+    import torch
+
+    from esvit.bench.train import allocator_peak_gb
+
+    held = torch.ones(4_000_000)  # allocated before: not counted
+
+    def work():
+        a = torch.ones(4_000_000)  # 16 MB
+        b = a * 2  # 32 MB alive
+        del a
+        c = torch.ones(2_000_000)  # 24 MB alive
+        del b, c
+
+    assert allocator_peak_gb(work) == pytest.approx(0.032, rel=1e-3)
+    assert held.sum() > 0
+
+
+def test_bench_train_compares_the_heads_and_breaks_the_step_down(tmp_path):
+    """`--no-chunked-heads` runs the whole-logits path (recorded as such), and `--breakdown` times every part of
+    the step; the parts add up to about one step."""
+    lines = []
+    for heads in ([], ["--no-chunked-heads"]):
+        proc = run_cli("bench", "--out", str(tmp_path), "train", "--arch", "swin_pico", "--batch", "2", "--global-size",
+                       "64", "--local-size", "32", "--locals", "2", "--out-dim", "2048", "--steps", "2", "--breakdown", *heads)  # fmt: skip
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        lines.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+    assert [line["chunked_heads"] for line in lines] == [True, False]
+    for line in lines:
+        parts = line["parts_s"]
+        assert set(parts) == {"teacher", "backbone_forward", "heads_forward", "loss", "heads_loss_backward",
+                              "backbone_backward", "other", "optimizer", "ema"}  # fmt: skip
+        assert min(parts.values()) >= 0 and 0 < sum(parts.values()) < 3 * line["step_s"] + 1
+        assert line["step_peak_gb"] > 0
+
+
+def test_every_help_page_prints():
+    """`--help` of `esvit`, of each command and of each benchmark renders (argparse formats help texts with %:
+    a stray percent sign in a docstring used to crash `esvit bench --help`)."""
+    import contextlib
+    import io
+
+    from esvit.bench import BENCHES
+    from esvit.cli import build_parser
+
+    parser = build_parser()
+    commands = [a for a in parser._subparsers._group_actions[0].choices]  # every subcommand
+    pages = [[]] + [[c] for c in commands] + [["bench", name] for name in BENCHES]
+    for page in pages:
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out), pytest.raises(SystemExit) as exit_:
+            parser.parse_args([*page, "--help"])
+        assert exit_.value.code == 0 and "usage:" in out.getvalue(), page

@@ -189,3 +189,158 @@ def test_the_loss_never_reads_a_device_tensor_on_the_host():
     loss = EsViTLoss(K, epochs=3).double().to("meta")
     parts = loss([meta(g) for g in student], meta(teacher[0]), 0)
     assert parts.total.device.type == "meta" and parts.region.shape == ()
+
+
+# -- chunked heads: the last layers applied inside the loss, a chunk of rows at a time ----------------------------
+
+
+def _naive_fused(z_s, w_s, z_t, w_t, center, s_rows, t_rows, weights, s_temp, t_temp):
+    """Straight autograd: every logit materialised."""
+    q = torch.softmax((z_t @ w_t.T - center) / t_temp, dim=-1)
+    logp = torch.log_softmax(z_s @ w_s.T / s_temp, dim=-1)
+    return (weights * -(q[t_rows] * logp[s_rows]).sum(-1)).sum(), (z_t @ w_t.T).sum(0, keepdim=True)
+
+
+@pytest.mark.parametrize("rows", [1, 4, 1000])
+def test_fused_cross_entropy_matches_autograd_for_any_chunking(rows):
+    from esvit.losses.chunked import fused_cross_entropy
+
+    gen = torch.Generator().manual_seed(11)
+    n, m, d, k, p = 13, 7, 5, 40, 30
+    z_s = torch.randn(n, d, generator=gen, dtype=torch.float64, requires_grad=True)
+    w_s = torch.randn(k, d, generator=gen, dtype=torch.float64, requires_grad=True)
+    z_t, w_t = torch.randn(m, d, generator=gen, dtype=torch.float64), torch.randn(k, d, generator=gen, dtype=torch.float64)
+    center = torch.randn(1, k, generator=gen, dtype=torch.float64)
+    s_rows, t_rows = torch.randint(0, n, (p,), generator=gen), torch.randint(0, m, (p,), generator=gen)
+    weights = torch.rand(p, generator=gen, dtype=torch.float64)
+    loss, t_sum = fused_cross_entropy(z_s, w_s, z_t, w_t, center, s_rows, t_rows, weights, 0.1, 0.04, rows=rows)
+    grads = torch.autograd.grad(loss * 3.0, (z_s, w_s))  # a scaled upstream gradient reaches both
+    ref, ref_sum = _naive_fused(z_s, w_s, z_t, w_t, center, s_rows, t_rows, weights, 0.1, 0.04)
+    ref_grads = torch.autograd.grad(ref * 3.0, (z_s, w_s))
+    torch.testing.assert_close(loss, ref, rtol=1e-12, atol=0)
+    torch.testing.assert_close(t_sum, ref_sum, rtol=1e-12, atol=1e-12)
+    for g, r in zip(grads, ref_grads):
+        torch.testing.assert_close(g, r, rtol=1e-10, atol=1e-12)
+
+
+def _as_logits(groups, weights):
+    """GroupOutputs of embeddings + their last layers -> the same outputs as logits (what unchunked heads give)."""
+    view_w, region_w = weights
+    return [GroupOutput(g.view @ view_w.T, g.region @ region_w.T if g.region is not None else None, g.features) for g in groups]
+
+
+def _embedded_outputs(sizes, gen, d, k, dtype=torch.float64):
+    """Groups of embeddings (unit rows, as the heads give them) sharing last-layer weights that require grad."""
+    from esvit.models.esvit import LastLayers
+
+    view_w = torch.randn(k, d, generator=gen, dtype=dtype).requires_grad_()
+    region_w = torch.randn(k, d, generator=gen, dtype=dtype).requires_grad_()
+    groups = []
+    for n, t in sizes:
+        v = F.normalize(torch.randn(n, B, d, generator=gen, dtype=dtype), dim=-1).requires_grad_()
+        r = F.normalize(torch.randn(B, n, t, d, generator=gen, dtype=dtype), dim=-1).requires_grad_()
+        f = torch.randn(B, n, t, C, generator=gen, dtype=dtype)
+        groups.append(GroupOutput(v, r, f, LastLayers(view_w, region_w, dtype)))
+    return groups, (view_w, region_w)
+
+
+@pytest.mark.parametrize("w", [0.5, 0.0])
+def test_chunked_heads_give_the_loss_gradients_and_centres_of_the_logits(w):
+    """The loss from embeddings + last layers (chunked, 3 rows at a time) against the loss from the logits those
+    produce: value, gradients (embeddings and weights) and both centres, two local sizes."""
+    gen = torch.Generator().manual_seed(12)
+    d = 6
+    student, s_weights = _embedded_outputs([(2, 4), (3, 2), (2, 1)], gen, d, K)
+    teacher, t_weights = _embedded_outputs([(2, 4)], gen, d, K)
+    teacher = [GroupOutput(g.view.detach(), g.region.detach(), g.features, g.last_layers) for g in teacher]
+    chunked = EsViTLoss(K, epochs=3, region_loss_weight=w, chunk_rows=3).double()
+    plain = EsViTLoss(K, epochs=3, region_loss_weight=w).double()
+    for loss in (chunked, plain):
+        loss.center.normal_(generator=torch.Generator().manual_seed(1))
+        loss.center_grid.normal_(generator=torch.Generator().manual_seed(2))
+    leaves = [g.view for g in student] + [g.region for g in student] + list(s_weights)
+    a = chunked(student, teacher[0], 1)
+    ga = torch.autograd.grad(a.total, leaves, allow_unused=True)
+    with torch.no_grad():
+        t_logits = _as_logits(teacher, t_weights)[0]
+    b = plain(_as_logits(student, s_weights), t_logits if w > 0 else GroupOutput(t_logits.view, None, None), 1)
+    gb = torch.autograd.grad(b.total, leaves, allow_unused=True)
+    torch.testing.assert_close(a.total, b.total, rtol=1e-12, atol=0)
+    assert (a.region is None) == (b.region is None) == (w == 0)
+    for x, y in zip(ga, gb):
+        assert (x is None) == (y is None)
+        if x is not None:
+            torch.testing.assert_close(x, y, rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(chunked.center, plain.center, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(chunked.center_grid, plain.center_grid, rtol=1e-12, atol=1e-12)
+
+
+def test_chunked_heads_at_the_papers_65536_prototypes_match_the_logits_path():
+    """K = 65,536 in fp32 with the default chunking: the same loss, gradients and centres to float rounding."""
+    gen = torch.Generator().manual_seed(13)
+    k, d = 65536, 32
+    student, s_weights = _embedded_outputs([(2, 9), (4, 4)], gen, d, k, torch.float32)
+    teacher, t_weights = _embedded_outputs([(2, 9)], gen, d, k, torch.float32)
+    with torch.no_grad():
+        for w in (*s_weights, *t_weights):
+            w.mul_(3.0)  # logits of a trained head's range
+    teacher = GroupOutput(teacher[0].view.detach(), teacher[0].region.detach(), teacher[0].features, teacher[0].last_layers)
+    chunked, plain = EsViTLoss(k, epochs=3), EsViTLoss(k, epochs=3)
+    leaves = [g.view for g in student] + [g.region for g in student] + list(s_weights)
+    a = chunked(student, teacher, 0)
+    ga = torch.autograd.grad(a.total, leaves)
+    with torch.no_grad():
+        t_logits = _as_logits([teacher], t_weights)[0]
+    b = plain(_as_logits(student, s_weights), t_logits, 0)
+    gb = torch.autograd.grad(b.total, leaves)
+    torch.testing.assert_close(a.total, b.total, rtol=1e-5, atol=0)
+    torch.testing.assert_close(a.region, b.region, rtol=1e-5, atol=0)
+    for x, y in zip(ga, gb):
+        torch.testing.assert_close(x, y, rtol=1e-4, atol=1e-4 * float(y.abs().max()))
+    torch.testing.assert_close(chunked.center, plain.center, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(chunked.center_grid, plain.center_grid, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("where", ["local view", "global region"])
+def test_a_non_finite_embedding_makes_the_chunked_loss_non_finite(where):
+    gen = torch.Generator().manual_seed(14)
+    student, _ = _embedded_outputs([(2, 4), (3, 2)], gen, 6, K)
+    teacher, _ = _embedded_outputs([(2, 4)], gen, 6, K)
+    with torch.no_grad():
+        if where == "local view":
+            student[1].view[-1, 0, 3] = float("nan")
+        else:
+            student[0].region[0, -1, 1, 3] = float("nan")
+    assert torch.isnan(EsViTLoss(K, epochs=3).double()(student, teacher[0], 0).total)
+
+
+def test_the_chunked_loss_never_reads_a_device_tensor_on_the_host():
+    gen = torch.Generator().manual_seed(15)
+    student, _ = _embedded_outputs([(2, 4), (3, 2)], gen, 6, K)
+    teacher, _ = _embedded_outputs([(2, 4)], gen, 6, K)
+    from esvit.models.esvit import LastLayers
+
+    def meta(g):
+        last = LastLayers(g.last_layers.view.detach().to("meta"), g.last_layers.region.detach().to("meta"), torch.float64)
+        return GroupOutput(g.view.detach().to("meta"), g.region.detach().to("meta"), g.features.to("meta"), last)
+
+    loss = EsViTLoss(K, epochs=3, chunk_rows=5).double().to("meta")
+    parts = loss([meta(g) for g in student], meta(teacher[0]), 0)
+    assert parts.total.device.type == "meta" and parts.region.shape == ()
+
+
+def test_the_flop_counter_sees_every_product_of_the_fused_loss():
+    """`esvit bench train` reports FLOP/s from torch's FLOP counter: each of the six K-wide products (teacher
+    logits, W^T q, the teacher part of dL/dW; student logits, dL/dz, dL/dW) must be counted."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from esvit.losses.chunked import fused_cross_entropy
+
+    n, m, d, k = 10, 6, 8, 64
+    z_s, w_s = torch.randn(n, d, requires_grad=True), torch.randn(k, d, requires_grad=True)
+    rows = torch.arange(n) % m
+    with FlopCounterMode(display=False) as counter:
+        loss, _ = fused_cross_entropy(z_s, w_s, torch.randn(m, d), torch.randn(k, d), torch.zeros(1, k), torch.arange(n),
+                                      rows, torch.ones(n), 0.1, 0.04, rows=4)  # fmt: skip
+        loss.backward()
+    assert counter.get_total_flops() == 2 * k * d * 3 * (n + m)

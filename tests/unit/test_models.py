@@ -69,3 +69,23 @@ def test_net_groups_crops_by_size_and_keeps_regions_batch_major():
     assert out[1].region.shape == (3, 4, 1, 50)
     view_only = EsViTNet(Backbone("swin_pico"), out_dim=50, region=False, hidden_dim=32, bottleneck_dim=8)
     assert view_only.head_dense is None and view_only(crops)[1].region is None
+
+
+@pytest.mark.parametrize("autocast", [False, True])
+def test_chunked_heads_return_what_the_last_layers_multiply(autocast):
+    """Chunked heads stop before the last layer: embeddings x the returned weights = the unchunked logits (and the
+    products' precision is the autocast type when the heads ran under autocast)."""
+    torch.manual_seed(0)
+    net = EsViTNet(Backbone("swin_pico"), out_dim=50, hidden_dim=32, bottleneck_dim=8)
+    crops = [torch.randn(3, 3, 64, 64)] * 2 + [torch.randn(3, 3, 32, 32)] * 4
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        plain = net(crops)
+        net.chunked_heads = True
+        chunked = net(crops)
+    assert chunked[0].last_layers.dtype == (torch.bfloat16 if autocast else torch.float32)
+    assert chunked[0].view.shape == (2, 3, 8) and chunked[1].region.shape == (3, 4, 1, 8)
+    for p, c in zip(plain, chunked):
+        d = c.last_layers.dtype
+        torch.testing.assert_close(p.view, (c.view.to(d) @ c.last_layers.view.to(d).T).to(p.view.dtype))
+        torch.testing.assert_close(p.region, (c.region.to(d) @ c.last_layers.region.to(d).T).to(p.region.dtype))
+        assert torch.equal(p.features, c.features)

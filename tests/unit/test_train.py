@@ -139,6 +139,26 @@ def test_step_no_gradient_reaches_teacher_and_teacher_is_the_ema(digits_shards):
     assert any(not torch.equal(o, t) for o, t in zip(old_teacher, tr.teacher.parameters()))
 
 
+def test_steps_with_chunked_heads_train_as_the_logits_path_does(digits_shards):
+    """Three steps with the last layers applied inside the loss in chunks of 5 rows against three with whole
+    logits: the same losses, student, teacher and centres up to float rounding."""
+    same = "model.drop_path_rate=0"  # the two trainers draw from one global RNG: no random depth
+    cfg_a = tiny_cfg(digits_shards, same, "run.chunked_heads=true", "run.head_chunk_rows=5")
+    cfg_b = tiny_cfg(digits_shards, same, "run.chunked_heads=false")
+    a, b = Trainer(cfg_a, digits_shards, iters_per_epoch=6), Trainer(cfg_b, digits_shards, iters_per_epoch=6)
+    assert a.student.chunked_heads and not b.student.chunked_heads
+    a.epoch = b.epoch = 1  # past freeze_last_layer: the last layers' gradients count
+    for step in range(3):
+        crops = crops_batch(cfg_a)
+        sa, sb = a.step(crops), b.step(crops)
+        assert sa.loss == pytest.approx(sb.loss, rel=1e-5) and sa.region == pytest.approx(sb.region, rel=1e-5)
+    for (name, pa), pb in zip(a.student.named_parameters(), b.student.parameters()):
+        torch.testing.assert_close(pa, pb, rtol=1e-4, atol=1e-5, msg=name)
+    for pa, pb in zip(a.teacher.parameters(), b.teacher.parameters()):
+        torch.testing.assert_close(pa, pb, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(a.loss.center_grid, b.loss.center_grid, rtol=1e-4, atol=1e-5)
+
+
 def test_last_layer_is_frozen_in_epoch_zero(digits_shards):
     cfg = tiny_cfg(digits_shards)
     tr = Trainer(cfg, digits_shards, iters_per_epoch=6)
