@@ -10,7 +10,7 @@ install:
 
 ## Run the whole pipeline on the embedded default config (real data, CPU, minutes).
 demo: install
-	snakemake --profile cluster_profiles/local
+	snakemake --profile local
 	@echo "demo: shards in data/shards/, runs in results/pretrain/, metrics in results/{knn,probe}/, logs in results/logs/"
 	@echo "demo: report in results/report/report.html (tables in results/report/summary.md)"
 

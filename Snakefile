@@ -5,7 +5,11 @@ from snakemake.utils import min_version
 min_version("9.0")
 
 
-configfile: "configs/config.yaml"
+# The embedded default applies only when no config file is given: `--configfile X` runs exactly what X names
+# (Snakemake would otherwise merge X over the default, runs and datasets included).
+if not workflow.overwrite_configfiles:
+
+    configfile: "configs/config.yaml"
 
 
 include: "workflow/rules/common.smk"

@@ -57,13 +57,28 @@ def test_dry_run_of_the_default_config_lists_one_shard_job_per_dataset_split(tmp
     assert counts["pretrain"] == len(default["runs"])
 
 
-def test_local_profile_dry_run_from_the_repo():
-    """`snakemake --profile cluster_profiles/local -n` on the embedded default (what the README says)."""
-    proc = subprocess.run([sys.executable, "-m", "snakemake", "--profile", "cluster_profiles/local", "-n"],
+@pytest.mark.parametrize("profile", ["local", "slurm", "cluster_profiles/local", "cluster_profiles/slurm"])
+def test_profile_dry_run_from_the_repo_root_as_users_type_it(profile):
+    """`snakemake --profile slurm -n` (and local; the long paths keep working) on the embedded default, from the
+    repo root, exactly as the README says it."""
+    proc = subprocess.run([sys.executable, "-m", "snakemake", "--profile", profile, "-n"],
                           cwd=REPO, env=env_with_python(), capture_output=True, text=True, timeout=300)  # fmt: skip
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out
     assert "write_shards" in out or "Nothing to be done" in out
+
+
+def test_a_config_file_stands_alone_from_the_repo_root(tmp_path):
+    """`--configfile X` plans what X names and nothing of the embedded default (no demo pretraining, no demo
+    datasets): Snakemake would merge X over the default's runs and datasets."""
+    config = tmp_path / "only_digits.yaml"
+    config.write_text(yaml.safe_dump({"data_dir": str(tmp_path / "data"), **{k: v for k, v in small_config().items() if k != "data_dir"}}))
+    proc = subprocess.run([sys.executable, "-m", "snakemake", "--profile", "local", "-n", "--configfile", str(config)],
+                          cwd=REPO, env=env_with_python(), capture_output=True, text=True, timeout=300)  # fmt: skip
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out
+    counts = job_counts(out)
+    assert counts.get("write_shards") == 3 and "pretrain" not in counts and "extract_features" not in counts, counts
 
 
 def test_shard_rule_runs_for_real_and_then_is_up_to_date(tmp_path):
