@@ -312,7 +312,7 @@ def run_knn(args: argparse.Namespace) -> int:
         raise UsageError(f"{args.train} is multi-label (a VOC-style set); k-NN classification does not apply, use `esvit probe`")
     _check_inputs(args, {"train": train, "test": test})
     ks = args.ks
-    acc = knn_classify(train["pooled"], train["labels"], test["pooled"], test["labels"], ks, args.temperature)
+    acc = knn_classify(train["pooled"], train["labels"], test["pooled"], test["labels"], ks, args.temperature, show_progress=True)
     best_k = 20 if 20 in acc else ks[0]
     _write_metrics(args, "knn", "top1", acc[best_k], {f"top1_k{k}": v for k, v in acc.items()},
                    {"k": best_k, "temperature": args.temperature}, train, test, time.perf_counter() - t0)  # fmt: skip
@@ -339,7 +339,7 @@ def run_probe_cmd(args: argparse.Namespace) -> int:
     _check_inputs(args, {"train": train, "test": test, **({"val": val} if val else {})})
     device = _device(args.device, "probe")
     res = run_probe(train["pooled"], _targets(train), test["pooled"], _targets(test), args.metric,
-                    val["pooled"] if val else None, _targets(val) if val else None, device=device)  # fmt: skip
+                    val["pooled"] if val else None, _targets(val) if val else None, device=device, show_progress=True)  # fmt: skip
     _write_metrics(args, "probe", args.metric, res.value, {args.metric: res.value},
                    {"lambda": res.best_lambda, "val_scores": res.val_scores, "n_fit": res.n_train, "n_val": res.n_val},
                    train, test, res.wall_s, device)  # fmt: skip

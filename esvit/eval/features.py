@@ -85,8 +85,9 @@ def extract(backbone: Backbone, shard_dir: str | Path, out: str | Path, meta: di
     done_batches = len(parts) * part_batches
     backbone = backbone.to(device).eval()
     pipe = eval_pipeline(shards, eval_transform(image_size), batch_size)
-    n_batches = -(-shards.total // batch_size) if num_workers == 0 else None
-    bar = progress(n_batches, f"extract {Path(shard_dir).name}", unit="batch", initial=done_batches, enabled=show_progress)
+    # counted in images: with workers, each worker's last batch may be short, so batches have no exact total
+    bar = progress(shards.total, f"extract {Path(shard_dir).name}", unit="img", initial=min(done_batches * batch_size, shards.total),
+                   enabled=show_progress)  # fmt: skip
     buf: dict[str, list] = {"pooled": [], "last_blocks": [], "labels": [], "keys": []}
 
     def flush() -> None:
@@ -116,7 +117,7 @@ def extract(backbone: Backbone, shard_dir: str | Path, out: str | Path, meta: di
             buf[name].append((half if first_non_finite(half) is None else feats.float()).cpu())
         buf["labels"].append(labels.long())
         buf["keys"].append(list(keys))
-        bar.update(1)
+        bar.update(len(keys))
         if (i + 1) % part_batches == 0:
             flush()
     flush()

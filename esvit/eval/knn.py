@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from esvit.eval.checks import FeatureError, check_features
+from esvit.progress import progress
 
 __all__ = ["knn_classify", "KS"]
 
@@ -20,13 +21,15 @@ KS = (10, 20, 100, 200)
 @torch.no_grad()
 def knn_classify(train: torch.Tensor, train_labels: torch.Tensor, test: torch.Tensor, test_labels: torch.Tensor,
                  ks: tuple[int, ...] = KS, temperature: float = 0.07, n_classes: int | None = None,
-                 query_chunk: int = 1024, bank_chunk: int = 65536, device: str = "cpu") -> dict[int, float]:  # fmt: skip
+                 query_chunk: int = 1024, bank_chunk: int = 65536, device: str = "cpu",
+                 show_progress: bool = False) -> dict[int, float]:  # fmt: skip
     """Top-1 accuracy (percent) of weighted k-NN for each k.
 
     Args:
         train, test: [N, D] features (any float dtype; compared in float32 after L2 normalisation).
         ks: the k values (each <= the training set size is used as is; larger ones are clamped).
         query_chunk, bank_chunk: rows per block (memory ~ query_chunk x bank_chunk floats).
+        show_progress: a bar over the test images (periodic log lines when stderr is not a terminal).
     """
     check_features((train, train_labels), (test, test_labels))
     if any(k < 1 for k in ks) or temperature <= 0:
@@ -35,6 +38,7 @@ def knn_classify(train: torch.Tensor, train_labels: torch.Tensor, test: torch.Te
     k_max = min(max(ks), len(train))
     bank_labels = train_labels.to(device)
     correct = {k: 0 for k in ks}
+    bar = progress(len(test), "k-NN", unit="img", enabled=show_progress)
     for q0 in range(0, len(test), query_chunk):
         q = F.normalize(test[q0 : q0 + query_chunk].to(device, torch.float32), dim=-1)
         best_sim = torch.full((len(q), 0), -2.0, device=device)
@@ -53,4 +57,6 @@ def knn_classify(train: torch.Tensor, train_labels: torch.Tensor, test: torch.Te
             votes = torch.zeros(len(q), n_classes, device=device)
             votes.scatter_add_(1, votes_labels[:, :kk], weights[:, :kk])
             correct[k] += int((votes.argmax(1) == truth).sum())
+        bar.update(len(q))
+    bar.close()
     return {k: 100.0 * correct[k] / len(test) for k in ks}

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 
 from esvit.eval.checks import check_features
 from esvit.eval.metrics import METRICS
+from esvit.progress import progress
 
 __all__ = ["LAMBDA_GRID", "fit_logreg", "lambda_search", "ProbeResult", "run_probe", "standardize"]
 
@@ -151,7 +152,7 @@ class ProbeResult:
 def run_probe(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor, test_y: torch.Tensor,
               metric: str = "accuracy", val_x: torch.Tensor | None = None, val_y: torch.Tensor | None = None,
               val_fraction: float = 0.2, seed: int = 0, device: str = "cpu", search_tol: float = 1e-4,
-              search_max_iter: int = 300) -> ProbeResult:  # fmt: skip
+              search_max_iter: int = 300, show_progress: bool = False) -> ProbeResult:  # fmt: skip
     """The whole protocol: split (if no val), standardise, search lambda, refit on train + val, score test.
 
     Labels are [N] class indices, or [N, C] multi-hot targets for multi-label sets (metric 11point_mAP).
@@ -159,7 +160,7 @@ def run_probe(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor
     fewer iterations at most (``search_max_iter``) than the final refit (1000): they only rank lambdas by
     validation score, and each starts from the solutions already found, so most converge in a few
     iterations. (A looser tolerance lets a warm start pass as converged for the next lambda, and the search
-    then compares copies.)
+    then compares copies.) ``show_progress``: a bar over the fits (at most 7 coarse + 8 halving + the refit).
     """
     t0 = time.perf_counter()
     if metric not in METRICS:
@@ -188,18 +189,26 @@ def run_probe(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor
     fx, vx = (t.to(device) for t in standardize(fit_x, val_x))
     fy, vy = fit_y.to(device), val_y.to(device)
     models: dict[int, LogReg] = {}
+    n_coarse = len(range(0, len(LAMBDA_GRID), 16))
+    bar = progress(n_coarse + 2 * 4 + 1, f"probe {metric}", unit="fit", enabled=show_progress)  # 2 per halving step (8, 4, 2, 1)
 
     def evaluate(i: int) -> float:
         models[i] = fit_logreg(fx, fy, n_classes, float(LAMBDA_GRID[i]), init=_start(models, i), max_iter=search_max_iter,
                                tol=search_tol)  # fmt: skip
         pred = models[i].logits(vx)
-        return score(pred.cpu(), vy.cpu())
+        value = score(pred.cpu(), vy.cpu())
+        bar.set_postfix(lam=f"{float(LAMBDA_GRID[i]):.2e}", val=f"{value:.2f}")
+        bar.update(1)
+        return value
 
     best, scores = lambda_search(evaluate)
+    bar.set_postfix(refit=f"lam {float(LAMBDA_GRID[best]):.2e} on train + val")
     all_x = torch.cat([fit_x, val_x])
     all_y = torch.cat([fit_y, val_y])
     ax, tx = (t.to(device) for t in standardize(all_x, test_x))
     final = fit_logreg(ax, all_y.to(device), n_classes, float(LAMBDA_GRID[best]), init=models[best])
+    bar.update(1)
+    bar.close()
     value = score(final.logits(tx).cpu(), test_y)
     return ProbeResult(metric, value, float(LAMBDA_GRID[best]), {float(LAMBDA_GRID[i]): s for i, s in sorted(scores.items())},
                        len(fit_x), len(val_x), len(test_x), round(time.perf_counter() - t0, 3))  # fmt: skip

@@ -261,3 +261,23 @@ def test_search_scores_do_not_depend_on_where_each_fit_started():
     for lam, score in res.val_scores.items():
         assert abs(cold[lam] - score) <= 2 * 100 / len(vy) + 1e-6, (lam, cold[lam], score)
     assert max(cold.values()) == pytest.approx(max(res.val_scores.values()))
+
+def test_probe_knn_and_extraction_report_progress_with_totals(digits_shards, tmp_path, capsys):
+    """Long evaluation work says how far it is: the probe counts its fits, k-NN its queries, extraction its images
+    against the shards' total (with loader workers too). Off a terminal: a line at least at the end."""
+    from esvit.eval.features import extract
+    from esvit.models import Backbone
+
+    gen = torch.Generator().manual_seed(0)
+    x, y = torch.randn(300, 8, generator=gen), torch.randint(0, 3, (300,), generator=gen)
+    run_probe(x[:200], y[:200], x[200:], y[200:], show_progress=True)
+    knn_classify(x[:200], y[:200], x[200:], y[200:], show_progress=True, query_chunk=30)
+    cache = extract(Backbone("swin_pico"), digits_shards, tmp_path / "train.pt", {"arch": "swin_pico"},
+                    image_size=32, batch_size=64, num_workers=2)  # fmt: skip
+    err = capsys.readouterr().err
+    fits = [line for line in err.splitlines() if line.startswith("probe accuracy:")][-1]
+    done, total = map(int, fits.split(":")[1].split()[0].split("/"))
+    assert total == 16 and 7 < done <= total  # 7 coarse fits, the halving, the refit
+    assert "k-NN: 100/100 img" in err
+    n = len(cache["keys"])
+    assert f"extract train: {n}/{n} img" in err
