@@ -236,7 +236,7 @@ def _extract_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=_positive(int), default=128, help="images per batch (default %(default)s)")
     p.add_argument("--workers", type=_non_negative_int, default=2, help="data-loader workers, 0: in this process (default %(default)s)")
     p.add_argument("--device", default="auto", help="auto (the GPU when one is visible), cpu, cuda or cuda:N (default %(default)s)")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (or periodic progress lines off a terminal)")
 
 
 @command("extract", "cache frozen teacher features (pooled + last-4-blocks) of one shard set", _extract_args)
@@ -321,7 +321,8 @@ def run_knn(args: argparse.Namespace) -> int:
 
 def _probe_args(p: argparse.ArgumentParser) -> None:
     _metrics_args(p)
-    p.add_argument("--metric", default="accuracy", choices=["accuracy", "mean_per_class", "11point_mAP"])
+    p.add_argument("--metric", default="accuracy", choices=["accuracy", "mean_per_class", "11point_mAP"],
+                   help="the dataset's metric (configs/datasets.yaml; the rules pass it): %(choices)s (default %(default)s)")
     p.add_argument("--val", help="validation feature cache (default: a stratified 20 %% of train)")
     p.add_argument("--device", default="auto", help="auto (the GPU when one is visible), cpu, cuda or cuda:N (default %(default)s)")
 
@@ -354,10 +355,10 @@ def _linear_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--epochs", type=_positive(int), default=100, help="epochs (default %(default)s)")
     p.add_argument("--batch-size", type=_positive(int), default=256, help="images per step (default %(default)s)")
     p.add_argument("--lr", type=float, default=1e-3, help="base lr, scaled by batch / 256 (default %(default)s)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the head's initialisation and the data order (default %(default)s)")
     p.add_argument("--workers", type=_non_negative_int, default=2, help="data-loader workers (paper mode)")
     p.add_argument("--device", default="auto", help="auto (the GPU when one is visible), cpu, cuda or cuda:N (default %(default)s)")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (or periodic progress lines off a terminal)")
 
 
 @command("linear", "the ImageNet linear protocol (SGD on the last-4-blocks features) -> metrics JSON", _linear_args)
@@ -440,7 +441,7 @@ def run_report(args: argparse.Namespace) -> int:
 
 def _viz_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", help="an esvit checkpoint; omit with --random-init")
-    p.add_argument("--random-init", action="store_true")
+    p.add_argument("--random-init", action="store_true", help="the architecture at random initialisation (with --arch), the baseline")
     p.add_argument("--arch", help="architecture (required with --random-init)")
     p.add_argument("--shards", required=True, help="shard folder to draw images from")
     p.add_argument("--n", type=int, default=64, help="images for the correspondence accuracy (default %(default)s)")
@@ -486,7 +487,7 @@ def _import_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--official", required=True, help="an official EsViT checkpoint (checkpoint.pth from microsoft/esvit)")
     p.add_argument("--arch", required=True, help="its architecture, e.g. swin_tiny_w7, swin_base_w14")
     p.add_argument("--out", required=True, help="the converted checkpoint, usable by esvit extract --checkpoint")
-    p.add_argument("--key", default="teacher", choices=["teacher", "student"])
+    p.add_argument("--key", default="teacher", choices=["teacher", "student"], help="which network's backbone (default %(default)s, as the paper evaluates)")
 
 
 @command("import", "convert an official EsViT checkpoint (teacher backbone) for esvit extract", _import_args)
@@ -500,7 +501,7 @@ def run_import(args: argparse.Namespace) -> int:
 def _export_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", required=True, help="an esvit checkpoint (final.pth)")
     p.add_argument("--out", required=True, help="backbone state dict for timm")
-    p.add_argument("--key", default="teacher", choices=["teacher", "student"])
+    p.add_argument("--key", default="teacher", choices=["teacher", "student"], help="which network's backbone (default %(default)s, as the paper evaluates)")
 
 
 @command("export", "write a checkpoint's backbone as a timm state dict (timm.create_model(..., num_classes=0))", _export_args)

@@ -18,10 +18,10 @@ from esvit.bench import benchmark
 
 def _probe_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--n", type=int, default=50000, help="training samples (default %(default)s)")
-    p.add_argument("--dim", type=int, default=768)
-    p.add_argument("--classes", type=int, default=100)
-    p.add_argument("--n-test", type=int, default=10000)
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--dim", type=int, default=768, help="feature dimension (default %(default)s: Swin-T's pooled feature)")
+    p.add_argument("--classes", type=int, default=100, help="classes (default %(default)s)")
+    p.add_argument("--n-test", type=int, default=10000, help="test samples (default %(default)s)")
+    p.add_argument("--threads", type=int, default=2, help="torch CPU threads (default %(default)s)")
     p.add_argument("--separation", type=float, default=0.15, help="class-centre scale (default %(default)s: ~85 %% test accuracy at 768 dims, 100 classes)")
     p.add_argument("--sklearn-max-iter", type=int, default=1000, help="as CLIP's probe (default %(default)s)")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where our probe runs (scikit-learn: the CPU)")
@@ -82,10 +82,10 @@ def bench_probe(args: argparse.Namespace) -> dict:
 
 def _extract_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--archs", default="swin_pico:32,swin_tiny_w7:224", help="arch:image_size list (default %(default)s: the demo model, Swin-T)")
-    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--batch", type=int, default=64, help="images per batch (default %(default)s)")
     p.add_argument("--workers", type=int, default=2, help="data-loader workers (default %(default)s)")
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--threads", type=int, default=2, help="torch CPU threads (default %(default)s)")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where the network runs (default %(default)s)")
 
 
 @benchmark("extract", _extract_args)
@@ -117,11 +117,11 @@ def bench_extract(args: argparse.Namespace) -> dict:
 def _infer_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--archs", default="swin_tiny_w7", help="comma-separated backbones (default %(default)s)")
     p.add_argument("--batch", type=int, default=128, help="images per forward (the paper's Table 1: 128)")
-    p.add_argument("--size", type=int, default=224)
+    p.add_argument("--size", type=int, default=224, help="image side in pixels (default %(default)s)")
     p.add_argument("--steps", type=int, default=3, help="timed batches after one warm-up batch")
-    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
-    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"], help="fp32, or autocast to bf16 / fp16 (default %(default)s)")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where the network runs (default %(default)s)")
+    p.add_argument("--threads", type=int, default=2, help="torch CPU threads (default %(default)s)")
 
 
 @benchmark("infer", _infer_args)

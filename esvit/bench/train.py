@@ -19,14 +19,14 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch", default="4", help="images per step (default %(default)s); auto: the largest of --max-batch, "
                    "--max-batch / 2, ... whose steps fit in the device's memory")
     p.add_argument("--max-batch", type=int, default=512, help="upper end of --batch auto (default %(default)s)")
-    p.add_argument("--global-size", type=int, default=224)
-    p.add_argument("--local-size", type=int, default=96)
+    p.add_argument("--global-size", type=int, default=224, help="side of the 2 global crops (default %(default)s)")
+    p.add_argument("--local-size", type=int, default=96, help="side of the local crops (default %(default)s)")
     p.add_argument("--locals", type=int, default=6, help="local crops (default %(default)s)")
-    p.add_argument("--out-dim", type=int, default=65536)
+    p.add_argument("--out-dim", type=int, default=65536, help="prototypes K of both heads (default %(default)s)")
     p.add_argument("--region-weight", type=float, default=0.5, help="0 = view loss only (DINO)")
-    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
-    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"], help="run.precision: fp32, or the networks under bf16 / fp16 autocast (default %(default)s)")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="run.device (default %(default)s)")
+    p.add_argument("--threads", type=int, default=2, help="torch CPU threads (default %(default)s)")
     p.add_argument("--steps", type=int, default=5, help="timed steps (after 2 warm-up steps)")
     p.add_argument("--swin-block", default="official", choices=["official", "timm"],
                    help="official: the EsViT block order (pad, then shift; the default everywhere); timm: timm's own "

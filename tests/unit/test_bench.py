@@ -120,9 +120,10 @@ def test_bench_train_compares_the_heads_and_breaks_the_step_down(tmp_path):
         assert line["step_peak_gb"] > 0
 
 
-def test_every_help_page_prints():
+def test_every_help_page_prints_and_every_option_says_what_it_does():
     """`--help` of `esvit`, of each command and of each benchmark renders (argparse formats help texts with %:
-    a stray percent sign in a docstring used to crash `esvit bench --help`)."""
+    a stray percent sign in a docstring used to crash `esvit bench --help`), and no option lacks a help text."""
+    import argparse
     import contextlib
     import io
 
@@ -137,3 +138,13 @@ def test_every_help_page_prints():
         with contextlib.redirect_stdout(out), pytest.raises(SystemExit) as exit_:
             parser.parse_args([*page, "--help"])
         assert exit_.value.code == 0 and "usage:" in out.getvalue(), page
+
+    def silent(p: argparse.ArgumentParser, path: str):
+        for action in p._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, sub in action.choices.items():
+                    yield from silent(sub, f"{path} {name}")
+            elif not action.help and not isinstance(action, argparse._HelpAction):
+                yield f"{path} {'/'.join(action.option_strings) or action.dest}"
+
+    assert list(silent(parser, "esvit")) == []
