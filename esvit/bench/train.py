@@ -111,8 +111,8 @@ def step_memory(tr, crops: list, device: str) -> float:
 
 
 def allocator_peak_gb(fn) -> float:
-    """GB: the most memory the CPU tensors allocated while ``fn()`` runs held at once, above the start (from the
-    profiler's record of every allocation and free)."""
+    """GB: the most memory the CPU tensors allocated while ``fn()`` runs held at once, above the start: the
+    profiler's allocation and free records ("[memory]" events, with their sizes) replayed in time order."""
     import os
 
     from torch.profiler import ProfilerActivity, profile
@@ -120,9 +120,10 @@ def allocator_peak_gb(fn) -> float:
     os.environ.setdefault("KINETO_LOG_LEVEL", "5")  # the profiler's GPU probe would log an error on CPU machines
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         fn()
+    events = [e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"]
     now = peak = 0
-    for event in sorted((e for e in prof.events() if e.self_cpu_memory_usage), key=lambda e: e.time_range.start):
-        now += event.self_cpu_memory_usage
+    for event in sorted(events, key=lambda e: e.start_ns()):
+        now += event.nbytes()
         peak = max(peak, now)
     return peak / 1e9
 
@@ -251,6 +252,7 @@ def bench_train(args: argparse.Namespace) -> dict:
     sync()
     dt = (time.perf_counter() - t0) / args.steps
     parts = step_breakdown(tr, crops, sync) if args.breakdown else None
+    peak_gpu = torch.cuda.max_memory_allocated() / 1e9 if args.device == "cuda" else None  # before the memory step resets it
     step_gb = step_memory(tr, crops, args.device)
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[args.precision]
     peak = matmul_peak(args.device, dtype, n=2048 if args.device == "cpu" else 8192)
@@ -264,7 +266,7 @@ def bench_train(args: argparse.Namespace) -> dict:
         "gflop_per_step": round(flops / 1e9, 1), "gflop_s": round(achieved, 1), "matmul_peak_gflop_s": round(peak, 1),
         "fraction_of_peak": round(achieved / peak, 3), "peak_rss_gb": round(_peak_rss_gb(), 2), "rss_before_steps_gb": round(rss_before, 2),
         "step_peak_gb": round(step_gb, 3),
-        "peak_gpu_gb": round(torch.cuda.max_memory_allocated() / 1e9, 2) if args.device == "cuda" else None,
+        "peak_gpu_gb": round(peak_gpu, 2) if peak_gpu is not None else None,
         **({"parts_s": parts} if parts else {}),
     }  # fmt: skip
 

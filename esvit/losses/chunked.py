@@ -19,7 +19,12 @@ scales them. Nothing is recomputed and no [rows, K] tensor is saved for backward
 heads spend on logits, probabilities and their gradients (several GB per GPU at the paper's batch) is gone.
 The same products are done in the same precision as the unchunked path: the K-wide matrix products in
 ``dtype`` (bf16 under autocast, as the heads' last layer would run), softmax and sums in fp32 (fp64 inputs
-stay fp64).
+stay fp64). Under fp16 the gradient products run in fp32: formed before any loss scaling, they would
+underflow in fp16.
+
+Memory: per chunk one [rows, K] block in the accumulation type (plus its copy in ``dtype`` under autocast),
+and from the loss to the backward pass the last layers' gradients, [K, D] in fp32 for each head. Below a few
+hundred token rows per step those two [K, D] blocks outweigh the logits they replace.
 """
 
 from __future__ import annotations
@@ -37,12 +42,12 @@ def default_chunk_rows(out_dim: int, device: torch.device | str) -> int:
     return max(1, budget // (4 * out_dim))
 
 
-def _add_product(out: torch.Tensor, a: torch.Tensor, b: torch.Tensor, dtype: torch.dtype, alpha: float) -> None:
-    """``out += alpha * a @ b`` with the product in ``dtype`` (in place, without a [K, D] temporary when it can)."""
-    if a.dtype == b.dtype == out.dtype == dtype:
+def _add_product(out: torch.Tensor, a: torch.Tensor, b: torch.Tensor, alpha: float) -> None:
+    """``out += alpha * a @ b``, the product in the operands' precision (in place when that is ``out``'s)."""
+    if a.dtype == out.dtype:
         torch.addmm(out, a, b, alpha=alpha, out=out)  # (not addmm_: torch's FLOP counter misses in-place products)
     else:
-        out.add_((a.to(dtype) @ b.to(dtype)).to(out.dtype), alpha=alpha)
+        out.add_(a @ b, alpha=alpha)
 
 
 def _chunks(n: int, rows: int):
@@ -53,59 +58,72 @@ def _chunks(n: int, rows: int):
 class _FusedCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, z_s, w_s, z_t, w_t, center, student_rows, teacher_rows, pair_weights, inv_tau_s, inv_tau_t,
-                dtype, rows):  # fmt: skip
+                dtype, rows, grads):  # fmt: skip
         acc = torch.promote_types(z_s.dtype, torch.float32)  # fp32, or fp64 when given
-        need_grad = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
-        n, k = z_s.shape[0], w_s.shape[0]
-        ws, wt = w_s.to(dtype), w_t.to(dtype)
-        zs, zt = z_s.to(dtype), z_t.to(dtype)
+        # the gradient products: in fp16 they would underflow (a softmax row / tau_s times a pair weight is far
+        # below fp16's range, and no loss scale has been applied yet), so they run in fp32 there
+        gdtype = acc if dtype == torch.float16 else dtype
+        grad_z_needed = grads and ctx.needs_input_grad[0]
+        grad_w_needed = grads and ctx.needs_input_grad[1]
+        n, k, d = z_s.shape[0], w_s.shape[0], w_s.shape[1]
+        dev = z_s.device
+        ws, wt, wg = w_s.to(dtype), w_t.to(dtype), w_s.to(gdtype)
+        zs, zt, zg = z_s.to(dtype), z_t.to(dtype), z_s.to(gdtype)
         a = pair_weights.to(acc)
         # per student row: the summed weights of its pairs (the logsumexp coefficient)
-        coef = torch.zeros(n, dtype=acc, device=z_s.device).index_add_(0, student_rows, a)
-        grad_w = torch.zeros(k, w_s.shape[1], dtype=acc, device=w_s.device) if need_grad else None
-        if need_grad:  # sum_{p: j_p = j} a_p z_i / tau_s per teacher row: the teacher side of dL/dW is Q^T Z~
-            z_tilde = torch.zeros(z_t.shape[0], z_s.shape[1], dtype=acc, device=z_s.device)
+        coef = torch.zeros(n, dtype=acc, device=dev).index_add_(0, student_rows, a)
+        grad_w = torch.zeros(k, d, dtype=acc, device=dev) if grad_w_needed else None
+        if grad_w_needed:  # sum_{p: j_p = j} a_p z_i / tau_s per teacher row: the teacher side of dL/dW is -Q^T Z~
+            z_tilde = torch.zeros(z_t.shape[0], d, dtype=acc, device=dev)
             z_tilde.index_add_(0, teacher_rows, z_s.to(acc).index_select(0, student_rows) * (a * inv_tau_s)[:, None])
-        proj = torch.empty(z_t.shape[0], z_s.shape[1], dtype=acc, device=z_s.device)  # P = Q W
-        center_sum = torch.zeros(1, k, dtype=acc, device=z_s.device)
+            z_tilde = z_tilde.to(gdtype)
+        proj = torch.empty(z_t.shape[0], d, dtype=acc, device=dev)  # P = Q W
+        center_sum = torch.zeros(1, k, dtype=acc, device=dev)
         center = center.to(acc)
         for r in _chunks(z_t.shape[0], rows):
-            logits = (zt[r] @ wt.T).to(acc)
-            center_sum += logits.sum(0, keepdim=True)
-            q = torch.softmax(logits.sub_(center).mul_(inv_tau_t), dim=-1)
-            proj[r] = (q.to(dtype) @ ws).to(acc)
-            if need_grad:
-                _add_product(grad_w, q.T, z_tilde[r], dtype, -1.0)
-            del logits, q
+            q = (zt[r] @ wt.T).to(acc)  # the teacher's logits, turned into its probabilities in place
+            center_sum += q.sum(0, keepdim=True)
+            q.sub_(center).mul_(inv_tau_t)
+            q.sub_(q.amax(dim=-1, keepdim=True)).exp_()
+            q.div_(q.sum(dim=-1, keepdim=True))
+            qd = q.to(dtype)
+            proj[r] = qd @ ws
+            if grad_w_needed:
+                _add_product(grad_w, (qd if gdtype == dtype else q.to(gdtype)).T, z_tilde[r], -1.0)
+            del q, qd
         matched = (proj.index_select(0, teacher_rows) * z_s.to(acc).index_select(0, student_rows)).sum(-1)
         loss = -(a * matched).sum() * inv_tau_s
         grad_z = None
-        if need_grad:
-            grad_z = torch.zeros(n, z_s.shape[1], dtype=acc, device=z_s.device)
+        if grad_z_needed:
+            grad_z = torch.zeros(n, d, dtype=acc, device=dev)
             grad_z.index_add_(0, student_rows, proj.index_select(0, teacher_rows) * (-a * inv_tau_s)[:, None])
         del proj
         for r in _chunks(n, rows):
-            logits = (zs[r] @ ws.T).to(acc)
-            m = logits.amax(dim=-1, keepdim=True)
-            e = logits.sub_(m).mul_(inv_tau_s).exp_()
+            e = (zs[r] @ ws.T).to(acc)  # the student's logits, turned into exp((s - max) / tau_s) in place
+            m = e.amax(dim=-1, keepdim=True)
+            e.sub_(m).mul_(inv_tau_s).exp_()
             total = e.sum(dim=-1, keepdim=True)
             loss = loss + (coef[r] * (total.log().squeeze(-1) + m.squeeze(-1) * inv_tau_s)).sum()
-            if need_grad:  # d/ds_i of A_i logsumexp(s_i / tau_s) = A_i softmax(s_i / tau_s) / tau_s
-                g = e.mul_((coef[r] * inv_tau_s)[:, None] / total).to(dtype)
-                grad_z[r] += (g @ ws).to(acc)
-                _add_product(grad_w, g.T, zs[r], dtype, 1.0)
-            del logits, e
+            if grad_z_needed or grad_w_needed:  # d/ds_i of A_i logsumexp(s_i / tau_s) = A_i softmax(s_i / tau_s) / tau_s
+                g = e.mul_((coef[r] * inv_tau_s)[:, None] / total).to(gdtype)
+                if grad_z_needed:
+                    grad_z[r] += g @ wg
+                if grad_w_needed:
+                    _add_product(grad_w, g.T, zg[r], 1.0)
+                del g
+            del e
         ctx.save_for_backward(grad_z, grad_w)
+        ctx.mark_non_differentiable(center_sum)
         ctx.z_dtype, ctx.w_dtype = z_s.dtype, w_s.dtype
         return loss, center_sum
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_loss, _grad_center):
-        grad_z, grad_w = ctx.saved_tensors  # scaled in place: the graph is used once, and no [K, D] copy is made
-        gz = grad_z.mul_(grad_loss).to(ctx.z_dtype) if ctx.needs_input_grad[0] else None
-        gw = grad_w.mul_(grad_loss).to(ctx.w_dtype) if ctx.needs_input_grad[1] else None
-        return gz, gw, None, None, None, None, None, None, None, None, None, None
+        grad_z, grad_w = ctx.saved_tensors  # not scaled in place: a retained graph can be differentiated again
+        gz = (grad_z * grad_loss).to(ctx.z_dtype) if grad_z is not None and ctx.needs_input_grad[0] else None
+        gw = (grad_w * grad_loss).to(ctx.w_dtype) if grad_w is not None and ctx.needs_input_grad[1] else None
+        return gz, gw, None, None, None, None, None, None, None, None, None, None, None
 
 
 def fused_cross_entropy(z_s: torch.Tensor, w_s: torch.Tensor, z_t: torch.Tensor, w_t: torch.Tensor,
@@ -129,5 +147,6 @@ def fused_cross_entropy(z_s: torch.Tensor, w_s: torch.Tensor, z_t: torch.Tensor,
     """
     dtype = dtype or z_s.dtype
     rows = rows or default_chunk_rows(w_s.shape[0], z_s.device)
+    grads = torch.is_grad_enabled() and (z_s.requires_grad or w_s.requires_grad)  # none formed under no_grad
     return _FusedCrossEntropy.apply(z_s, w_s, z_t.detach(), w_t.detach(), center.detach(), student_rows, teacher_rows,
-                                    pair_weights, 1.0 / student_temp, 1.0 / teacher_temp, dtype, rows)  # fmt: skip
+                                    pair_weights, 1.0 / student_temp, 1.0 / teacher_temp, dtype, rows, grads)  # fmt: skip

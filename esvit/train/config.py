@@ -125,7 +125,7 @@ class RunConfig:
         True, help="Apply the heads' K-wide last layers inside the loss, a chunk of rows at a time, so no [tokens, K] "
         "logits exist (same loss to float rounding, far less memory; `esvit bench train --no-chunked-heads` compares)."
     )
-    head_chunk_rows: int | None = _field(None, gt=0, help="Rows per chunk of the chunked heads (default: ~8 MB of logits on CPU, ~512 MB on GPUs).")
+    head_chunk_rows: int | None = _field(None, gt=0, help="Rows per chunk of the chunked heads (default: a 128 MB fp32 [rows, K] block on CPU, 1 GB on GPUs).")
 
 
 @dataclasses.dataclass

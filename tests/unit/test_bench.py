@@ -84,7 +84,8 @@ def test_batch_auto_runs_and_halves_until_a_batch_fits(tmp_path):
 
 def test_the_step_memory_is_what_the_step_allocates_at_once():
     """The allocator-level peak of a function against tensors of known size: 32 MB and 24 MB alive at once (a
-    freed 16 MB block before a new 8 MB one does not add up), whatever the process held before."""
+    freed 16 MB block before a new 8 MB one does not add up), whatever the process held before, also when the
+    allocations happen inside an op's own code (an autograd Function, a profiler scope: the chunked loss)."""
     import torch
 
     from esvit.bench.train import allocator_peak_gb
@@ -98,7 +99,25 @@ def test_the_step_memory_is_what_the_step_allocates_at_once():
         c = torch.ones(2_000_000)  # 24 MB alive
         del b, c
 
+    class Inner(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):
+            for _ in range(3):  # 16 MB at a time, freed inside the op
+                t = x.expand(4_000_000).clone()
+                del t
+            return x.clone()
+
+        @staticmethod
+        def backward(ctx, g):
+            return g
+
+    def scoped():
+        with torch.profiler.record_function("outer"):
+            work()
+
     assert allocator_peak_gb(work) == pytest.approx(0.032, rel=1e-3)
+    assert allocator_peak_gb(scoped) == pytest.approx(0.032, rel=1e-3)
+    assert allocator_peak_gb(lambda: Inner.apply(torch.ones(1, requires_grad=True))) == pytest.approx(0.016, rel=1e-3)
     assert held.sum() > 0
 
 

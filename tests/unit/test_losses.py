@@ -344,3 +344,66 @@ def test_the_flop_counter_sees_every_product_of_the_fused_loss():
                                       rows, torch.ones(n), 0.1, 0.04, rows=4)  # fmt: skip
         loss.backward()
     assert counter.get_total_flops() == 2 * k * d * 3 * (n + m)
+
+
+def _half_precision_case():
+    """The paper's sizes where precision bites: K = 65,536, D = 256, a region pair weight of a batch of 32
+    (1 / (18 pairs x 32 images x 49 tokens)), weight_g = 1 as at initialisation; float64 data."""
+    gen = torch.Generator().manual_seed(16)
+    k, d, n, m = 65536, 256, 16, 8
+    w = F.normalize(torch.randn(k, d, generator=gen, dtype=torch.float64), dim=-1)
+    z_s = F.normalize(torch.randn(n, d, generator=gen, dtype=torch.float64), dim=-1)
+    z_t = F.normalize(torch.randn(m, d, generator=gen, dtype=torch.float64), dim=-1)
+    weights = torch.full((n,), 1.0 / (18 * 32 * 49), dtype=torch.float64)
+    return w, z_s, z_t, torch.arange(n), torch.arange(n) % m, weights
+
+
+def _fused_grads(case, dtype, product_dtype, scale=65536.0):
+    """Loss and gradients of the fused loss on ``case`` in ``dtype`` data with products in ``product_dtype``,
+    backpropagated from ``scale * loss`` (a GradScaler's initial scale) and unscaled, as float64."""
+    from esvit.losses.chunked import fused_cross_entropy
+
+    w, z_s, z_t, s_rows, t_rows, weights = case
+    z = z_s.to(dtype).detach().clone().requires_grad_()
+    ws = w.to(dtype).detach().clone().requires_grad_()
+    loss, _ = fused_cross_entropy(z, ws, z_t.to(dtype), w.to(dtype), torch.zeros(1, w.shape[0], dtype=dtype), s_rows, t_rows,
+                                  weights.to(dtype), 0.1, 0.04, dtype=product_dtype)  # fmt: skip
+    (loss * scale).backward()
+    return loss.double(), z.grad.double() / scale, ws.grad.double() / scale
+
+
+@pytest.mark.parametrize("half", [torch.bfloat16, torch.float16])
+def test_half_precision_products_keep_the_gradients_of_full_precision(half):
+    """Under autocast the K-wide products run in the half type, as the heads' last layer would; the gradients
+    stay within half-precision rounding of float64 (fp16: the gradient products run in fp32, since before loss
+    scaling a softmax row times a pair weight underflows fp16), and the half type is really used."""
+    case = _half_precision_case()
+    ref_loss, ref_z, ref_w = _fused_grads(case, torch.float64, torch.float64)
+    loss, gz, gw = _fused_grads(case, torch.float32, half)
+    full_loss, _, _ = _fused_grads(case, torch.float32, torch.float32)
+    rel = lambda x, r: float((x - r).norm() / r.norm())  # noqa: E731
+    tol = 2e-2 if half == torch.bfloat16 else 3e-3
+    assert rel(gz, ref_z) < tol and rel(gw, ref_w) < tol
+    assert abs(float(loss - ref_loss)) < tol * abs(float(ref_loss))
+    assert abs(float(loss - full_loss)) > abs(float(full_loss - ref_loss))  # the products did run in the half type
+
+
+def test_a_retained_graph_gives_the_same_gradients_twice_and_no_grad_forms_none():
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from esvit.losses.chunked import fused_cross_entropy
+
+    gen = torch.Generator().manual_seed(17)
+    n, m, d, k = 10, 6, 8, 64
+    z_s, w_s = torch.randn(n, d, generator=gen, requires_grad=True), torch.randn(k, d, generator=gen, requires_grad=True)
+    args = (torch.randn(m, d, generator=gen), torch.randn(k, d, generator=gen), torch.zeros(1, k), torch.arange(n),
+            torch.arange(n) % m, torch.ones(n), 0.1, 0.04)  # fmt: skip
+    loss, t_sum = fused_cross_entropy(z_s, w_s, *args)
+    assert not t_sum.requires_grad
+    first = torch.autograd.grad(loss * 2.0, (z_s, w_s), retain_graph=True)
+    second = torch.autograd.grad(loss * 2.0, (z_s, w_s))
+    for a, b in zip(first, second):
+        assert torch.equal(a, b)
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        fused_cross_entropy(z_s, w_s, *args)
+    assert counter.get_total_flops() == 2 * k * d * (2 * m + n)  # teacher logits, W^T q, student logits only

@@ -156,6 +156,7 @@ def test_steps_with_chunked_heads_train_as_the_logits_path_does(digits_shards):
         torch.testing.assert_close(pa, pb, rtol=1e-4, atol=1e-5, msg=name)
     for pa, pb in zip(a.teacher.parameters(), b.teacher.parameters()):
         torch.testing.assert_close(pa, pb, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(a.loss.center, b.loss.center, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(a.loss.center_grid, b.loss.center_grid, rtol=1e-4, atol=1e-5)
 
 
