@@ -131,7 +131,7 @@ class EsViTLoss(nn.Module):
         z_view = torch.cat([g.view.flatten(0, 1) for g in student])
         acc = torch.promote_types(teacher.view.dtype, torch.float32)
         weights = torch.full(s_rows.shape, 1.0 / (n_pairs * batch), device=device, dtype=acc)
-        l_view, view_sum = fused_cross_entropy(z_view, s_last.view, teacher.view.flatten(0, 1), t_last.view, self.center,
+        l_view, view_sum = fused_cross_entropy(z_view, s_last.view(), teacher.view.flatten(0, 1), t_last.view(), self.center,
                                                s_rows, t_rows, weights, **kw)  # fmt: skip
         sums = [("center", view_sum, teacher.view.shape[0] * batch)]
         l_region = None
@@ -163,8 +163,8 @@ class EsViTLoss(nn.Module):
             weights.append(torch.full((j.numel(),), 1.0 / (n_pairs * batch * t_s), device=device, dtype=acc))
             offset += group.region[..., 0].numel()
         z_region = torch.cat([g.region.flatten(0, 2) for g in student])
-        return fused_cross_entropy(z_region, student[0].last_layers.region, teacher.region.flatten(0, 2),
-                                   teacher.last_layers.region, self.center_grid, torch.cat(s_rows), torch.cat(t_rows),
+        return fused_cross_entropy(z_region, student[0].last_layers.region(), teacher.region.flatten(0, 2),
+                                   teacher.last_layers.region(), self.center_grid, torch.cat(s_rows), torch.cat(t_rows),
                                    torch.cat(weights), **kw)  # fmt: skip
 
     @torch.no_grad()

@@ -12,6 +12,7 @@ a chunk of rows at a time (:mod:`esvit.losses.chunked`), so no [tokens, K] logit
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import torch.nn as nn
@@ -24,11 +25,12 @@ __all__ = ["EsViTNet", "GroupOutput", "LastLayers"]
 
 @dataclass
 class LastLayers:
-    """The heads' last-layer weights [K, D] (view, region) and the precision their products run in (the
-    autocast type when the heads ran under autocast)."""
+    """The heads' last-layer weights [K, D] (view, region), each computed when called (the loss computes one
+    at a time, and it is freed after use: four [K, D] weights never sit beside the activations together), and
+    the precision their products run in (the autocast type when the heads ran under autocast)."""
 
-    view: torch.Tensor
-    region: torch.Tensor | None
+    view: Callable[[], torch.Tensor]
+    region: Callable[[], torch.Tensor] | None
     dtype: torch.dtype
 
 
@@ -84,8 +86,8 @@ class EsViTNet(nn.Module):
         if chunked:
             device = pooled[0].device.type
             dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else view[0].dtype
-            region_w = self.head_dense.last_layer.weight() if self.head_dense is not None else None
-            last = LastLayers(self.head.last_layer.weight(), region_w, dtype)
+            region_w = self.head_dense.last_layer.weight if self.head_dense is not None else None
+            last = LastLayers(self.head.last_layer.weight, region_w, dtype)
         if self.head_dense is None:
             return [GroupOutput(v.unflatten(0, (n, batch)), None, None, last) for v, n in zip(view, counts)]
         # batch-major tokens [B, n, T, C]: reordering C-wide tokens here is far cheaper than K-wide logits later

@@ -240,7 +240,7 @@ def _embedded_outputs(sizes, gen, d, k, dtype=torch.float64):
         v = F.normalize(torch.randn(n, B, d, generator=gen, dtype=dtype), dim=-1).requires_grad_()
         r = F.normalize(torch.randn(B, n, t, d, generator=gen, dtype=dtype), dim=-1).requires_grad_()
         f = torch.randn(B, n, t, C, generator=gen, dtype=dtype)
-        groups.append(GroupOutput(v, r, f, LastLayers(view_w, region_w, dtype)))
+        groups.append(GroupOutput(v, r, f, LastLayers(lambda: view_w, lambda: region_w, dtype)))
     return groups, (view_w, region_w)
 
 
@@ -321,7 +321,8 @@ def test_the_chunked_loss_never_reads_a_device_tensor_on_the_host():
     from esvit.models.esvit import LastLayers
 
     def meta(g):
-        last = LastLayers(g.last_layers.view.detach().to("meta"), g.last_layers.region.detach().to("meta"), torch.float64)
+        view_w, region_w = g.last_layers.view().detach().to("meta"), g.last_layers.region().detach().to("meta")
+        last = LastLayers(lambda: view_w, lambda: region_w, torch.float64)
         return GroupOutput(g.view.detach().to("meta"), g.region.detach().to("meta"), g.features.to("meta"), last)
 
     loss = EsViTLoss(K, epochs=3, chunk_rows=5).double().to("meta")

@@ -86,6 +86,6 @@ def test_chunked_heads_return_what_the_last_layers_multiply(autocast):
     assert chunked[0].view.shape == (2, 3, 8) and chunked[1].region.shape == (3, 4, 1, 8)
     for p, c in zip(plain, chunked):
         d = c.last_layers.dtype
-        torch.testing.assert_close(p.view, (c.view.to(d) @ c.last_layers.view.to(d).T).to(p.view.dtype))
-        torch.testing.assert_close(p.region, (c.region.to(d) @ c.last_layers.region.to(d).T).to(p.region.dtype))
+        torch.testing.assert_close(p.view, (c.view.to(d) @ c.last_layers.view().to(d).T).to(p.view.dtype))
+        torch.testing.assert_close(p.region, (c.region.to(d) @ c.last_layers.region().to(d).T).to(p.region.dtype))
         assert torch.equal(p.features, c.features)
