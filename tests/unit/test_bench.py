@@ -167,3 +167,22 @@ def test_every_help_page_prints_and_every_option_says_what_it_does():
                 yield f"{path} {'/'.join(action.option_strings) or action.dest}"
 
     assert list(silent(parser, "esvit")) == []
+
+
+def test_the_side_by_side_scripts_parse_and_explain_themselves():
+    """benchmarks/heads.sh (bash syntax, a clear refusal of an unknown argument) and official_step.py (--help runs
+    without the official checkout, --official is required). Their measurements take a checkout and ~15 minutes."""
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO, env_with_python
+
+    assert subprocess.run(["bash", "-n", "benchmarks/heads.sh"], cwd=REPO).returncode == 0
+    proc = subprocess.run(["bash", "benchmarks/heads.sh", "--bogus"], cwd=REPO, capture_output=True, text=True)
+    assert proc.returncode == 2 and "unknown argument --bogus" in proc.stderr
+    proc = subprocess.run([sys.executable, "benchmarks/official_step.py", "--help"], cwd=REPO, env=env_with_python(),
+                          capture_output=True, text=True)  # fmt: skip
+    assert proc.returncode == 0 and "--official" in proc.stdout and "microsoft/esvit" in proc.stdout
+    proc = subprocess.run([sys.executable, "benchmarks/official_step.py"], cwd=REPO, env=env_with_python(),
+                          capture_output=True, text=True)  # fmt: skip
+    assert proc.returncode == 2 and "--official" in proc.stderr
