@@ -67,7 +67,7 @@ def _source_names() -> tuple[str, ...]:
 
 
 def _archs() -> tuple[str, ...]:
-    from esvit.models.backbones import ARCHS
+    from esvit.archs import ARCHS  # plain data: validating a config imports no torch
 
     return tuple(ARCHS)
 

@@ -261,7 +261,7 @@ def bench_train(args: argparse.Namespace) -> dict:
         "arch": args.arch, "batch": batch, "crops": f"2x{args.global_size}+{args.locals}x{args.local_size}",
         "out_dim": args.out_dim, "region_weight": args.region_weight, "precision": args.precision, "device": args.device,
         "threads": args.threads, "swin_block": args.swin_block, "deterministic": args.deterministic, "reuse_memory": not args.no_reuse_memory,
-        "chunked_heads": not args.no_chunked_heads, "chunk_rows": tr.loss.chunk_rows or default_chunk_rows(args.out_dim, args.device),
+        "chunked_heads": not args.no_chunked_heads, "chunk_rows": None if args.no_chunked_heads else tr.loss.chunk_rows or default_chunk_rows(args.out_dim, args.device),
         "step_s": round(dt, 3), "img_s": round(batch / dt, 3),
         "gflop_per_step": round(flops / 1e9, 1), "gflop_s": round(achieved, 1), "matmul_peak_gflop_s": round(peak, 1),
         "fraction_of_peak": round(achieved / peak, 3), "peak_rss_gb": round(_peak_rss_gb(), 2), "rss_before_steps_gb": round(rss_before, 2),

@@ -26,23 +26,10 @@ import torch.nn.functional as F
 from timm.models import register_model
 from timm.models.swin_transformer import SwinTransformer, SwinTransformerBlock, window_partition, window_reverse
 
+from esvit.archs import ARCHS, SWIN as _SWIN
+
 __all__ = ["Backbone", "build_backbone", "ARCHS", "arch_family"]
 
-_SWIN = {
-    # name: (embed_dim, depths, num_heads, window, design image size: windows are clamped for its maps)
-    "esvit_swin_tiny_w7": (96, (2, 2, 6, 2), (3, 6, 12, 24), 7, 224),
-    "esvit_swin_small_w7": (96, (2, 2, 18, 2), (3, 6, 12, 24), 7, 224),
-    "esvit_swin_base_w7": (128, (2, 2, 18, 2), (4, 8, 16, 32), 7, 224),
-    "esvit_swin_tiny_w14": (96, (2, 2, 6, 2), (3, 6, 12, 24), 14, 224),
-    "esvit_swin_small_w14": (96, (2, 2, 18, 2), (3, 6, 12, 24), 14, 224),
-    "esvit_swin_base_w14": (128, (2, 2, 18, 2), (4, 8, 16, 32), 14, 224),
-    # small variants for CPU demos and tests: 64-px global crops (maps 16-8-4-2), window 4
-    "esvit_swin_nano": (48, (1, 1, 3, 1), (3, 6, 12, 24), 4, 64),
-    "esvit_swin_pico": (24, (1, 1, 1, 1), (1, 2, 3, 6), 4, 64),
-    # 4-wide test models (as timm's test_* models): the shapes of the official-network fixtures in tests/
-    "esvit_swin_test_w7": (4, (2, 2, 2, 2), (1, 1, 2, 2), 7, 224),
-    "esvit_swin_test_w14": (4, (2, 2, 2, 2), (1, 1, 2, 2), 14, 224),
-}
 _TIMM_KW = ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir")
 
 
@@ -113,16 +100,6 @@ for _name in _SWIN:
     _fn.__module__ = __name__
     _fn.__doc__ = f"EsViT Swin {_name}: LayerNorm eps 1e-6, the official block at any input size (local crops)."
     globals()[_name] = register_model(_fn)
-
-# Architectures the pipeline knows: short name -> (timm name, family, timm kwargs).
-ARCHS: dict[str, tuple[str, str, dict]] = {
-    **{n.removeprefix("esvit_"): (n, "swin", {}) for n in _SWIN},
-    "vit_small": ("vit_small_patch16_224", "vit", {"dynamic_img_size": True}),
-    "vit_base": ("vit_base_patch16_224", "vit", {"dynamic_img_size": True}),
-    "deit_small": ("deit_small_patch16_224", "vit", {"dynamic_img_size": True}),
-    "resnet50": ("resnet50", "resnet", {}),
-}
-
 
 def arch_family(arch: str) -> str:
     return ARCHS[arch][1]

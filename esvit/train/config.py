@@ -22,7 +22,7 @@ __all__ = [
 
 
 def _archs() -> tuple[str, ...]:
-    from esvit.models.backbones import ARCHS
+    from esvit.archs import ARCHS  # plain data: validating a config imports no torch
 
     return tuple(ARCHS)
 

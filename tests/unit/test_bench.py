@@ -130,7 +130,7 @@ def test_bench_train_compares_the_heads_and_breaks_the_step_down(tmp_path):
                        "64", "--local-size", "32", "--locals", "2", "--out-dim", "2048", "--steps", "2", "--breakdown", *heads)  # fmt: skip
         assert proc.returncode == 0, proc.stderr[-2000:]
         lines.append(json.loads(proc.stdout.strip().splitlines()[-1]))
-    assert [line["chunked_heads"] for line in lines] == [True, False]
+    assert [line["chunked_heads"] for line in lines] == [True, False] and lines[1]["chunk_rows"] is None
     for line in lines:
         parts = line["parts_s"]
         assert set(parts) == {"teacher", "backbone_forward", "heads_forward", "loss", "heads_loss_backward",

@@ -167,3 +167,37 @@ def test_schema_and_dataclasses_agree(cls):
         hint = typing.get_type_hints(cls)[name]
         if typing.get_origin(hint) is typing.Literal:
             assert sorted(schema[name]["enum"]) == sorted(typing.get_args(hint))
+
+
+def test_validating_configs_imports_no_torch():
+    """Snakemake validates every config (and every run's training config) each time it plans: that must not pay
+    for importing torch / timm / torchvision (seconds per plan). Architecture names come from plain data."""
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO, env_with_python
+
+    code = (
+        "import sys, yaml\n"
+        "from esvit.config import load_config\n"
+        "from esvit.train.config import load_train_config, training_digest\n"
+        "load_config(yaml.safe_load(open('configs/config.yaml')))\n"
+        "cfg = load_train_config('configs/paper/swin_base_w14.yaml', ['model.arch=swin_tiny_w7'])\n"
+        "training_digest(cfg)\n"
+        "try:\n"
+        "    load_train_config(None, ['model.arch=swin_tiny_w77'])\n"
+        "except Exception as exc:\n"
+        "    print(exc)\n"
+        "print(sorted(m for m in ('torch', 'timm', 'torchvision') if m in sys.modules))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env_with_python(), capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert "swin_tiny_w7" in proc.stdout.splitlines()[0]  # the unknown name is refused, naming the known ones
+    assert proc.stdout.splitlines()[-1] == "[]"
+
+
+def test_the_plain_architecture_table_is_what_the_models_build():
+    from esvit.archs import ARCHS
+    from esvit.models.backbones import ARCHS as BUILT
+
+    assert ARCHS is BUILT and {"swin_tiny_w7", "swin_base_w14", "vit_small", "resnet50"} <= set(ARCHS)
