@@ -116,14 +116,15 @@ class EsViTLoss(nn.Module):
         temp = self.teacher_temp(epoch)
         s_last, t_last = student[0].last_layers, teacher.last_layers
         device, n_t, batch = teacher.view.device, teacher.view.shape[0], teacher.view.shape[1]
-        keeps = [cross_view_pairs(n_t, g.n_crops, first) for g, first in zip(student, _firsts(student))]
+        firsts = _firsts(student)
+        keeps = [cross_view_pairs(n_t, g.n_crops, first) for g, first in zip(student, firsts)]
         n_pairs = sum(int(k.sum()) for k in keeps)  # CPU: no device sync
         use_region = self.w > 0 and teacher.region is not None
         kw = dict(student_temp=self.student_temp, teacher_temp=temp, dtype=s_last.dtype, rows=self.chunk_rows)
         # view: student row (crop s) * B + b against teacher row t * B + b, weight 1 / (pairs * B)
         s_rows, t_rows = [], []
         b = torch.arange(batch)
-        for keep, first in zip(keeps, _firsts(student)):
+        for keep, first in zip(keeps, firsts):
             kt, ks = keep.nonzero(as_tuple=True)
             s_rows.append(((first + ks)[:, None] * batch + b).flatten())
             t_rows.append((kt[:, None] * batch + b).flatten())
@@ -149,6 +150,7 @@ class EsViTLoss(nn.Module):
         j* it matches in crop t (row (b n_t + t) T_t + j*); weight 1 / (pairs * B * T_s)."""
         device = teacher.region.device
         batch, n_t, t_t = teacher.region.shape[:3]
+        acc = torch.promote_types(teacher.region.dtype, torch.float32)
         s_rows, t_rows, weights, offset = [], [], [], 0
         for group, keep in zip(student, keeps):
             _, n_s, t_s = group.region.shape[:3]
@@ -159,7 +161,6 @@ class EsViTLoss(nn.Module):
             i = torch.arange(t_s, device=device)[None, None, :]
             s_rows.append((offset + (b * n_s + ks[:, None, None]) * t_s + i).flatten())
             t_rows.append(((b * n_t + kt[:, None, None]) * t_t + j).flatten())
-            acc = torch.promote_types(teacher.region.dtype, torch.float32)
             weights.append(torch.full((j.numel(),), 1.0 / (n_pairs * batch * t_s), device=device, dtype=acc))
             offset += group.region[..., 0].numel()
         z_region = torch.cat([g.region.flatten(0, 2) for g in student])
