@@ -10,7 +10,7 @@
   are split between the (rank, worker) pairs when there are enough of them, otherwise samples are.
 
 Node and worker splitting are explicit (rank and world size are arguments, never guessed from the
-environment), as DESIGN.md's pitfalls list asks.
+environment), as the pitfalls list of docs/design.md §6 asks.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""WebDataset shard writer and verifier (the contract in DESIGN.md).
+"""WebDataset shard writer and verifier (the contract in docs/design.md).
 
 Layout: ``<out_dir>/<dataset>-<split>-%06d.tar`` plus ``manifest.json``. Each sample is ``__key__``, the
 image (original bytes for encoded sources, PNG for arrays) and ``.cls``.

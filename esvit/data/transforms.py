@@ -1,4 +1,4 @@
-"""Multi-crop augmentation (reference §1.2, DINO's ``DataAugmentationDINO``) and the evaluation transform.
+"""Multi-crop augmentation (docs/algorithm.md §1.2, DINO's ``DataAugmentationDINO``) and the evaluation transform.
 
 2 global crops (RandomResizedCrop scale (0.4, 1), bicubic) and N local crops (scale (0.05, 0.4)), possibly of
 several sizes; hflip p=0.5; ColorJitter(0.4, 0.4, 0.2, 0.1) p=0.8; grayscale p=0.2; global 1: blur p=1;

@@ -1,4 +1,4 @@
-"""Weighted k-NN classification (reference §4, as DINO / EsViT's eval_knn.py).
+"""Weighted k-NN classification (docs/algorithm.md §4, as DINO / EsViT's eval_knn.py).
 
 Features are L2-normalised; each query takes its k most cosine-similar training samples, each voting for
 its class with weight exp(sim / T), T = 0.07. The bank is processed in chunks on both sides (queries and

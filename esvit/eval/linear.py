@@ -1,4 +1,4 @@
-"""The ImageNet linear protocol (reference §4, ``eval_linear.py``): a linear layer on frozen features.
+"""The ImageNet linear protocol (docs/algorithm.md §4, ``eval_linear.py``): a linear layer on frozen features.
 
 Swin: the average-pooled outputs of the last 4 blocks, concatenated (``Backbone.last_blocks``). The layer is
 initialised N(0, 0.01) with a zero bias and trained by SGD (momentum 0.9, no weight decay) with a cosine

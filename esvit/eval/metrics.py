@@ -1,4 +1,4 @@
-"""Per-dataset metrics (datasets.md §2.2): accuracy, mean-per-class recall, 11-point mAP (multi-label)."""
+"""Per-dataset metrics (docs/datasets.md §2.2): accuracy, mean-per-class recall, 11-point mAP (multi-label)."""
 
 from __future__ import annotations
 

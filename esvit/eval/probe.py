@@ -1,4 +1,4 @@
-"""The transfer linear probe (CLIP / ELEVATER protocol, reference §4 and datasets.md §2.6).
+"""The transfer linear probe (CLIP / ELEVATER protocol, docs/algorithm.md §4 and docs/datasets.md §2.6).
 
 L2-regularised multinomial logistic regression on cached features, with the objective of scikit-learn's
 ``LogisticRegression(C=1/lambda)`` (so results can be checked against it):

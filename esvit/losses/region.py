@@ -1,4 +1,4 @@
-"""Region-level loss L_R (EsViT, reference §1.4).
+"""Region-level loss L_R (EsViT, docs/algorithm.md §1.4).
 
 For each pair (teacher global crop t, student crop s): every student token i takes the teacher token
 j* = argmax_j cos(z_s,i, z_t,j) of highest cosine similarity between *backbone* features (hard, no

@@ -1,4 +1,4 @@
-"""View-level loss L_V (DINO, reference §1.3): cross-entropy between the centred, sharpened teacher
+"""View-level loss L_V (DINO, docs/algorithm.md §1.3): cross-entropy between the centred, sharpened teacher
 distribution of each global crop and the student distribution of every other crop.
 
 Computed as ``CE(q, log_softmax(s / tau)) = logsumexp(s / tau) - (q . s) / tau`` (the teacher rows sum to

@@ -1,6 +1,6 @@
 """Backbones via timm behind one interface: ``forward(images) -> (pooled [B, C], tokens [B, T, C])``.
 
-Conventions (reference §1.1, §2):
+Conventions (docs/algorithm.md §1.1, §2):
 
 - Swin (multi-stage): tokens = last-stage map after the final LayerNorm (eps 1e-6), pooled = their mean.
   Any input size runs (96-px local crops), and every block computes the official EsViT block there: a map
@@ -140,7 +140,7 @@ class Backbone(nn.Module):
         return tokens.mean(1), tokens
 
     def last_blocks(self, x: torch.Tensor, n: int = 4) -> torch.Tensor:
-        """The ImageNet linear-probe feature (reference §4): the outputs of the last ``n`` blocks concatenated.
+        """The ImageNet linear-probe feature (docs/algorithm.md §4): the outputs of the last ``n`` blocks concatenated.
 
         Swin: each block's output average-pooled (the final LayerNorm applied to last-stage blocks only);
         ViT: the [CLS] token of each of the last ``n`` blocks after the final norm; ResNet: the pooled feature.

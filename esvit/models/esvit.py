@@ -1,6 +1,6 @@
 """Student / teacher network: backbone + view head + region head, applied to a list of multi-crop views.
 
-Consecutive crops of equal size go through the backbone as one batch (reference §1.2); the heads then run
+Consecutive crops of equal size go through the backbone as one batch (docs/algorithm.md §1.2); the heads then run
 once on everything (one large matmul each). The output keeps the groups apart, so the loss can batch all the
 pairs that share a crop size.
 

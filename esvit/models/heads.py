@@ -1,4 +1,4 @@
-"""The DINO projection head (reference §1.1), used twice: on the pooled view feature and token-wise on regions.
+"""The DINO projection head (docs/algorithm.md §1.1), used twice: on the pooled view feature and token-wise on regions.
 
 Linear(C, 2048) - GELU - Linear(2048, 2048) - GELU - Linear(2048, 256) -> L2-normalise -> weight-normalised
 Linear(256, out_dim, no bias) with weight_g initialised to 1. Parameter names match the official checkpoints

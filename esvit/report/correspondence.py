@@ -3,7 +3,7 @@
 For an image, view A is a centre crop and view B the same crop flipped horizontally (plus colour jitter), so
 the geometrically correct partner of region (r, c) of A is region (r, W-1-c) of B. Each student region of A
 is matched to the teacher region of B with the highest cosine similarity of the backbone's last-stage
-features — the matching the region loss uses (reference §1.4). Correspondence accuracy is the fraction of
+features — the matching the region loss uses (docs/algorithm.md §1.4). Correspondence accuracy is the fraction of
 regions matched to their correct partner (the paper: 95 % DINO DeiT-S, 66 % multi-stage view-only, 91 % with
 the region loss).
 """

@@ -1,4 +1,4 @@
-"""The training config: a dataclass tree with the paper's defaults (reference §1.5, §3).
+"""The training config: a dataclass tree with the paper's defaults (docs/algorithm.md §1.5, §3).
 
 ``configs/paper/*.yaml`` and ``configs/pretrain/*.yaml`` are small diffs on these defaults; unknown keys raise;
 ``a.b=c`` overrides work; the resolved config is written to ``<run>/config.yaml``.

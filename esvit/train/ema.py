@@ -1,4 +1,4 @@
-"""Teacher update: an exponential moving average of the student, heads included (reference §1.1)."""
+"""Teacher update: an exponential moving average of the student, heads included (docs/algorithm.md §1.1)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Per-iteration schedules (reference §1.5; DINO's ``cosine_scheduler``)."""
+"""Per-iteration schedules (docs/algorithm.md §1.5; DINO's ``cosine_scheduler``)."""
 
 from __future__ import annotations
 

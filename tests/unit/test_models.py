@@ -47,7 +47,7 @@ def test_swin_conventions_match_timm_and_the_reference():
     x = torch.randn(1, 3, 224, 224)
     with torch.no_grad():
         assert torch.equal(plain(x), net(x)[0])  # timm's pooled feature = ours
-        assert net.last_blocks(x, 4).shape == (1, 2304)  # 2 x 384 (stage 3) + 2 x 768 (stage 4), reference §4
+        assert net.last_blocks(x, 4).shape == (1, 2304)  # 2 x 384 (stage 3) + 2 x 768 (stage 4), docs/algorithm.md §4
         assert Backbone("vit_small").last_blocks(x, 4).shape == (1, 4 * 384)
 
 

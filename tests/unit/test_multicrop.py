@@ -2,7 +2,7 @@
 
 Independent references: torchvision's RandomResizedCrop run on the same image (box statistics), the
 reference's PIL / torchvision ops applied with the same parameters (pixels), the reference transform itself
-(grayscale rate), and the distributions written in reference/esvit.md §1.2 (probabilities, factor ranges).
+(grayscale rate), and the distributions written in docs/algorithm.md §1.2 (probabilities, factor ranges).
 """
 
 from __future__ import annotations

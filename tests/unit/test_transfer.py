@@ -1,4 +1,4 @@
-"""The 18 transfer sources, each on a small fake tree in its real on-disk layout (datasets.md §2.4).
+"""The 18 transfer sources, each on a small fake tree in its real on-disk layout (docs/datasets.md §2.4).
 
 Every builder writes the files torchvision (or our folder reader) opens, with two or three classes and a few
 images per split; the test lists every split, reads a record, and shards one split. Where torchvision checks
