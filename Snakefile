@@ -1,4 +1,4 @@
-# EsViT pipeline: shard -> pretrain -> extract -> knn / probe -> report.
+# EsViT pipeline: (download ->) shard -> pretrain -> extract -> knn / probe -> report.
 # No logic here: configuration, validation and the target lists live in workflow/rules/common.smk.
 from snakemake.utils import min_version
 
@@ -13,6 +13,7 @@ if not workflow.overwrite_configfiles:
 
 
 include: "workflow/rules/common.smk"
+include: "workflow/rules/download.smk"
 include: "workflow/rules/shard.smk"
 include: "workflow/rules/pretrain.smk"
 include: "workflow/rules/features.smk"

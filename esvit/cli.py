@@ -161,6 +161,75 @@ def run_sources(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------------------------------- download
+
+
+def _download_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("what", choices=["release", "dataset", "list"], help="release: a released checkpoint (configs/releases.yaml); dataset: a transfer set torchvision can fetch (configs/datasets.yaml); list: both tables")
+    p.add_argument("name", nargs="?", help="the release or dataset key, e.g. swin_tiny_w7_vr, cifar10")
+    p.add_argument("--out", help="release: the file to write (its size and sha256 are recorded next to it as <out>.json)")
+    p.add_argument("--root", help="dataset: the folder to unpack it under (the dataset's root in the workflow config)")
+    p.add_argument("--mirror", help="a site mirror laid out as wget -x saves (<mirror>/<host>/<path>): a URL or a folder")
+    p.add_argument("--cache", help="a shared download folder (<cache>/<host>/<path>); verified files there are linked, not downloaded")
+    p.add_argument("--record", help="dataset: write what was fetched (URLs, files, md5) to this JSON file when done")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+@command("download", "download a released checkpoint or a transfer dataset (resumable, verified, mirror / cache aware)", _download_args)
+def run_download(args: argparse.Namespace) -> int:
+    from esvit.download import fetch_dataset, fetch_release, load_releases
+
+    if args.what == "list":
+        from esvit.data.transfer import load_registry
+
+        for name, entry in load_releases().items():
+            print(f"release  {name:22s} {entry['arch']:15s} {entry['tasks']:10s} {entry['url']}")
+        for name, entry in load_registry().items():
+            print(f"dataset  {name:22s} {'torchvision ' + entry['class'] if entry.get('auto_download') else 'by hand: ' + entry['download']}")
+        return 0
+    if not args.name:
+        raise UsageError(f"esvit download {args.what} needs a name (esvit download list shows them)")
+    where = args.out if args.what == "release" else args.root
+    if not where:
+        raise UsageError(f"esvit download {args.what} needs {'--out FILE' if args.what == 'release' else '--root DIR'}")
+    options = {"mirror": args.mirror, "cache": args.cache, "progress": not args.no_progress}
+    if args.what == "release":
+        print(f"download: {fetch_release(args.name, args.out, **options)}")
+        return 0
+    fetched = fetch_dataset(args.name, args.root, **options)
+    if args.record:
+        from esvit.atomic import atomic_write_json
+
+        atomic_write_json(args.record, {"dataset": args.name, "root": args.root, "files": fetched})
+    print(f"download: {args.name} under {args.root} ({len(fetched)} files fetched)")
+    return 0
+
+
+# ------------------------------------------------------------------------------------------------ status
+
+
+def _status_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", default="configs/config.yaml", help="the workflow config whose runs to show (default %(default)s)")
+    p.add_argument("--results", default="results", help="the results folder the workflow writes (default %(default)s)")
+    p.add_argument("--json", action="store_true", help="one JSON object per run instead of the table")
+
+
+@command("status", "every run of a workflow config: state (Slurm job, running, done, failed), progress, ETA, collapse, results", _status_args)
+def run_status_cmd(args: argparse.Namespace) -> int:
+    import json
+
+    from esvit.config import load_config
+    from esvit.status import as_dicts, run_status, status_table
+
+    rows = run_status(load_config(args.config, check_paths=False), args.results)
+    if args.json:
+        for row in as_dicts(rows):
+            print(json.dumps(row))
+    else:
+        print(status_table(rows))
+    return 0
+
+
 # ---------------------------------------------------------------------------------------------- pretrain
 
 
@@ -425,7 +494,7 @@ def _check_inputs(args: argparse.Namespace, caches: dict[str, dict], feature: st
 def _report_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--results", default="results", help="results folder to read (default %(default)s)")
     p.add_argument("--out", help="output folder (default <results>/report)")
-    p.add_argument("--baseline", help="run the transfer table counts wins against (default: the first *_random run)")
+    p.add_argument("--baseline", help="run the transfer table counts wins against, as the paper counts them against the supervised Swin-T (default: a run named *supervised*, else the first *_random run)")
 
 
 @command("report", "tables beside the paper, plots and report.html from every metrics JSON", _report_args)
@@ -484,17 +553,18 @@ def run_viz(args: argparse.Namespace) -> int:
 
 
 def _import_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--official", required=True, help="an official EsViT checkpoint (checkpoint.pth from microsoft/esvit)")
+    p.add_argument("--official", required=True, help="the checkpoint to import: an official EsViT checkpoint.pth (microsoft/esvit), or timm weights with --format timm")
     p.add_argument("--arch", required=True, help="its architecture, e.g. swin_tiny_w7, swin_base_w14")
     p.add_argument("--out", required=True, help="the converted checkpoint, usable by esvit extract --checkpoint")
     p.add_argument("--key", default="teacher", choices=["teacher", "student"], help="which network's backbone (default %(default)s, as the paper evaluates)")
+    p.add_argument("--format", default="official", choices=["official", "timm"], help="official: microsoft/esvit's checkpoint.pth; timm: a timm state dict (.safetensors or .pth), e.g. a supervised Swin (default %(default)s)")
 
 
-@command("import", "convert an official EsViT checkpoint (teacher backbone) for esvit extract", _import_args)
+@command("import", "convert an official EsViT checkpoint (teacher backbone) or timm weights for esvit extract", _import_args)
 def run_import(args: argparse.Namespace) -> int:
     from esvit.models.checkpoint import import_official
 
-    print(f"import: {import_official(args.official, args.arch, args.out, args.key)}")
+    print(f"import: {import_official(args.official, args.arch, args.out, args.key, args.format)}")
     return 0
 
 
@@ -542,7 +612,7 @@ def _user_errors() -> tuple[type[Exception], ...]:
     where = {
         "esvit.train.loop": "TrainingError", "esvit.train.state": "CheckpointError", "esvit.eval.checks": "FeatureError",
         "esvit.lock": "LockError", "esvit.device": "DeviceError", "esvit.launch.submit": "LaunchError",
-        "esvit.atomic": "WriteError",
+        "esvit.atomic": "WriteError", "esvit.download": "DownloadError",
     }  # fmt: skip
     return tuple(getattr(sys.modules[m], name) for m, name in where.items() if m in sys.modules)
 

@@ -16,6 +16,7 @@ Field constraints live in ``dataclasses.field(metadata=...)``:
 
 from __future__ import annotations
 
+import contextvars
 import dataclasses
 import difflib
 import re
@@ -34,8 +35,10 @@ __all__ = [
     "PretrainRun",
     "ContinualFrom",
     "EvalConfig",
+    "DownloadConfig",
     "from_dict",
     "load_config",
+    "missing_paths",
     "load_yaml",
     "apply_overrides",
     "to_dict",
@@ -44,6 +47,9 @@ __all__ = [
 ]
 
 NAME_RE = re.compile(r"^[a-z][a-z0-9_]*$")
+# False while a workflow is planned: paths that jobs will create or that only the jobs read (data roots,
+# checkpoints still to be downloaded) are not required to exist yet (see load_config's check_paths).
+CHECK_PATHS = contextvars.ContextVar("esvit_check_paths", default=True)
 
 
 class ConfigError(ValueError):
@@ -64,6 +70,12 @@ def _source_names() -> tuple[str, ...]:
     from esvit.data.sources import SOURCES  # lazy: keeps `import esvit.config` light
 
     return tuple(sorted(SOURCES))
+
+
+def _releases() -> tuple[str, ...]:
+    from esvit.download import load_releases  # plain YAML
+
+    return tuple(load_releases())
 
 
 def _archs() -> tuple[str, ...]:
@@ -98,8 +110,9 @@ class DatasetConfig:
     splits: list[str] = _field(["train", "test"], nonempty=True, help="Splits to shard.")
     options: dict[str, Any] = _field({}, help="Source-specific options (see `esvit sources`).")
     metric: Literal["accuracy", "mean_per_class", "11point_mAP"] = _field(
-        "accuracy", help="Metric of its linear probe (datasets.md: accuracy, mean_per_class, 11point_mAP); transfer sets default to the registry's."
+        "accuracy", help="Metric of its linear probe (docs/datasets.md: accuracy, mean_per_class, 11point_mAP); transfer sets default to the registry's."
     )
+    download: bool = _field(False, help="Fetch it into root first (the download_dataset rule: torchvision's URLs and checksums; transfer sets with auto_download in configs/datasets.yaml).")
 
 
 @dataclasses.dataclass
@@ -121,7 +134,8 @@ class PretrainRun:
     overrides: list[str] = _field([], help="Training-config overrides, key.sub=value.")
     mix: list[str] = _field([], help="More datasets whose `split` shards are mixed into the training stream (drawn shard by shard).")
     checkpoint: str | None = _field(None, path="exists", help="A released checkpoint to evaluate without pretraining (instead of config).")
-    checkpoint_format: Literal["official", "esvit"] = _field("official", help="official: microsoft/esvit checkpoint.pth (imported with `esvit import`); esvit: this project's.")
+    release: str | None = _field(None, choices=_releases, help="A released checkpoint by name (configs/releases.yaml), downloaded by the download_release rule (instead of config or checkpoint; sets arch and checkpoint_format).")
+    checkpoint_format: Literal["official", "esvit", "timm"] = _field("official", help="official: microsoft/esvit checkpoint.pth (imported with `esvit import`); esvit: this project's; timm: a timm state dict (e.g. a supervised Swin).")
     arch: str | None = _field(None, choices=_archs, help="Architecture of checkpoint (esvit.models.ARCHS).")
     image_size: int = _field(224, gt=0, help="Evaluation crop size of checkpoint.")
     continual_from: ContinualFrom | None = _field(
@@ -148,6 +162,15 @@ class EvalConfig:
 
 
 @dataclasses.dataclass
+class DownloadConfig:
+    """Where downloads come from and are kept (released checkpoints, transfer datasets)."""
+
+    mirror: str | None = _field(None, help="A site mirror laid out as `wget -x` saves (<mirror>/<host>/<path>): an http(s):// or file:// URL, or a folder.")
+    cache: str | None = _field(None, help="A shared download folder (<cache>/<host>/<path>): verified files there are linked instead of downloaded; new downloads land there.")
+    folder: str = _field("{data_dir}/downloads", help="Where downloaded checkpoints are written ({data_dir} is replaced).")
+
+
+@dataclasses.dataclass
 class PipelineConfig:
     """The workflow config: what Snakemake and the CLI read."""
 
@@ -158,6 +181,7 @@ class PipelineConfig:
     shard: ShardConfig = _field(factory=ShardConfig, help="The sharding stage.")
     runs: dict[str, PretrainRun] = _field({}, help="Pretraining runs, by name (lower-case letters, digits and '_').")
     eval: EvalConfig = _field(factory=EvalConfig, help="Evaluation of the runs.")
+    download: DownloadConfig = _field(factory=DownloadConfig, help="Downloads: site mirror and cache.")
 
 
 # ----------------------------------------------------------------------------------------------- loading
@@ -267,7 +291,7 @@ def _check_meta(value: Any, meta: Mapping[str, Any], key: str) -> None:
             raise ConfigError(
                 f"{key}: unknown name {value!r}; known: {', '.join(choices)}.{_did_you_mean(value, choices)}"
             )
-    if meta.get("path") == "exists" and value is not None and not Path(value).exists():
+    if meta.get("path") == "exists" and value is not None and CHECK_PATHS.get() and not Path(value).exists():
         raise ConfigError(f"{key}: path {value!r} does not exist; create it or point {key} at the right place")
 
 
@@ -347,16 +371,43 @@ def apply_overrides(data: dict, overrides: typing.Iterable[str]) -> dict:
     return data
 
 
-def load_config(source: str | Path | Mapping, overrides: typing.Iterable[str] = ()) -> PipelineConfig:
+def load_config(source: str | Path | Mapping, overrides: typing.Iterable[str] = (), check_paths: bool = True) -> PipelineConfig:
     """Load and validate the workflow config.
 
     Args:
         source: a YAML path or an already-read mapping (Snakemake's ``config``).
         overrides: ``a.b=c`` strings applied before validation.
+        check_paths: require data roots and checkpoints to exist. Snakemake plans with False: a plan is made
+            before anything is downloaded, and a missing root fails its own shard job with the same message.
 
     Returns:
         The validated :class:`PipelineConfig`.
     """
+    token = CHECK_PATHS.set(check_paths)
+    try:
+        return _load_config(source, overrides)
+    finally:
+        CHECK_PATHS.reset(token)
+
+
+def missing_paths(cfg: PipelineConfig) -> list[str]:
+    """Data roots and checkpoints a config names that do not exist (yet) and that no rule downloads: what a
+    plan made with ``check_paths=False`` warns about."""
+    from esvit.data.sources import SOURCES
+
+    out = []
+    for name, ds in cfg.datasets.items():
+        cls = SOURCES[ds.source]
+        root = ds.root or cls.default_root
+        if cls.needs_root and root and not ds.download and not Path(root).exists():
+            out.append(f"datasets.{name}.root: {root!r} does not exist (its shard jobs will fail). {cls.missing_hint}")
+    for name, run in cfg.runs.items():
+        if run.checkpoint and not Path(run.checkpoint).exists():
+            out.append(f"runs.{name}.checkpoint: {run.checkpoint!r} does not exist")
+    return out
+
+
+def _load_config(source: str | Path | Mapping, overrides: typing.Iterable[str]) -> PipelineConfig:
     data = load_yaml(source) if isinstance(source, (str, Path)) else dict(source)
     data = apply_overrides(data, overrides)
     cfg = from_dict(PipelineConfig, data)
@@ -367,6 +418,11 @@ def load_config(source: str | Path | Mapping, overrides: typing.Iterable[str] = 
         entry = getattr(SOURCES[ds.source], "entry", None)  # a transfer set: its registry metric by default
         if entry and "metric" not in (data["datasets"][name] or {}):
             ds.metric = entry["metric"]
+        if ds.download:
+            if not (entry or {}).get("auto_download"):
+                how = f"download {entry['download']} by hand" if entry else "put its files under root by hand"
+                raise ConfigError(f"datasets.{name}.download: source {ds.source!r} cannot be downloaded automatically; "
+                                  f"{how} and set download: false")  # fmt: skip
     for i, name in [(f"datasets[{i}]", n) for i, n in enumerate(cfg.eval.datasets)] + [
             (f"linear_datasets[{i}]", n) for i, n in enumerate(cfg.eval.linear_datasets)]:  # fmt: skip
         if name not in cfg.datasets:
@@ -379,8 +435,19 @@ def load_config(source: str | Path | Mapping, overrides: typing.Iterable[str] = 
             raise ConfigError(f"eval.{i}: {name!r} needs a train and a test (or val) split (has {cfg.datasets[name].splits})")
     for name, run in cfg.runs.items():
         key = f"runs.{name}"
-        if (run.config is None) == (run.checkpoint is None):
-            raise ConfigError(f"{key}: give either config (+ dataset) to pretrain, or checkpoint (+ arch) to evaluate a released one")
+        if sum(x is not None for x in (run.config, run.checkpoint, run.release)) != 1:
+            raise ConfigError(f"{key}: give one of config (+ dataset) to pretrain, checkpoint (+ arch) or release (a name "
+                              "in configs/releases.yaml) to evaluate a released one")  # fmt: skip
+        if run.release is not None:
+            from esvit.download import load_releases
+
+            entry = load_releases()[run.release]
+            given = data["runs"][name] or {}
+            for field_, value in (("arch", entry["arch"]), ("checkpoint_format", entry["format"])):
+                if field_ in given and given[field_] != value:
+                    raise ConfigError(f"{key}.{field_}: {given[field_]!r}, but release {run.release!r} is {value!r}; leave it out")
+                setattr(run, field_, value)
+            continue
         if run.checkpoint is not None:
             if run.arch is None:
                 raise ConfigError(f"{key}.arch is required with checkpoint (e.g. swin_tiny_w7)")

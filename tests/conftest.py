@@ -94,3 +94,69 @@ def make_jpeg(path: Path, seed: int, size=(64, 48), quality: int = 90) -> bytes:
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(arr).save(path, format="JPEG", quality=quality)
     return path.read_bytes()
+
+
+class FileServer:
+    """A local HTTP server for download tests: serves ``files`` (URL path -> bytes) with ``Range`` support,
+    logs every request's path and Range header, and can misbehave as real servers do (``drop_after``: close the
+    connection after that many bytes of a response, once; ``ignore_range``: answer 200 with the whole file)."""
+
+    def __init__(self) -> None:
+        import http.server
+        import threading
+
+        self.files: dict[str, bytes] = {}
+        self.requests: list[tuple[str, str | None]] = []
+        self.drop_after: int | None = None
+        self.ignore_range = False
+        server = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 (the stdlib's name)
+                rng = self.headers.get("Range")
+                server.requests.append((self.path, rng))
+                body = server.files.get(self.path)
+                if body is None:
+                    self.send_error(404, "Not Found")
+                    return
+                start = 0
+                if rng and not server.ignore_range:
+                    start = int(rng.removeprefix("bytes=").split("-")[0])
+                    if start >= len(body):
+                        self.send_response(416)
+                        self.send_header("Content-Range", f"bytes */{len(body)}")
+                        self.end_headers()
+                        return
+                    self.send_response(206)
+                    self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
+                else:
+                    self.send_response(200)
+                part = body[start:]
+                self.send_header("Content-Length", str(len(part)))
+                self.end_headers()
+                if server.drop_after is not None:
+                    cut, server.drop_after = server.drop_after, None
+                    self.wfile.write(part[:cut])
+                    self.wfile.flush()
+                    self.connection.shutdown(2)  # the connection breaks mid-file
+                    return
+                self.wfile.write(part)
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture
+def file_server():
+    server = FileServer()
+    yield server
+    server.close()

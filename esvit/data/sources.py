@@ -103,7 +103,9 @@ class Source:
         root = ds.root or cls.default_root
         if cls.needs_root and not root:
             raise ConfigError(f"{key}.root is required for source {cls.name!r}. {cls.missing_hint}")
-        if cls.needs_root and cls.root_must_exist and not Path(root).exists():
+        from esvit.config import CHECK_PATHS
+
+        if cls.needs_root and cls.root_must_exist and CHECK_PATHS.get() and not Path(root).exists():
             raise ConfigError(f"{key}.root: path {root!r} does not exist. {cls.missing_hint}")
         allowed = cls.split_names(ds)
         if allowed is not None:

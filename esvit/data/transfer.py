@@ -2,7 +2,7 @@
 
 Each registry entry becomes a source of the same name (``source: food101``, ``root: /data/food101``): the
 torchvision class it names is opened with ``download=False`` and the entry's split arguments; the rest of the
-protocol (datasets.md §2) is applied here:
+protocol (docs/datasets.md §2) is applied here:
 
 - ``sample_split`` (EuroSAT, RESISC45): a seeded random train / test sample of the given sizes from all images;
 - ``per_class_train`` (Caltech-101): a seeded 30 images per class for train, the rest for test;
@@ -183,7 +183,9 @@ def _register_all() -> None:
     for name, entry in load_registry().items():
         base = FolderTransferSource if entry.get("class") is None else TransferSource
         hint = (f"Download {entry['download']} and unpack it under the dataset's root so that it holds "
-                f"{entry['layout']} (configs/datasets.yaml).")  # fmt: skip
+                f"{entry['layout']} (configs/datasets.yaml)")  # fmt: skip
+        hint += (f", or set download: true on the dataset to fetch it there (esvit download dataset {name} --root DIR)."
+                 if entry.get("auto_download") else ".")  # fmt: skip
         doc = f"transfer set: {entry.get('class') or 'image folder'}, {entry['classes']} classes, {entry['metric']}."
         register_source(type(f"{name}_source", (base,), {"name": name, "entry": entry, "missing_hint": hint, "doc": doc}))
 

@@ -27,7 +27,7 @@ from esvit.models.backbones import ARCHS, Backbone
 from esvit.train.state import CheckpointError, load_checkpoint, save_checkpoint
 
 __all__ = [
-    "filter_state_dict", "import_official", "export_backbone", "backbone_state", "load_official_checkpoint",
+    "filter_state_dict", "import_official", "load_timm_weights", "export_backbone", "backbone_state", "load_official_checkpoint",
     "is_official", "official_to_esvit", "OFFICIAL_SAFE_GLOBALS",
 ]  # fmt: skip
 
@@ -111,9 +111,10 @@ def _check_window_tables(state: dict[str, torch.Tensor], backbone: Backbone) -> 
     own = backbone.net.state_dict()
     for k, v in state.items():
         if k.endswith("relative_position_bias_table") and k in own and own[k].shape != v.shape:
+            what = "another window size" if own[k].shape[0] != v.shape[0] else "another width (attention heads)"
             raise CheckpointError(
                 f"{k} has shape {tuple(v.shape)} but {backbone.arch} expects {tuple(own[k].shape)}: the checkpoint has "
-                "another window size; check --arch (e.g. _w7 vs _w14)"
+                f"{what}; check --arch (e.g. _w7 vs _w14, tiny / small / base)"
             )
 
 
@@ -141,8 +142,31 @@ def _plain(value: Any) -> Any:
     return value if isinstance(value, (str, int, float, bool, type(None))) else repr(value)
 
 
-def import_official(path: str | Path, arch: str, out: str | Path, key: str = "teacher") -> Path:
-    """Convert an official EsViT checkpoint into this project's format (usable by ``esvit extract``).
+def load_timm_weights(path: str | Path) -> dict[str, Any]:
+    """A timm / torchvision-style state dict: a ``.safetensors`` file (timm's hub format; no pickle at all) or a
+    ``.pth`` / ``.bin`` of tensors (``weights_only``), possibly under ``model`` or ``state_dict``."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {str(path)!r} does not exist")
+    try:
+        with open(path, "rb") as f:
+            head = f.read(16)
+        if path.suffix == ".safetensors" or (len(head) >= 9 and head[8:9] == b"{"):  # u64 header size, then JSON
+            from safetensors.torch import load_file
+
+            return load_file(str(path))
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise CheckpointError(f"cannot load {str(path)!r} as timm weights ({type(exc).__name__}: {str(exc)[:200]}); "
+                              "is the file complete?") from None  # fmt: skip
+    if not isinstance(ckpt, dict):
+        raise CheckpointError(f"{path}: holds a {type(ckpt).__name__}, not a state dict")
+    return ckpt
+
+
+def import_official(path: str | Path, arch: str, out: str | Path, key: str = "teacher", fmt: str = "official") -> Path:
+    """Convert an official EsViT checkpoint (``fmt="official"``) or timm weights (``fmt="timm"``, e.g. the
+    supervised Swin-T reference: its classifier is dropped) into this project's format (for ``esvit extract``).
 
     Returns:
         ``out``, holding ``{key: {"backbone.net.*": ...}, "config": {"model": {"arch"}, "crops": ...}}`` and the
@@ -150,10 +174,18 @@ def import_official(path: str | Path, arch: str, out: str | Path, key: str = "te
     """
     if arch not in ARCHS:
         raise CheckpointError(f"unknown arch {arch!r}; known: {', '.join(ARCHS)}")
-    ckpt = load_official_checkpoint(path)
+    if fmt not in ("official", "timm"):
+        raise CheckpointError(f"unknown checkpoint format {fmt!r}; known: official, timm")
+    from esvit.download import check_recorded
+
+    check_recorded(path)  # a downloaded file: still the file its first download recorded
+    ckpt = load_official_checkpoint(path) if fmt == "official" else load_timm_weights(path)
     if "config" in ckpt and "esvit_version" in ckpt:
         raise CheckpointError(f"{path}: already one of this project's checkpoints; give it to `esvit extract --checkpoint` as it is")
-    state = ckpt.get(key, ckpt)
+    if fmt == "official" and key not in ckpt and any(k.startswith("layers.") or k.startswith("model") for k in ckpt):
+        raise CheckpointError(f"{path}: a plain backbone state dict, not an official EsViT checkpoint (no {key!r}); "
+                              "import it with --format timm")  # fmt: skip
+    state = ckpt.get(key, ckpt) if fmt == "official" else ckpt.get("model", ckpt.get("state_dict", ckpt))
     if not isinstance(state, dict) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise CheckpointError(f"{path}: no {key!r} state dict inside (keys: {sorted(map(str, ckpt))[:8]})")
     backbone = Backbone(arch)
@@ -172,6 +204,7 @@ def import_official(path: str | Path, arch: str, out: str | Path, key: str = "te
         key: {f"backbone.net.{k}": v for k, v in backbone.net.state_dict().items()},
         "config": {"model": {"arch": arch}, "crops": {"global_size": 224}},
         "imported_from": str(path),
+        "imported_format": fmt,
     }
     if "args" in ckpt:
         record["official_args"] = _plain(ckpt["args"])

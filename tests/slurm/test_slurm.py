@@ -276,8 +276,21 @@ def test_snakemake_slurm_profile_runs_the_demo_config_as_sbatch_jobs(site, tmp_p
            "--set-threads", "write_shards=1", "extract_features=1",
            "--slurm-init-seconds-before-status-checks", "2", "--seconds-between-status-checks", "3",
            "--max-status-checks-per-second", "10", *targets]  # fmt: skip
-    proc = subprocess.run(cmd, cwd=tmp_path, env=env_with_python(), capture_output=True, text=True, timeout=1200)
-    out = proc.stdout + proc.stderr
+    snake = subprocess.Popen(cmd, cwd=tmp_path, env=env_with_python(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    # `esvit status` while it runs, as from the login node: the pretraining run is seen on its Slurm job
+    seen = []
+    while snake.poll() is None and len(seen) < 600:
+        st = subprocess.run([sys.executable, "-m", "esvit", "status", "--config", "config.yaml", "--json"], cwd=tmp_path,
+                            env=env_with_python(), capture_output=True, text=True, timeout=120)  # fmt: skip
+        assert st.returncode == 0, st.stderr
+        row = json.loads(st.stdout.splitlines()[0])
+        if row["state"] == "running" and not any(s[0] == "running" for s in seen):  # the table a user sees then
+            print(subprocess.run([sys.executable, "-m", "esvit", "status", "--config", "config.yaml"], cwd=tmp_path,
+                                 env=env_with_python(), capture_output=True, text=True, timeout=120).stdout)  # fmt: skip
+        seen.append((row["state"], row["where"], row["step"]))
+        time.sleep(0.5)
+    out, _ = snake.communicate(timeout=1200)
+    proc = subprocess.CompletedProcess(cmd, snake.returncode, out, "")
     assert proc.returncode == 0, out[-6000:]
     jobs = re.findall(r"submitted with SLURM jobid (\d+)", out)
     assert len(jobs) == 7, out[-6000:]  # 3 shard + 2 extract + knn + probe
@@ -285,6 +298,13 @@ def test_snakemake_slurm_profile_runs_the_demo_config_as_sbatch_jobs(site, tmp_p
         assert [r[1] for r in sacct(jid)] == ["COMPLETED"], (jid, sacct(jid))
     pre = json.loads((tmp_path / "results/pretrain/esvit_demo/slurm/job.json").read_text())["job_id"]
     assert sacct(pre) == [(pre, "COMPLETED", "n[1-2]")]
+    running = [s for s in seen if s[0] == "running"]
+    assert running and all(w == f"Slurm job {pre} (RUNNING)" for _, w, _ in running), seen
+    assert seen[0][0] == "not started", seen
+    final = subprocess.run([sys.executable, "-m", "esvit", "status", "--config", "config.yaml"], cwd=tmp_path,
+                           env=env_with_python(), capture_output=True, text=True, timeout=120)  # fmt: skip
+    print(final.stdout)  # the status table after the run, in the test log
+    assert re.search(rf"esvit_demo +done +Slurm job {pre} ", final.stdout) and " 2/2 " in final.stdout, final.stdout
     log = (tmp_path / "results/logs/pretrain/esvit_demo.log").read_text()
     assert f"submitted Slurm job {pre}" in log and "[job] esvit job: rank 0/2 on n1" in log, log
     for t in targets:

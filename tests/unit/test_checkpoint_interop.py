@@ -252,3 +252,29 @@ def test_export_loads_into_timm_strictly_and_matches(tmp_path, digits_shards):
         with torch.no_grad():
             assert torch.equal(model(x), ours(x)[0])
     assert load_checkpoint(out / "final.pth")["teacher"]  # the run's checkpoint is untouched
+
+
+def test_timm_weights_import_as_the_supervised_reference_and_compute_timms_features(tmp_path):
+    """`--format timm`: a classifier-bearing timm Swin saved as timm's hub does (safetensors) imports into the
+    matching architecture (classifier dropped) and gives timm's own pre-logits features at 224 px."""
+    from safetensors.torch import save_file
+    from timm.models.swin_transformer import SwinTransformer
+
+    torch.manual_seed(0)
+    supervised = SwinTransformer(img_size=224, embed_dim=4, depths=(2, 2, 2, 2), num_heads=(1, 1, 2, 2), window_size=7,
+                                 num_classes=1000).eval()  # timm's defaults otherwise, as swin_tiny_patch4_window7_224
+    path = tmp_path / "model.safetensors"
+    save_file(supervised.state_dict(), str(path))
+    out = tmp_path / "imported.pth"
+    proc = run_cli("import", "--official", str(path), "--format", "timm", "--arch", "swin_test_w7", "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    ours = Backbone("swin_test_w7").eval()
+    ours.load_state_dict({k.removeprefix("backbone."): v for k, v in load_checkpoint(out)["teacher"].items()})
+    x = torch.randn(2, 3, 224, 224)
+    with torch.no_grad():
+        want = supervised.forward_head(supervised.forward_features(x), pre_logits=True)
+        got, _ = ours(x)
+    # the same weights; only LayerNorm's eps differs (timm 1e-5, the EsViT networks 1e-6)
+    torch.testing.assert_close(got, want, atol=2e-3, rtol=2e-3)
+    wrong = run_cli("import", "--official", str(path), "--arch", "swin_test_w7", "--out", str(tmp_path / "x.pth"))
+    assert wrong.returncode == 1 and "--format timm" in wrong.stderr and "Traceback" not in wrong.stderr

@@ -10,7 +10,7 @@ import jsonschema
 import pytest
 import yaml
 
-from esvit.config import ConfigError, DatasetConfig, EvalConfig, PipelineConfig, PretrainRun, ShardConfig, load_config
+from esvit.config import ConfigError, DatasetConfig, DownloadConfig, EvalConfig, PipelineConfig, PretrainRun, ShardConfig, load_config
 from tests.conftest import REPO, run_cli
 
 DEFAULT = yaml.safe_load((REPO / "configs/config.yaml").read_text())
@@ -67,7 +67,7 @@ def _pop(path: str):
 # (id, mutation, substrings the message must contain, the JSON schema rejects it too)
 BAD = [
     ("mix-unknown-dataset", _set("runs.esvit_demo.mix", ["mnist6k"]), ["runs.esvit_demo.mix[0]: unknown dataset 'mnist6k'", "Did you mean 'mnist5k'"], False),
-    ("run-without-config-or-checkpoint", _set("runs.esvit_demo.config", None), ["runs.esvit_demo: give either config"], False),
+    ("run-without-config-or-checkpoint", _set("runs.esvit_demo.config", None), ["runs.esvit_demo: give one of config"], False),
     ("checkpoint-without-arch", _set("runs.esvit_demo", {"checkpoint": "configs/config.yaml"}), ["runs.esvit_demo.arch is required"], False),
     ("unknown-top-key", _set("datasetz", {}), ["unknown key 'datasetz'", "Did you mean 'datasets'"], True),
     ("unknown-nested-key", _set("shard.max_sample", 5), ["shard: unknown key 'max_sample'", "Did you mean 'max_samples'"], True),
@@ -96,6 +96,11 @@ BAD = [
     ("run-bad-training-key", _set("runs.esvit_demo.overrides", ["optim.lr=-1"]), ["runs.esvit_demo", "optim.lr must be > 0"], False),
     ("eval-unknown-dataset", _set("eval.datasets", ["digits", "mnist"]), ["eval.datasets[1]: unknown dataset 'mnist'", "Did you mean 'mnist5k'"], False),
     ("eval-bad-metric", _set("datasets.digits.metric", "top1"), ["datasets.digits.metric must be one of"], True),
+    ("unknown-release", _set("runs.esvit_demo", {"release": "swin_tiny_w7_rv"}), ["runs.esvit_demo.release: unknown name 'swin_tiny_w7_rv'", "Did you mean 'swin_tiny_w7_v"], True),
+    ("release-and-config", _set("runs.esvit_demo.release", "swin_tiny_w7_vr"), ["runs.esvit_demo: give one of config"], False),
+    ("release-other-arch", _set("runs.esvit_demo", {"release": "swin_tiny_w7_vr", "arch": "swin_small_w7"}), ["runs.esvit_demo.arch: 'swin_small_w7', but release 'swin_tiny_w7_vr' is 'swin_tiny_w7'"], False),
+    ("download-by-hand-only", _set("datasets.cars", {"source": "stanford_cars", "root": "/tmp/cars", "download": True}), ["datasets.cars.download: source 'stanford_cars' cannot be downloaded automatically", "by hand"], False),
+    ("download-without-root", _set("datasets.c10", {"source": "cifar10", "download": True}), ["datasets.c10.root is required for source 'cifar10'", "set download: true on the dataset to fetch it there"], False),
     ("run-bad-crops", _set("runs.esvit_demo.overrides", ["crops.local_size=[96, 64]"]), ["crops.local_number [4] and crops.local_size [96, 64] must have equal lengths"], False),
 ]
 
@@ -145,10 +150,12 @@ def _schema_for(cls) -> dict:
         return props["runs"]["additionalProperties"]["properties"]
     if cls is EvalConfig:
         return props["eval"]["properties"]
+    if cls is DownloadConfig:
+        return props["download"]["properties"]
     return props
 
 
-@pytest.mark.parametrize("cls", [PipelineConfig, ShardConfig, DatasetConfig, PretrainRun, EvalConfig])
+@pytest.mark.parametrize("cls", [PipelineConfig, ShardConfig, DatasetConfig, PretrainRun, EvalConfig, DownloadConfig])
 def test_schema_and_dataclasses_agree(cls):
     """Same keys, a description for each, and the same defaults (dataclass defaults vs schema defaults)."""
     schema = _schema_for(cls)

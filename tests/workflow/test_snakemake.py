@@ -152,6 +152,17 @@ def test_whole_pipeline_runs_for_real_and_a_forced_rerun_touches_nothing_else(tm
     assert job_counts(again.stdout + again.stderr) == {"pretrain": 1}
     again = snakemake(tmp_path, "-n", "--cores", "2", "results/probe/tiny_b/digits/metrics.json", "-f", config=cfg)
     assert job_counts(again.stdout + again.stderr) == {"fit_linear_probe": 1}
+    # targets before --forcerun (it takes every name after it): the README's order reruns that one probe
+    again = snakemake(tmp_path, "-n", "--cores", "2", "results/probe/tiny_b/digits/metrics.json", "--forcerun", "fit_linear_probe", config=cfg)
+    assert job_counts(again.stdout + again.stderr) == {"fit_linear_probe": 1}
+    # one dataset again for real, then a plain run re-aggregates: the report and nothing else
+    report_before = (tmp_path / "results/report/summary.csv").stat().st_mtime
+    forced = snakemake(tmp_path, "--cores", "1", "results/probe/tiny_b/digits/metrics.json", "-f", config=cfg)
+    assert forced.returncode == 0, forced.stderr[-3000:]
+    plan = snakemake(tmp_path, "-n", "--cores", "1", config=cfg)
+    assert job_counts(plan.stdout + plan.stderr) == {"report": 1, "all": 1}
+    rerun = snakemake(tmp_path, "--cores", "1", config=cfg)
+    assert rerun.returncode == 0 and (tmp_path / "results/report/summary.csv").stat().st_mtime > report_before
 
 
 def test_eval_fans_out_per_model_and_dataset(tmp_path):
@@ -172,22 +183,20 @@ def test_eval_fans_out_per_model_and_dataset(tmp_path):
     assert "--shards data/shards/digits/train,data/shards/mnist5k/train" in out  # the pretraining mix
 
 
-def test_transfer_config_fans_out_over_the_18_sets_with_their_splits(tmp_path):
-    """configs/transfer.yaml (released checkpoints, no pretraining): one import per run, and per dataset the
-    extraction of each split, a k-NN (not for multi-label VOC) and a probe that reads the val split if any."""
+def test_transfer_config_is_planned_verbatim_before_anything_is_downloaded():
+    """`snakemake --configfile configs/transfer.yaml --profile local -n` from a fresh clone, as the config's header
+    says: nothing downloaded yet. Per release a download and an import; per downloadable set a download; per
+    dataset the extraction of each split, a k-NN (not for multi-label VOC) and a probe that reads the val split if
+    any; the sets needing a manual step are named in a warning, not a failure."""
     cfg = yaml.safe_load((REPO / "configs/transfer.yaml").read_text())
-    for name, run in cfg["runs"].items():
-        (tmp_path / f"{name}.pth").write_bytes(b"x")
-        run["checkpoint"] = str(tmp_path / f"{name}.pth")
-    for split in ("train", "val"):
-        (tmp_path / "imagenet" / split).mkdir(parents=True)
-    cfg["datasets"]["imagenet"]["root"] = str(tmp_path / "imagenet")
-    proc = snakemake(tmp_path, "-n", "-p", "--cores", "2", config=cfg)
+    proc = subprocess.run([sys.executable, "-m", "snakemake", "--configfile", "configs/transfer.yaml", "--profile", "local", "-n", "-p"],
+                          cwd=REPO, env=env_with_python(), capture_output=True, text=True, timeout=300)  # fmt: skip
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-3000:]
     counts = job_counts(out)
     runs, sets = len(cfg["runs"]), len(cfg["eval"]["datasets"])
-    assert sets == 18 and counts["import_checkpoint"] == runs and "pretrain" not in counts
+    assert sets == 18 and counts["download_release"] == counts["import_checkpoint"] == runs and "pretrain" not in counts
+    assert counts["download_dataset"] == sum(bool(d.get("download")) for d in cfg["datasets"].values()) == 15
     assert counts["fit_linear_probe"] == runs * sets and counts["knn_classify"] == runs * (sets - 1)
     assert counts["linear_protocol"] == runs  # ImageNet
     n_splits = sum(len(cfg["datasets"][d]["splits"]) for d in cfg["datasets"])
@@ -195,6 +204,57 @@ def test_transfer_config_fans_out_over_the_18_sets_with_their_splits(tmp_path):
     assert "--metric 11point_mAP --val results/features/esvit_swin_tiny_w7/voc2007/val.pt" in out
     assert "--dataset fgvc_aircraft --metric mean_per_class --val" in out
     assert re.search(r"--dataset cifar10 --metric accuracy +--device auto +>", out)  # no val split: 20 % of train
+    assert "esvit download release swin_tiny_supervised" in out and "--format timm" in out
+    for manual in ("imagenet", "stanford_cars", "fer2013", "resisc45"):
+        assert f"esvit: warning: datasets.{manual}.root" in out
+
+
+def test_a_release_is_downloaded_through_the_mirror_once_and_checked_before_use(tmp_path, file_server):
+    """runs.<name>.release with download.mirror at a local server holding an official-layout file at the
+    release's URL path: downloaded with progress in its log and recorded; the plan then imports it without
+    downloading again; damaged on disk later, the import refuses it (checked against the record before use)."""
+    from esvit.download import load_releases
+    from tests.conftest import official_checkpoint
+
+    url = load_releases()["swin_tiny_w7_vr"]["url"]
+    body = official_checkpoint(tmp_path, "official_layout_swin_vr").read_bytes()  # saved by the official code itself
+    file_server.files["/" + url.split("://", 1)[1]] = body
+    cfg = small_config()
+    cfg["download"] = {"mirror": file_server.url}
+    cfg["runs"] = {"released": {"release": "swin_tiny_w7_vr"}}
+    cfg["eval"] = {"datasets": ["digits"], "random_init_baseline": False, "workers": 0}
+    ckpt = "data/downloads/releases/swin_tiny_w7_vr.pth"
+    proc = snakemake(tmp_path, "--cores", "1", ckpt, config=cfg)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert (tmp_path / ckpt).read_bytes() == body and (tmp_path / f"{ckpt}.json").is_file()
+    assert "100%" in (tmp_path / "results/logs/download/release/swin_tiny_w7_vr.log").read_text()
+    assert len(file_server.requests) == 1
+    plan = snakemake(tmp_path, "-n", "--cores", "1", "results/imported/released/final.pth", config=cfg)
+    assert job_counts(plan.stdout + plan.stderr) == {"import_checkpoint": 1}
+    with open(tmp_path / ckpt, "r+b") as f:  # damaged on disk after the download
+        f.truncate(len(body) - 10)
+    proc = snakemake(tmp_path, "--cores", "1", "results/imported/released/final.pth", config=cfg)
+    log = (tmp_path / "results/logs/import/released.log").read_text()
+    assert proc.returncode != 0 and not (tmp_path / "results/imported/released/final.pth").exists()
+    assert "swin_tiny_w7_vr.pth" in log and f"expected {len(body):,}" in log and "Traceback" not in log
+    assert len(file_server.requests) == 1
+
+
+def test_a_dataset_download_that_fails_its_checksum_stops_only_that_dataset(tmp_path, file_server):
+    """datasets.<name>.download: true runs the download_dataset rule before its shards; files on the mirror that
+    are not torchvision's (its md5 differs) are refused, nothing of that set is sharded, the others go on."""
+    from tests.unit.test_download import _fake_mnist
+
+    _fake_mnist(file_server)
+    cfg = small_config()
+    cfg["datasets"]["mnist"] = {"source": "mnist", "root": "data/transfer/mnist", "download": True}
+    cfg["download"] = {"mirror": file_server.url, "cache": str(tmp_path / "cache")}
+    proc = snakemake(tmp_path, "--cores", "1", "--keep-going", config=cfg)
+    assert proc.returncode != 0
+    log = (tmp_path / "results/logs/download/dataset/mnist.log").read_text()
+    assert "train-images-idx3-ubyte.gz" in log and "expected f68b3c2dcbeaaa9fbdd348bbdeb94873" in log and "Traceback" not in log
+    assert not (tmp_path / "data/shards/mnist").exists() and not list((tmp_path / "data/transfer/mnist").rglob("*-ubyte"))
+    assert (tmp_path / "data/shards/digits/train/manifest.json").is_file()  # --keep-going: the others are done
 
 
 @pytest.mark.slow

@@ -1,25 +1,34 @@
 # Config validation, the dataset lists, wildcard constraints and input functions.
 import json
+import sys
 from pathlib import Path
 
 from snakemake.utils import validate
 
-from esvit.config import ConfigError, load_config, pretrain_overrides
+from esvit.config import ConfigError, load_config, missing_paths, pretrain_overrides
+from esvit.status import eval_results
 from esvit.train.config import load_train_config, training_digest
 
 # Friendly messages first (unknown key with did-you-mean, wrong type, missing path, unknown source), then the
 # JSON schema, which also fills in defaults for keys left out.
+# A plan needs no data: roots and checkpoints that do not exist yet (to be downloaded, or a set that is not
+# there) are warned about here and fail their own jobs, so the other datasets go on (--keep-going).
 try:
-    CFG = load_config(config)
+    CFG = load_config(config, check_paths=False)
 except ConfigError as exc:
     raise WorkflowError(f"invalid config: {exc}") from None
 validate(config, schema="../schemas/config.schema.yaml")
+for _missing in missing_paths(CFG):
+    print(f"esvit: warning: {_missing}", file=sys.stderr)
 
 DATA_DIR = CFG.data_dir.rstrip("/")
+DOWNLOAD_DIR = CFG.download.folder.replace("{data_dir}", DATA_DIR).rstrip("/")
 DATASETS = list(CFG.datasets)
 SPLITS = sorted({s for ds in CFG.datasets.values() for s in ds.splits})
 RUNS = [name for name, run in CFG.runs.items() if run.config]  # pretrained here
-IMPORTS = [name for name, run in CFG.runs.items() if run.checkpoint and run.checkpoint_format == "official"]
+# Released checkpoints converted to this project's format first: named releases (downloaded) and files given
+# in the official or timm layout.
+IMPORTS = [name for name, run in CFG.runs.items() if run.release or (run.checkpoint and run.checkpoint_format in ("official", "timm"))]
 # Evaluated models: each run's final teacher (or its released checkpoint), and optionally the same
 # architecture at random initialisation ({run}_random).
 EVAL_MODELS = {}
@@ -46,16 +55,11 @@ def eval_splits(dataset):
     return "train", ("val" if test == "test" and "val" in splits else None), test
 
 
-def is_multilabel(dataset):
-    from esvit.data.sources import SOURCES
-
-    return bool(getattr(SOURCES[CFG.datasets[dataset].source], "entry", {}).get("multilabel"))
-
-
 wildcard_constraints:
     dataset="|".join(DATASETS),
     split="|".join(SPLITS),
     run="|".join(sorted(EVAL_MODELS, key=len, reverse=True)) or "no_runs",
+    release="|".join(sorted({run.release for run in CFG.runs.values() if run.release})) or "no_releases",
 
 
 SHARD_TARGETS = [
@@ -64,17 +68,17 @@ SHARD_TARGETS = [
     for split in ds.splits
 ]
 PRETRAIN_TARGETS = [f"results/pretrain/{run}/final.pth" for run in RUNS]
-EVAL_TARGETS = [
-    f"results/{ev}/{model}/{dataset}/metrics.json"
-    for model in EVAL_MODELS
-    for dataset in EVAL_DATASETS
-    for ev in ("knn", "probe")
-    if not (ev == "knn" and is_multilabel(dataset))  # k-NN classification needs one label per image
-] + [f"results/linear/{model}/{dataset}/metrics.json" for model in EVAL_MODELS for dataset in LINEAR_DATASETS]
+# k-NN and probe per (model, evaluation dataset; no k-NN for multi-label sets), the linear protocol per linear
+# dataset: the same list `esvit status` checks.
+EVAL_TARGETS = [f"results/{ev}/{model}/{dataset}/metrics.json" for model, ev, dataset in eval_results(CFG)]
 # The correspondence diagnostic (esvit viz) of every evaluated model, on the first evaluation dataset.
 VIZ_DATASET = (EVAL_DATASETS + LINEAR_DATASETS + [None])[0]
 VIZ_TARGETS = [f"results/viz/{model}/correspondence.json" for model in EVAL_MODELS] if VIZ_DATASET else []
 ALL_TARGETS = SHARD_TARGETS + PRETRAIN_TARGETS + EVAL_TARGETS
+# The run the report counts transfer wins against: a supervised release, as the paper counts them (else the
+# report's default, a random initialisation).
+_SUPERVISED = [n for n, r in CFG.runs.items() if r.release and r.checkpoint_format == "timm"]
+REPORT_BASELINE = ["--baseline", _SUPERVISED[0]] if _SUPERVISED else []
 
 
 def dataset_param(key):
@@ -85,6 +89,29 @@ def dataset_param(key):
         return json.dumps(value) if isinstance(value, (dict, list)) else value
 
     return get
+
+
+def download_options():
+    """The site mirror and cache of `esvit download`, as arguments."""
+    options = []
+    if CFG.download.mirror:
+        options += ["--mirror", CFG.download.mirror]
+    if CFG.download.cache:
+        options += ["--cache", CFG.download.cache]
+    return options
+
+
+def dataset_download(wildcards):
+    """A dataset with download: true is fetched (the download_dataset rule) before it is sharded."""
+    if CFG.datasets[wildcards.dataset].download:
+        return [f"{DOWNLOAD_DIR}/datasets/{wildcards.dataset}.json"]
+    return []
+
+
+def import_source(wildcards):
+    """The file import_checkpoint converts: a named release (downloaded first) or the run's checkpoint."""
+    run = CFG.runs[wildcards.run]
+    return f"{DOWNLOAD_DIR}/releases/{run.release}.pth" if run.release else run.checkpoint
 
 
 def run_shards_manifest(wildcards):

@@ -32,17 +32,19 @@ rule pretrain:
         " --out {params.out:q} {params.launch:q} {params.overrides:q} > {log:q} 2>&1"
 
 
-# A released checkpoint (runs.<name>.checkpoint, checkpoint_format: official) in this project's format:
-# teacher weights, DINO heads dropped, keys renamed for timm's Swin (reference §2.1).
+# A released checkpoint (runs.<name>.release, or .checkpoint with checkpoint_format official / timm) in this
+# project's format: teacher weights (official) or the backbone (timm), heads dropped, keys renamed for timm's Swin.
 rule import_checkpoint:
     input:
-        official=lambda w: CFG.runs[w.run].checkpoint,
+        official=import_source,
     output:
         final=ensure("results/imported/{run}/final.pth", non_empty=True),
     log:
         "results/logs/import/{run}.log",
     params:
         arch=lambda w: CFG.runs[w.run].arch,
+        format=lambda w: CFG.runs[w.run].checkpoint_format,
     localrule: True
     shell:
-        "python -m esvit import --official {input.official:q} --arch {params.arch:q} --out {output.final:q} > {log:q} 2>&1"
+        "python -m esvit import --official {input.official:q} --format {params.format} --arch {params.arch:q}"
+        " --out {output.final:q} > {log:q} 2>&1"

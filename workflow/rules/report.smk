@@ -39,6 +39,8 @@ rule report:
         curves=report("results/report/training_curves.png", caption="../report/training_curves.rst", category="Figures", labels={"figure": "training curves"}),
     log:
         "results/logs/report.log",
+    params:
+        baseline=REPORT_BASELINE,
     localrule: True
     shell:
-        "python -m esvit report --results results --out results/report > {log:q} 2>&1"
+        "python -m esvit report --results results --out results/report {params.baseline:q} > {log:q} 2>&1"

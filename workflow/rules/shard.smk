@@ -1,9 +1,11 @@
-# Any registered data source -> WebDataset shards + manifest.json (the contract in DESIGN.md).
+# Any registered data source -> WebDataset shards + manifest.json (the contract in docs/design.md).
 # Only the manifest is declared: it is written last, so its presence means the set is complete, and
 # Snakemake never deletes finished shards of an interrupted run (a rerun continues from them).
 
 
 rule write_shards:
+    input:
+        dataset_download,
     output:
         manifest=ensure(f"{DATA_DIR}/shards/{{dataset}}/{{split}}/manifest.json", non_empty=True),
     log:

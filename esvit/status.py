@@ -1,0 +1,266 @@
+"""``esvit status``: where every run of a workflow config stands, read from the files the pipeline writes.
+
+Per run: its state (not started / queued or running on Slurm with the job id / running here / done / failed
+with the job's own error), epoch and step, the last loss, images/s, an ETA, a collapse flag, and which of its
+evaluation results exist, are missing or are stale. Nothing is locked or written, so it can run from a login
+node while the jobs run: the run folder's lock tells a local run, ``<run>/slurm/job.json`` and
+``squeue`` / ``sacct`` a Slurm one, ``log.jsonl`` the progress.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fcntl
+import json
+import math
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from esvit.config import PipelineConfig
+
+__all__ = ["eval_results", "run_status", "status_table", "RunStatus", "as_dicts"]
+
+
+def _multilabel(cfg: PipelineConfig, dataset: str) -> bool:
+    from esvit.data.sources import SOURCES
+
+    return bool(getattr(SOURCES[cfg.datasets[dataset].source], "entry", {}).get("multilabel"))
+
+
+def eval_results(cfg: PipelineConfig) -> list[tuple[str, str, str]]:
+    """Every (model, eval, dataset) the workflow evaluates: each run (and ``{run}_random`` with the random-init
+    baseline) on each evaluation dataset with k-NN (not multi-label sets) and the probe, and on each linear
+    dataset with the linear protocol. ``results/{eval}/{model}/{dataset}/metrics.json`` holds each."""
+    models = [m for run in cfg.runs for m in ([run, f"{run}_random"] if cfg.eval.random_init_baseline else [run])]
+    out = []
+    for model in models:
+        for dataset in cfg.eval.datasets:
+            for ev in ("knn", "probe"):
+                if not (ev == "knn" and _multilabel(cfg, dataset)):
+                    out.append((model, ev, dataset))
+    out += [(model, "linear", dataset) for model in models for dataset in cfg.eval.linear_datasets]
+    return out
+
+
+@dataclasses.dataclass
+class RunStatus:
+    run: str
+    state: str  # not started | queued | running | done | failed | downloaded | imported | given
+    where: str = ""  # "Slurm job 123 (RUNNING)", "pid 42 on node1", ...
+    epoch: int | None = None
+    epochs: int | None = None
+    step: int | None = None
+    loss: float | None = None
+    img_s: float | None = None
+    eta_s: float | None = None
+    collapse: str | None = None
+    error: str | None = None
+    results_done: int = 0
+    results_total: int = 0
+    missing: list[str] = dataclasses.field(default_factory=list)
+    stale: list[str] = dataclasses.field(default_factory=list)
+
+
+def _lock_holder(run_dir: Path) -> dict | None:
+    """The holder of ``<run>/.lock`` when a process holds it (a run training here), else None."""
+    path = run_dir / ".lock"
+    if not path.is_file():
+        return None
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        try:
+            fcntl.lockf(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError:
+            try:
+                return json.loads(os.pread(fd, 4096, 0).decode() or "{}")
+            except ValueError:
+                return {}
+        fcntl.lockf(fd, fcntl.LOCK_UN)
+        return None
+    finally:
+        os.close(fd)
+
+
+def _slurm(run_dir: Path) -> tuple[str, str] | None:
+    """(job id, Slurm state) of the run's newest submitted job, if it was submitted through Slurm."""
+    record = run_dir / "slurm" / "job.json"
+    if not record.is_file():
+        return None
+    job_id = str(json.loads(record.read_text())["job_id"])
+    state = ""
+    if shutil.which("squeue"):
+        from esvit.launch.submit import job_state
+
+        state = job_state(job_id)
+    return job_id, state or "unknown to Slurm"
+
+
+def _log(run_dir: Path) -> list[dict]:
+    path = run_dir / "log.jsonl"
+    if not path.is_file():
+        return []
+    out = []
+    for line in path.read_text().splitlines():
+        try:
+            out.append(json.loads(line))
+        except ValueError:
+            continue  # a line being written
+    return out
+
+
+def _steps_per_epoch(records: list[dict]) -> int | None:
+    """Steps of one epoch, from the log: the last record of epoch 0 is written at its last step."""
+    first = [r["step"] for r in records if r.get("epoch") == 0]
+    return max(first) if first and any(r.get("epoch", 0) >= 1 for r in records) else None
+
+
+def _last_error(log: Path) -> str | None:
+    if not log.is_file():
+        return None
+    lines = [ln.strip() for ln in log.read_text(errors="replace").splitlines() if ln.strip()]
+    errors = [ln for ln in lines if ln.startswith("esvit: error:") or "Error" in ln.split(":")[0]]
+    return (errors or lines or [None])[-1]
+
+
+def _pretrain_state(name: str, run_dir: Path, results: Path, st: RunStatus) -> None:
+    if (run_dir / "done.json").is_file():
+        st.state = "done"
+        if (run_dir / "slurm" / "job.json").is_file():
+            st.where = f"Slurm job {json.loads((run_dir / 'slurm' / 'job.json').read_text())['job_id']}"
+        return
+    slurm = _slurm(run_dir) if run_dir.is_dir() else None
+    holder = _lock_holder(run_dir) if run_dir.is_dir() else None
+    if slurm:
+        job_id, state = slurm
+        st.where = f"Slurm job {job_id} ({state})"
+        if state in ("PENDING", "CONFIGURING", "REQUEUED", "REQUEUE_HOLD", "RESV_DEL_HOLD"):
+            st.state = "queued"
+        elif state in ("RUNNING", "COMPLETING", "SUSPENDED", "STAGE_OUT", "RESIZING"):
+            st.state = "running"
+        elif state.startswith(("FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "PREEMPTED", "BOOT_FAIL", "DEADLINE")):
+            from esvit.launch.submit import _job_error
+
+            st.state, st.error = "failed", f"{state}: {_job_error(run_dir / 'slurm', job_id)}"
+        else:
+            st.state = "submitted"
+    elif holder is not None:
+        st.state = "running"
+        job = f", Slurm job {holder['slurm_job']}" if holder.get("slurm_job") else ""
+        st.where = f"pid {holder.get('pid', '?')} on {holder.get('host', '?')}{job}"
+    elif (run_dir / "checkpoint.pth").is_file() or (run_dir / "log.jsonl").is_file():
+        st.state = "stopped"  # started, not running now, not finished: a rerun resumes it
+        st.error = _last_error(results / "logs" / "pretrain" / f"{name}.log")
+        if st.error:
+            st.state = "failed"
+    else:
+        st.state = "not started"
+
+
+def run_status(cfg: PipelineConfig, results: str | Path = "results", download_dir: str | None = None) -> list[RunStatus]:
+    """The status of every run in ``cfg``, read from ``results`` (see the module docstring)."""
+    from esvit.train.config import load_train_config
+
+    results = Path(results)
+    download_dir = download_dir or cfg.download.folder.replace("{data_dir}", cfg.data_dir.rstrip("/"))
+    expected = eval_results(cfg)
+    metrics = _metrics(results)
+    out = []
+    for name, run in cfg.runs.items():
+        st = RunStatus(name, "")
+        if run.config:
+            run_dir = results / "pretrain" / name
+            _pretrain_state(name, run_dir, results, st)
+            records = _log(run_dir)
+            try:
+                st.epochs = load_train_config(run.config, run.overrides).optim.epochs
+            except Exception:  # a config changed since: the status still shows what the log says
+                st.epochs = None
+            if records:
+                last = records[-1]
+                st.epoch, st.step, st.loss, st.img_s = last.get("epoch"), last.get("step"), last.get("loss"), last.get("img_s")
+                st.collapse = last.get("collapse")
+                per_epoch = _steps_per_epoch(records)
+                if st.state in ("running", "queued", "submitted") and per_epoch and st.epochs and last.get("img_s"):
+                    secs_per_step = _secs_per_step(records)
+                    left = st.epochs * per_epoch - last["step"]
+                    st.eta_s = max(left, 0) * secs_per_step if secs_per_step else None
+        elif run.release:
+            imported = results / "imported" / name / "final.pth"
+            got = Path(download_dir) / "releases" / f"{run.release}.pth"
+            st.state = "imported" if imported.is_file() else "downloaded" if got.is_file() else "not downloaded"
+            st.where = f"release {run.release}"
+        else:
+            imported = results / "imported" / name / "final.pth"
+            st.state = "imported" if imported.is_file() else "given"
+            st.where = str(run.checkpoint)
+        mine = [e for e in expected if e[0] in (name, f"{name}_random")]
+        st.results_total = len(mine)
+        for model, ev, dataset in mine:
+            key = (model, ev, dataset)
+            label = f"{ev}/{model}/{dataset}"
+            if key not in metrics:
+                st.missing.append(label)
+            else:
+                st.results_done += 1
+                if metrics[key]:
+                    st.stale.append(label)
+        out.append(st)
+    return out
+
+
+def _secs_per_step(records: list[dict]) -> float | None:
+    """Seconds per step over the last records with timestamps (wall clock, data waits included)."""
+    stamped = [(r["step"], time.mktime(time.strptime(r["time"], "%Y-%m-%dT%H:%M:%S"))) for r in records[-20:] if r.get("time")]
+    if len(stamped) < 2 or stamped[-1][0] <= stamped[0][0]:
+        return None
+    return (stamped[-1][1] - stamped[0][1]) / (stamped[-1][0] - stamped[0][0])
+
+
+def _metrics(results: Path) -> dict[tuple[str, str, str], bool]:
+    """(model, eval, dataset) -> stale, for every metrics JSON under ``results``."""
+    from esvit.report.tables import collect_metrics, mark_stale
+
+    df = collect_metrics(results)
+    if df.empty:
+        return {}
+    df = mark_stale(df, results)
+    return {(r.run, r.eval, r.dataset): bool(r.stale) for r in df.itertuples()}
+
+
+def _fmt_eta(seconds: float | None) -> str:
+    if seconds is None or not math.isfinite(seconds):
+        return "—"
+    h, m = divmod(int(seconds) // 60, 60)
+    return f"{h}h{m:02d}m" if h else f"{m}m{int(seconds) % 60:02d}s"
+
+
+def status_table(rows: list[RunStatus]) -> str:
+    """The status as a fixed-width table, then one line per failure, collapse, missing or stale result."""
+    head = ["run", "state", "where", "epoch", "step", "loss", "img/s", "ETA", "results", "stale"]
+    lines = []
+    for r in rows:
+        epoch = f"{r.epoch}/{r.epochs}" if r.epoch is not None and r.epochs else (str(r.epoch) if r.epoch is not None else "—")
+        state = r.state + (" (COLLAPSE?)" if r.collapse else "")
+        lines.append([r.run, state, r.where or "—", epoch, str(r.step) if r.step is not None else "—",
+                      f"{r.loss:.4f}" if r.loss is not None else "—", f"{r.img_s:.1f}" if r.img_s is not None else "—",
+                      _fmt_eta(r.eta_s), f"{r.results_done}/{r.results_total}", str(len(r.stale))])  # fmt: skip
+    widths = [max(len(h), *(len(line[i]) for line in lines)) if lines else len(h) for i, h in enumerate(head)]
+    text = ["  ".join(h.ljust(w) for h, w in zip(head, widths))]
+    text += ["  ".join(c.ljust(w) for c, w in zip(line, widths)) for line in lines]
+    for r in rows:
+        if r.error:
+            text.append(f"{r.run}: failed: {r.error}")
+        if r.collapse:
+            text.append(f"{r.run}: collapse suspected at step {r.step}: {r.collapse}")
+        if r.missing and r.state in ("done", "imported", "given"):
+            text.append(f"{r.run}: missing results: {', '.join(r.missing[:6])}{' ...' if len(r.missing) > 6 else ''}")
+        if r.stale:
+            text.append(f"{r.run}: stale results (their checkpoint changed since): {', '.join(r.stale[:6])}")
+    return "\n".join(text)
+
+
+def as_dicts(rows: list[RunStatus]) -> list[dict[str, Any]]:
+    return [dataclasses.asdict(r) for r in rows]

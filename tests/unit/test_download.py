@@ -1,0 +1,187 @@
+"""Downloads against a local HTTP server: fresh, resumed after a broken connection, a server that ignores Range,
+a damaged file refused, the first-download record, a site mirror (URL or folder), a shared cache; and a
+torchvision dataset fetched through it in its real file format."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import os
+import struct
+
+import numpy as np
+import pytest
+
+from esvit.download import DownloadError, cache_path, fetch, fetch_dataset, load_releases, mirror_url
+from tests.conftest import run_cli
+
+BODY = os.urandom(3 * (1 << 20) + 12345)  # a little over three read chunks
+MD5 = hashlib.md5(BODY).hexdigest()
+URL = "https://files.example.org/models/run1/checkpoint_best.pth"  # served by the mirror at its host/path
+
+
+@pytest.fixture
+def mirror(file_server):
+    file_server.files["/files.example.org/models/run1/checkpoint_best.pth"] = BODY
+    return file_server
+
+
+def test_fresh_download_through_a_mirror_is_verified_and_renamed_into_place(tmp_path, mirror):
+    dest = fetch(URL, tmp_path / "ckpt.pth", md5=MD5, mirror=mirror.url, progress=False)
+    assert dest.read_bytes() == BODY
+    assert not (tmp_path / "ckpt.pth.part").exists()
+    assert mirror.requests == [("/files.example.org/models/run1/checkpoint_best.pth", None)]
+    fetch(URL, dest, md5=MD5, mirror=mirror.url, progress=False)  # there and verified: nothing fetched
+    assert len(mirror.requests) == 1
+
+
+def test_a_broken_connection_is_resumed_where_it_stopped(tmp_path, mirror):
+    mirror.drop_after = 1_000_000
+    with pytest.raises(DownloadError, match="rerun to continue"):
+        fetch(URL, tmp_path / "ckpt.pth", md5=MD5, mirror=mirror.url, progress=False)
+    part = tmp_path / "ckpt.pth.part"
+    assert part.stat().st_size == 1_000_000 and not (tmp_path / "ckpt.pth").exists()
+    fetch(URL, tmp_path / "ckpt.pth", md5=MD5, mirror=mirror.url, progress=False)
+    assert mirror.requests[-1][1] == "bytes=1000000-"  # only the rest was asked for
+    assert (tmp_path / "ckpt.pth").read_bytes() == BODY and not part.exists()
+
+
+def test_a_server_that_ignores_the_range_restarts_the_file(tmp_path, mirror):
+    (tmp_path / "ckpt.pth.part").write_bytes(BODY[:5000])
+    mirror.ignore_range = True
+    fetch(URL, tmp_path / "ckpt.pth", md5=MD5, mirror=mirror.url, progress=False)
+    assert (tmp_path / "ckpt.pth").read_bytes() == BODY
+
+
+def test_a_damaged_download_is_refused_and_removed(tmp_path, mirror):
+    mirror.files["/files.example.org/models/run1/checkpoint_best.pth"] = BODY[:-1] + b"\0"
+    with pytest.raises(DownloadError) as info:
+        fetch(URL, tmp_path / "ckpt.pth", md5=MD5, mirror=mirror.url, progress=False)
+    msg = str(info.value)
+    assert "checkpoint_best.pth" in msg and f"expected {MD5}" in msg and "removed" in msg
+    assert not any(tmp_path.iterdir())  # nothing left that a later step could use
+
+
+def test_the_first_download_is_recorded_and_a_later_change_is_refused(tmp_path, mirror):
+    dest = fetch(URL, tmp_path / "ckpt.pth", mirror=mirror.url, progress=False)  # no checksum known
+    record = json.loads((tmp_path / "ckpt.pth.json").read_text())
+    assert record["size"] == len(BODY) and record["sha256"] == hashlib.sha256(BODY).hexdigest() and record["url"] == URL
+    with open(dest, "r+b") as f:  # truncated on disk later
+        f.truncate(len(BODY) // 2)
+    with pytest.raises(DownloadError, match=r"size .* expected .*delete it"):
+        fetch(URL, dest, mirror=mirror.url, progress=False)
+    assert dest.stat().st_size == len(BODY) // 2  # refused, not silently replaced
+
+
+def test_a_missing_file_names_the_url(tmp_path, file_server):
+    with pytest.raises(DownloadError, match="HTTP 404.*download.mirror"):
+        fetch(URL, tmp_path / "x.pth", mirror=file_server.url, progress=False)
+    with pytest.raises(DownloadError, match="cannot connect"):
+        fetch("http://127.0.0.1:9/nothing.bin", tmp_path / "y.bin", progress=False)
+
+
+def test_a_mirror_folder_and_a_shared_cache(tmp_path, mirror):
+    folder = tmp_path / "site-mirror"
+    path = folder / "files.example.org/models/run1/checkpoint_best.pth"
+    path.parent.mkdir(parents=True)
+    path.write_bytes(BODY)
+    assert mirror_url(URL, str(folder)).startswith("file://")
+    assert fetch(URL, tmp_path / "a.pth", md5=MD5, mirror=str(folder), progress=False).read_bytes() == BODY
+    cache = tmp_path / "cache"
+    fetch(URL, tmp_path / "b.pth", md5=MD5, mirror=mirror.url, cache=cache, progress=False)
+    fetch(URL, tmp_path / "c.pth", md5=MD5, mirror=mirror.url, cache=cache, progress=False)
+    assert len(mirror.requests) == 1  # the second came from the cache
+    assert cache_path(URL, cache).read_bytes() == (tmp_path / "c.pth").read_bytes() == BODY
+
+
+def test_progress_is_shown_on_stderr(tmp_path, mirror, capfd):
+    fetch(URL, tmp_path / "ckpt.pth", md5=MD5, mirror=mirror.url, progress=True)
+    err = capfd.readouterr().err
+    assert "ckpt.pth" in err and "3.01M" in err
+
+
+def test_the_release_table_names_known_architectures_and_the_official_urls():
+    from esvit.archs import ARCHS
+
+    releases = load_releases()
+    assert {"swin_tiny_w7_vr", "swin_base_w14_vr", "swin_tiny_w7_v", "swin_tiny_supervised"} <= set(releases)
+    for name, entry in releases.items():
+        assert entry["arch"] in ARCHS and entry["format"] in ("official", "timm"), name
+        if entry["format"] == "official":
+            assert entry["url"].startswith("https://chunyleu.blob.core.windows.net/output/ckpts/esvit/swin/")
+            assert entry["url"].endswith("checkpoint_best.pth" if entry["tasks"] == "V+R" else "checkpoint.pth")
+
+
+def test_the_supervised_reference_is_timms_own_swin_t():
+    """The URL of the supervised Swin-T is the one timm's pretrained config names (its hub file)."""
+    from timm.models import get_pretrained_cfg
+
+    cfg = get_pretrained_cfg("swin_tiny_patch4_window7_224.ms_in1k")
+    assert load_releases()["swin_tiny_supervised"]["url"] == f"https://huggingface.co/{cfg.hf_hub_id}/resolve/main/model.safetensors"
+
+
+# ----------------------------------------------------------------------------------------- a real dataset
+
+
+def _idx(images: np.ndarray | None = None, labels: np.ndarray | None = None) -> bytes:
+    """MNIST's idx file format, gzipped as the MNIST site serves it."""
+    if images is not None:
+        raw = struct.pack(">IIII", 0x803, *images.shape) + images.astype(np.uint8).tobytes()
+    else:
+        raw = struct.pack(">II", 0x801, len(labels)) + labels.astype(np.uint8).tobytes()
+    return gzip.compress(raw, mtime=0)
+
+
+def _fake_mnist(server, n_train: int = 30, n_test: int = 10) -> dict[str, bytes]:
+    rng = np.random.default_rng(0)
+    files = {
+        "train-images-idx3-ubyte.gz": _idx(rng.integers(0, 256, (n_train, 28, 28))),
+        "train-labels-idx1-ubyte.gz": _idx(labels=np.arange(n_train) % 10),
+        "t10k-images-idx3-ubyte.gz": _idx(rng.integers(0, 256, (n_test, 28, 28))),
+        "t10k-labels-idx1-ubyte.gz": _idx(labels=np.arange(n_test) % 10),
+    }
+    for name, body in files.items():
+        server.files[f"/ossci-datasets.s3.amazonaws.com/mnist/{name}"] = body
+    return files
+
+
+def test_a_torchvision_dataset_is_fetched_unpacked_and_sharded(tmp_path, file_server, monkeypatch):
+    """torchvision decides the URLs and the layout; the files come through the mirror; the shard step then opens
+    them with download=False. (The checksums are the fakes': the real ones are the next test's.)"""
+    import torchvision.datasets as tvd
+
+    files = _fake_mnist(file_server)
+    monkeypatch.setattr(tvd.MNIST, "resources", [(n, hashlib.md5(b).hexdigest()) for n, b in files.items()])
+    fetched = fetch_dataset("mnist", tmp_path / "mnist", mirror=file_server.url, progress=False)
+    assert sorted(os.path.basename(f["file"]) for f in fetched) == sorted(files)
+    assert len(tvd.MNIST(str(tmp_path / "mnist"), train=True)) == 30
+    assert len(tvd.MNIST(str(tmp_path / "mnist"), train=False)) == 10
+    from esvit.data.sources import get_source
+
+    source = get_source("mnist", str(tmp_path / "mnist"))
+    assert len(source.records("train")) == 30 and len(source.records("test")) == 10
+
+
+def test_a_dataset_archive_that_fails_torchvisions_checksum_is_refused_and_not_unpacked(tmp_path, file_server):
+    _fake_mnist(file_server)  # the fakes do not have torchvision's md5 of the real files
+    with pytest.raises(DownloadError, match=r"train-images-idx3-ubyte\.gz.*expected f68b3c2dcbeaaa9fbdd348bbdeb94873"):
+        fetch_dataset("mnist", tmp_path / "mnist", mirror=file_server.url, progress=False)
+    raw = tmp_path / "mnist" / "MNIST" / "raw"
+    assert not list(raw.glob("*-ubyte"))  # nothing unpacked
+
+
+def test_a_manual_dataset_keeps_its_instructions(tmp_path):
+    with pytest.raises(DownloadError, match="cannot be downloaded automatically.*by hand"):
+        fetch_dataset("stanford_cars", tmp_path / "cars", progress=False)
+
+
+def test_download_cli_fetches_a_release_through_a_mirror(tmp_path, file_server):
+    url = load_releases()["swin_tiny_w7_vr"]["url"]
+    file_server.files["/" + url.split("://", 1)[1]] = BODY
+    out = tmp_path / "swin_tiny_w7_vr.pth"
+    proc = run_cli("download", "release", "swin_tiny_w7_vr", "--out", str(out), "--mirror", file_server.url)
+    assert proc.returncode == 0, proc.stderr
+    assert out.read_bytes() == BODY and json.loads((tmp_path / "swin_tiny_w7_vr.pth.json").read_text())["url"] == url
+    bad = run_cli("download", "release", "swin_tiny_w7", "--out", str(out))
+    assert bad.returncode == 1 and "Did you mean 'swin_tiny_w7_v" in bad.stderr and "Traceback" not in bad.stderr

@@ -1,0 +1,90 @@
+"""`esvit status` against real runs: a local pretraining seen while it runs and when done, a failed run with its
+error, a collapsing run, missing and stale evaluation results, a release not yet downloaded."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+
+import yaml
+
+from tests.conftest import REPO, env_with_python, run_cli
+from tests.unit.test_report import _metrics
+from tests.unit.test_train import TINY
+
+
+def _config(tmp_path, runs: dict) -> str:
+    cfg = {"datasets": {"digits": {"source": "digits", "splits": ["train", "test"]}}, "runs": runs,
+           "eval": {"datasets": ["digits"], "random_init_baseline": False}}  # fmt: skip
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return str(path)
+
+
+def _status(tmp_path, config: str) -> list[dict]:
+    proc = run_cli("status", "--config", config, "--results", str(tmp_path / "results"), "--json", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    return [json.loads(line) for line in proc.stdout.splitlines()]
+
+
+def test_a_local_run_is_seen_running_with_its_progress_then_done(tmp_path, digits_shards):
+    overrides = [*TINY, "optim.epochs=30", "run.threads=1", "data.num_workers=0", "run.log_every_steps=1"]
+    demo = str(REPO / "configs/pretrain/demo.yaml")
+    config = _config(tmp_path, {"tiny": {"config": demo, "dataset": "digits", "overrides": overrides}})
+    assert _status(tmp_path, config)[0]["state"] == "not started"
+    out = tmp_path / "results/pretrain/tiny"
+    proc = subprocess.Popen([sys.executable, "-m", "esvit", "pretrain", "--config", demo, "--shards", str(digits_shards),
+                             "--out", str(out), "--no-progress", *overrides], cwd=tmp_path, env=env_with_python(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    running = None
+    deadline = time.monotonic() + 300
+    while proc.poll() is None and time.monotonic() < deadline:
+        row = _status(tmp_path, config)[0]
+        if row["state"] == "running" and row["epoch"] is not None and row["epoch"] >= 1:
+            running = row
+            break
+        time.sleep(0.5)
+    _, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err[-2000:]
+    assert running is not None, "never seen running past its first epoch"
+    assert running["where"].startswith("pid ") and running["epochs"] == 30 and running["step"] > 0
+    assert running["loss"] > 0 and running["img_s"] > 0 and running["eta_s"] > 0 and running["collapse"] is None
+    done = _status(tmp_path, config)[0]
+    assert done["state"] == "done" and done["step"] == 30 * 6 and done["results_done"] == 0 and done["results_total"] == 2
+    table = run_cli("status", "--config", config, "--results", str(tmp_path / "results"), cwd=tmp_path).stdout
+    assert table.splitlines()[0].split()[:3] == ["run", "state", "where"] and "tiny  done" in table
+    assert "missing results: knn/tiny/digits, probe/tiny/digits" in table
+
+
+def test_failed_collapsing_stale_and_not_downloaded_runs(tmp_path):
+    demo = str(REPO / "configs/pretrain/demo.yaml")
+    config = _config(tmp_path, {
+        "crashed": {"config": demo, "dataset": "digits"}, "collapsing": {"config": demo, "dataset": "digits"},
+        "evaluated": {"config": demo, "dataset": "digits"}, "released": {"release": "swin_tiny_w7_vr"},
+    })  # fmt: skip
+    res = tmp_path / "results"
+    crashed = res / "pretrain/crashed"
+    crashed.mkdir(parents=True)
+    (crashed / "checkpoint.pth").write_bytes(b"x")
+    (res / "logs/pretrain").mkdir(parents=True)
+    (res / "logs/pretrain/crashed.log").write_text("pretrain: epoch 3\nesvit: error: loss is nan at epoch 3, step 40; stopped\n")
+    collapsing = res / "pretrain/collapsing"
+    collapsing.mkdir(parents=True)
+    signal = "teacher entropy 5.50 near log K = 5.55 (uniform outputs)"
+    (collapsing / "log.jsonl").write_text(json.dumps({"epoch": 2, "step": 12, "loss": 5.5, "img_s": 10.0, "collapse": signal}) + "\n")
+    evaluated = res / "pretrain/evaluated"
+    evaluated.mkdir(parents=True)
+    (evaluated / "done.json").write_text("{}")
+    (evaluated / "final.pth").write_bytes(b"weights")
+    _metrics(res, "knn", "evaluated", "digits", 90.0, evaluated / "final.pth", sha="0" * 64)  # computed from other weights
+    rows = {r["run"]: r for r in _status(tmp_path, config)}
+    assert rows["crashed"]["state"] == "failed" and "loss is nan at epoch 3" in rows["crashed"]["error"]
+    assert rows["collapsing"]["collapse"] == signal and rows["collapsing"]["state"] == "stopped"
+    assert rows["evaluated"]["state"] == "done" and rows["evaluated"]["stale"] == ["knn/evaluated/digits"]
+    assert rows["evaluated"]["missing"] == ["probe/evaluated/digits"]
+    assert rows["released"]["state"] == "not downloaded" and rows["released"]["where"] == "release swin_tiny_w7_vr"
+    table = run_cli("status", "--config", config, "--results", str(res), cwd=tmp_path).stdout
+    assert "COLLAPSE?" in table and f"collapsing: collapse suspected at step 12: {signal}" in table
+    assert "crashed: failed: esvit: error: loss is nan" in table and "evaluated: stale results" in table
