@@ -2,7 +2,7 @@
 
 ``w = region_loss_weight``: 0.5 is the official 0.5/0.5 weighting; 0 is plain DINO (view loss only, and no
 region head at all). Centres are updated *after* the loss, from the raw teacher logits of both global
-crops, all-reduced across ranks (reference §1.3-1.4). The teacher temperature is indexed by epoch.
+crops, all-reduced across ranks (docs/algorithm.md §1.3-1.4). The teacher temperature is indexed by epoch.
 """
 
 from __future__ import annotations
@@ -39,6 +39,18 @@ class LossParts:
     total: torch.Tensor
     view: torch.Tensor
     region: torch.Tensor | None
+    # mean entropy (nats) of the teacher's view distribution over up to ENTROPY_ROWS rows: near log K (uniform)
+    # or near 0 (one prototype) is how a collapse shows (a diagnostic, no gradient)
+    teacher_entropy: torch.Tensor | None = None
+
+
+ENTROPY_ROWS = 64
+
+
+@torch.no_grad()
+def _entropy(q: torch.Tensor) -> torch.Tensor:
+    """Mean Shannon entropy (nats) of the rows of probabilities ``q``."""
+    return torch.special.entr(q.float()).sum(-1).mean()
 
 
 class EsViTLoss(nn.Module):
@@ -107,8 +119,9 @@ class EsViTLoss(nn.Module):
         sums = [("center", t_view.reshape(-1, t_view.shape[-1]).sum(0, keepdim=True), t_view[..., 0].numel())]
         if use_region:
             sums.append(("center_grid", t_region.reshape(-1, t_region.shape[-1]).sum(0, keepdim=True), t_region[..., 0].numel()))
+        entropy = _entropy(q_view.reshape(-1, q_view.shape[-1])[:ENTROPY_ROWS])
         self.update_centers(sums)
-        return LossParts(total, l_view.detach(), l_region.detach() if l_region is not None else None)
+        return LossParts(total, l_view.detach(), l_region.detach() if l_region is not None else None, entropy)
 
     def _forward_chunked(self, student: list[GroupOutput], teacher: GroupOutput, epoch: int) -> LossParts:
         """The same loss from the last layers' inputs: every (teacher crop, student crop) pair becomes rows of
@@ -142,8 +155,12 @@ class EsViTLoss(nn.Module):
             total = (1 - self.w) * l_view + self.w * l_region
         else:
             total = l_view
+        with torch.no_grad():  # the teacher's distribution on a few rows, as the logits path has it whole
+            rows = teacher.view.flatten(0, 1)[:ENTROPY_ROWS].to(acc)
+            logits = rows @ t_last.view().to(acc).T
+            entropy = _entropy(F.softmax((logits - self.center.to(acc)) / temp, dim=-1))
         self.update_centers(sums)
-        return LossParts(total, l_view.detach(), l_region.detach() if l_region is not None else None)
+        return LossParts(total, l_view.detach(), l_region.detach() if l_region is not None else None, entropy)
 
     def _region_chunked(self, student, teacher, keeps, n_pairs, kw):
         """Student token i of crop s, image b (row (b n_s + s) T_s + i of its group) against the teacher token

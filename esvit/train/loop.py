@@ -66,7 +66,7 @@ def build_models(cfg: TrainConfig) -> tuple[EsViTNet, EsViTNet]:
 
 
 def param_groups(model: nn.Module) -> list[dict]:
-    """Two groups (reference §1.5): weights with ndim > 1 get the weight-decay schedule; biases and norm
+    """Two groups (docs/algorithm.md §1.5): weights with ndim > 1 get the weight-decay schedule; biases and norm
     parameters (ndim 1) get none. Frozen parameters are left out."""
     decay, no_decay = [], []
     for name, p in model.named_parameters():
@@ -142,6 +142,7 @@ class StepStats:
     view: float
     region: float | None
     stop: int = 0
+    teacher_entropy: float | None = None
 
 
 class Trainer:
@@ -349,17 +350,20 @@ class Trainer:
         self.global_step += 1
         self.it += 1
         r = self.dist.rank
-        return StepStats(stats[0][r], stats[1][r], stats[2][r] if parts.region is not None else None, int(max(stats[3])))
+        return StepStats(stats[0][r], stats[1][r], stats[2][r] if parts.region is not None else None, int(max(stats[3])),
+                         stats[4][r] if parts.teacher_entropy is not None else None)  # fmt: skip
 
     def _agree(self, parts, stop_request: int) -> list[list[float]]:
-        """[loss, view, region, stop request] of every rank, as Python floats: each rank fills its own column of a
-        [4, world] tensor, one all-reduce (sum) shares them, one ``tolist`` brings them to the host."""
+        """[loss, view, region, stop request, teacher entropy] of every rank, as Python floats: each rank fills its
+        own column of a [5, world] tensor, one all-reduce (sum) shares them, one ``tolist`` brings them to the host."""
         world = self.dist.world_size
-        flags = torch.zeros(4, world, dtype=torch.float32, device=self.device)
-        region = parts.region if parts.region is not None else torch.zeros((), device=self.device)
+        flags = torch.zeros(5, world, dtype=torch.float32, device=self.device)
+        zero = torch.zeros((), device=self.device)
+        region = parts.region if parts.region is not None else zero
+        entropy = parts.teacher_entropy if parts.teacher_entropy is not None else zero
         flags[:, self.dist.rank] = torch.stack([
             parts.total.detach().float(), parts.view.float(), region.float(),
-            torch.tensor(float(stop_request), device=self.device),
+            torch.tensor(float(stop_request), device=self.device), entropy.float(),
         ])  # fmt: skip
         if self.dist.distributed:
             dist.all_reduce(flags)
@@ -568,10 +572,31 @@ def _shards_identity(shards) -> str:
     return f"{name} {shards.total} samples {h}"
 
 
+def collapse_signal(record: dict, log_k: float) -> str | None:
+    """What a log record says of a collapse, or None. After the first epoch (at the start a random teacher is
+    near uniform by construction): the teacher's output entropy within 5 % of log K (uniform outputs), or under
+    1 % of it (every image on one prototype); from the third epoch, the loss within 1 % of log K (what a student
+    matching a uniform teacher scores: nothing learnt)."""
+    epoch = record.get("epoch", 0)
+    if epoch < 1:
+        return None
+    h = record.get("teacher_entropy")
+    if h is not None and h > 0.95 * log_k:
+        return f"teacher entropy {h:.2f} near log K = {log_k:.2f} (uniform outputs)"
+    if h is not None and h < 0.01 * log_k:
+        return f"teacher entropy {h:.3f} near 0 (every image on one prototype)"
+    loss = record.get("loss")
+    if epoch >= 2 and loss is not None and abs(loss - log_k) < 0.01 * log_k:
+        return f"loss {loss:.3f} near log K = {log_k:.2f} (nothing learnt)"
+    return None
+
+
 def _log_record(tr: Trainer, window: list[StepStats], img_s: float, wait: float) -> dict:
     g = tr.global_step - 1
     regions = [s.region for s in window if s.region is not None]
-    return {
+    entropies = [s.teacher_entropy for s in window if s.teacher_entropy is not None]
+    log_k = math.log(tr.loss.center.shape[-1])
+    record = {
         "epoch": tr.epoch,
         "step": tr.global_step,
         "loss": sum(s.loss for s in window) / len(window),
@@ -583,8 +608,14 @@ def _log_record(tr: Trainer, window: list[StepStats], img_s: float, wait: float)
         "teacher_temp": tr.loss.teacher_temp(tr.epoch),
         "img_s": round(img_s, 2),
         "data_wait_s": round(wait, 3),
+        "teacher_entropy": sum(entropies) / len(entropies) if entropies else None,
+        "log_k": round(log_k, 4),
         "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
+    record["collapse"] = collapse_signal(record, log_k)
+    if record["collapse"]:
+        log.warning("step %d: collapse suspected: %s", tr.global_step, record["collapse"])
+    return record
 
 
 def _append_jsonl(path: Path, record: dict) -> None:

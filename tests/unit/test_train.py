@@ -158,6 +158,8 @@ def test_steps_with_chunked_heads_train_as_the_logits_path_does(digits_shards):
         torch.testing.assert_close(pa, pb, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(a.loss.center, b.loss.center, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(a.loss.center_grid, b.loss.center_grid, rtol=1e-4, atol=1e-5)
+    assert sa.teacher_entropy == pytest.approx(sb.teacher_entropy, rel=1e-4)  # the collapse diagnostic too
+    assert 0 < sa.teacher_entropy < math.log(256)
 
 
 def test_last_layer_is_frozen_in_epoch_zero(digits_shards):
@@ -337,7 +339,7 @@ def test_pretrain_cli_writes_the_run_folder_and_names_bad_input(digits_shards, t
     assert bad.returncode == 2 and "Did you mean 'swin_tiny_w7'" in bad.stderr
 
 
-PAPER_PARAMS_M = {"swin_tiny": 28, "swin_small": 49, "swin_base": 87}  # reference §2 (backbone, millions)
+PAPER_PARAMS_M = {"swin_tiny": 28, "swin_small": 49, "swin_base": 87}  # docs/algorithm.md §2 (backbone, millions)
 
 
 @pytest.mark.parametrize("preset", sorted(p.stem for p in (__import__("pathlib").Path(__file__).parents[2] / "configs/paper").glob("*.yaml")))
@@ -432,3 +434,42 @@ def test_deterministic_kernels_are_switched_on_and_change_nothing_on_the_cpu(dig
         torch.use_deterministic_algorithms(False)
     wa, wb = load_checkpoint(tmp_path / "a" / "final.pth"), load_checkpoint(tmp_path / "b" / "final.pth")
     assert all(torch.equal(v, wb["student"][k]) for k, v in wa["student"].items())
+
+
+def test_a_collapsing_run_is_flagged_in_its_log_as_it_happens(digits_shards, tmp_path):
+    """A real collapse: a teacher temperature of 20 leaves the teacher's outputs uniform, so from the second
+    epoch on every log record flags it (teacher entropy near log K) and the run's stderr warns; a healthy run
+    with the same settings otherwise is not flagged."""
+    from tests.conftest import run_cli
+
+    hot = ["loss.teacher_temp=20", "loss.warmup_teacher_temp=20"]
+    for name, extra in (("collapsed", hot), ("healthy", [])):
+        out = tmp_path / name
+        proc = run_cli("pretrain", "--shards", str(digits_shards), "--out", str(out), "--no-progress", *TINY, *extra)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+        later = [r for r in records if r["epoch"] >= 1]
+        assert later and all(r["log_k"] == pytest.approx(math.log(256), abs=1e-4) for r in records)
+        if name == "collapsed":
+            assert all("near log K" in r["collapse"] for r in later), later
+            assert all(r["teacher_entropy"] > 0.95 * math.log(256) for r in later)
+            assert "collapse suspected" in proc.stderr
+        else:
+            assert not any(r["collapse"] for r in records) and "collapse suspected" not in proc.stderr
+            assert all(r["teacher_entropy"] < 0.95 * math.log(256) for r in later)
+
+
+@pytest.mark.parametrize("record,expected", [
+    ({"epoch": 0, "teacher_entropy": 5.5, "loss": 5.5}, None),  # the first epoch is never flagged
+    ({"epoch": 1, "teacher_entropy": 5.4, "loss": 5.0}, "uniform"),
+    ({"epoch": 1, "teacher_entropy": 0.01, "loss": 3.0}, "one prototype"),
+    ({"epoch": 2, "teacher_entropy": 2.0, "loss": 5.5}, "nothing learnt"),
+    ({"epoch": 1, "teacher_entropy": 2.0, "loss": 5.5}, None),  # the loss only from the third epoch
+    ({"epoch": 4, "teacher_entropy": 2.0, "loss": 6.4}, None),  # above log K is not "near"
+    ({"epoch": 3, "teacher_entropy": 2.0, "loss": 3.0}, None),
+])  # fmt: skip
+def test_collapse_signals(record, expected):
+    from esvit.train.loop import collapse_signal
+
+    got = collapse_signal(record, math.log(256))
+    assert (got is None) if expected is None else (expected in got)
