@@ -15,8 +15,8 @@ import pandas as pd
 
 from esvit.atomic import atomic_write_text
 from esvit.report import plots
-from esvit.report.tables import (collect_metrics, imagenet_table, mark_stale, paper_table, run_descriptions,
-                                 transfer_table)  # fmt: skip
+from esvit.report.tables import (collect_metrics, imagenet_table, linear_table, mark_stale, paper_table,
+                                 run_descriptions, transfer_table)  # fmt: skip
 
 __all__ = ["build_report"]
 
@@ -84,8 +84,8 @@ def build_report(results: str | Path = "results", out: str | Path | None = None,
     df = mark_stale(collect_metrics(results), results)
     desc = run_descriptions(results, df) if len(df) else pd.DataFrame(columns=["run", "arch", "paper_arch", "window", "tasks", "source"])
     runs = sorted(df.run.unique()) if len(df) else []
-    if baseline is None:
-        baseline = next((r for r in runs if r.endswith("_random")), None)
+    if baseline is None:  # the paper counts wins against the supervised Swin-T; else the random initialisation
+        baseline = next((r for r in runs if "supervised" in r), None) or next((r for r in runs if r.endswith("_random")), None)
     files: dict[str, Path] = {}
 
     # -- tables ------------------------------------------------------------------------------------------
@@ -94,6 +94,7 @@ def build_report(results: str | Path = "results", out: str | Path | None = None,
     atomic_write_text(files["summary.csv"], summary.to_csv(index=False))
     imnet = imagenet_table(df, desc, paper) if len(desc) else pd.DataFrame()
     tables = {ev: transfer_table(df, ev, baseline) for ev in ("probe", "knn")}
+    lin = linear_table(df)
     counts = {"window": "Int64", "params_m": "Int64", "throughput_img_s": "Int64", "transfer18_wins": "Int64"}
     paper_shown = paper.astype(counts)
     headline = paper_shown[paper.table == 1][["method", "arch", "window", "tasks", "params_m", "throughput_img_s", "imagenet_linear", "imagenet_knn"]]
@@ -105,9 +106,9 @@ def build_report(results: str | Path = "results", out: str | Path | None = None,
     # -- figures -----------------------------------------------------------------------------------------
     figures: list[tuple[Path, str]] = []
     probe = tables["probe"]
-    pair = [r for r in probe.table.columns if r != baseline][:1] + ([baseline] if baseline in probe.table.columns else [])
+    pair = [r for r in probe.table.columns if r != baseline][:7] + ([baseline] if baseline in probe.table.columns else [])
     figures.append((plots.transfer_bars(probe.table, pair, out / "transfer_bars.png", probe.metric),
-                    f"Linear probe per dataset: {' vs '.join(pair) or 'no results yet'} (the paper's Figure 3 style)"))  # fmt: skip
+                    f"Linear probe per dataset: {', '.join(pair) or 'no results yet'} (the paper's Figure 3 style)"))  # fmt: skip
     speeds = _throughputs(results / "bench")
     ours = [{"label": r["run"], "throughput": speeds[r["arch"]], "linear": r["linear"]}
             for _, r in imnet.iterrows() if r.get("linear") is not None and not pd.isna(r.get("linear")) and r["arch"] in speeds] if len(imnet) else []  # fmt: skip
@@ -133,8 +134,11 @@ def build_report(results: str | Path = "results", out: str | Path | None = None,
     shown_tables = {}
     for ev in ("probe", "knn"):
         if not tables[ev].table.empty:
-            shown = tables[ev].table.copy()
-            shown.insert(0, "metric", [tables[ev].metric.get(d, "") for d in shown.index])
+            shown = tables[ev].table.copy().astype(object)
+            n_sets = len(shown) - 2
+            shown.loc["present"] = [f"{int(v)}/{n_sets}" for v in tables[ev].table.loc["present"]]
+            shown.insert(0, "metric", [tables[ev].metric.get(d, "" if d not in ("average", "present") else f"over all {n_sets}")
+                                       for d in shown.index])  # fmt: skip
             shown_tables[ev] = shown
     titles = {"probe": "Transfer: linear probe", "knn": "Transfer: k-NN top-1"}
 
@@ -150,9 +154,13 @@ def build_report(results: str | Path = "results", out: str | Path | None = None,
         t, title = tables[ev], titles[ev]
         md += ["", f"## {title} (datasets x runs)", "", _md_table(shown)]
         if t.baseline:
-            md += ["", f"Wins against `{t.baseline}`: " + ", ".join(f"{r} {n}/{len(shown) - 1}" for r, n in t.wins.items())]
+            md += ["", f"Wins against `{t.baseline}` (datasets where the run scores higher, as the paper counts them): "
+                   + ", ".join(f"{r} {n}/{len(shown) - 2}" for r, n in t.wins.items())]
         if t.missing:
             md += ["", "Missing (—): " + ", ".join(f"{r}/{d}" for r, d in t.missing)]
+    if len(lin):
+        md += ["", "## Linear protocol (last-4-blocks features, top-1 after the last epoch and the best epoch's)", "",
+               _md_table(lin, index=False)]  # fmt: skip
     md += ["", "### The paper's Table 3 (18-dataset average and #wins vs supervised)", "", _md_table(transfer_ref, index=False)]
     if corr:
         md += ["", "## Region correspondence", "", corr_note, "", _md_table(corr_table.set_index("run"))]
@@ -173,9 +181,11 @@ def build_report(results: str | Path = "results", out: str | Path | None = None,
         t, title = tables[ev], titles[ev]
         body += [f"<h2>{title}</h2>", _html_table(shown, f"transfer {ev}")]
         if t.baseline:
-            body += [f"<p>Wins against <code>{html.escape(t.baseline)}</code>: " + ", ".join(f"{html.escape(r)} {n}/{len(shown) - 1}" for r, n in t.wins.items()) + "</p>"]
+            body += [f"<p>Wins against <code>{html.escape(t.baseline)}</code> (datasets where the run scores higher): " + ", ".join(f"{html.escape(r)} {n}/{len(shown) - 2}" for r, n in t.wins.items()) + "</p>"]
         if t.missing:
             body += ["<p>Missing (—): " + ", ".join(html.escape(f"{r}/{d}") for r, d in t.missing) + "</p>"]
+    if len(lin):
+        body += ["<h2>Linear protocol (last-4-blocks)</h2>", _html_table(lin, "linear", index=False)]
     body += ["<h3>The paper's Table 3</h3>", _html_table(transfer_ref, "paper", index=False)]
     if corr:
         body += ["<h2>Region correspondence</h2>", f"<p>{html.escape(corr_note)}</p>", _html_table(corr_table.set_index("run"), "correspondence")]

@@ -33,15 +33,18 @@ def _empty(path: Path, text: str) -> Path:
 
 
 def transfer_bars(table: pd.DataFrame, runs: list[str], path: Path, metric: dict[str, str] | None = None) -> Path:
-    """Per-dataset bars for up to two runs side by side (the paper's Figure 3)."""
+    """Per-dataset bars of the runs side by side (the paper's Figure 3); a missing result is marked "n/a"."""
     if table.empty or not runs:
         return _empty(path, "Transfer: no linear-probe results yet")
-    data = table.drop(index="average", errors="ignore")[runs]
+    data = table.drop(index=["average", "present"], errors="ignore")[runs]
     fig, ax = plt.subplots(figsize=(max(5, 0.7 * len(data) + 2), 3.6))
     width = 0.8 / len(runs)
     for i, run in enumerate(runs):
         xs = [j + (i - (len(runs) - 1) / 2) * width for j in range(len(data))]
         ax.bar(xs, data[run].fillna(0), width, label=run)
+        for x, v in zip(xs, data[run]):
+            if pd.isna(v):
+                ax.text(x, 1, "n/a", rotation=90, ha="center", va="bottom", fontsize=6, color="#a00")
     labels = [f"{d}\n({(metric or {}).get(d, '')})" if metric else d for d in data.index]
     ax.set_xticks(range(len(data)), labels, rotation=45 if len(data) > 4 else 0, ha="right" if len(data) > 4 else "center", fontsize=8)
     ax.set_ylabel("linear probe score (%)")

@@ -1,6 +1,6 @@
 """The report's tables: every metrics JSON under ``results/`` beside the paper's numbers.
 
-Reads only the metrics-JSON contract (DESIGN.md), the runs' resolved training configs
+Reads only the metrics-JSON contract (docs/design.md), the runs' resolved training configs
 (``results/pretrain/<run>/config.yaml``, for matching paper rows) and ``configs/reference/paper_results.csv``.
 """
 
@@ -16,7 +16,7 @@ import yaml
 from esvit.data.shards import file_sha256
 
 __all__ = ["collect_metrics", "paper_table", "run_descriptions", "imagenet_table", "transfer_table", "PAPER_CSV",
-           "TransferTable", "mark_stale"]  # fmt: skip
+           "TransferTable", "mark_stale", "transfer_suite", "linear_table"]  # fmt: skip
 
 PAPER_CSV = Path(__file__).resolve().parents[2] / "configs" / "reference" / "paper_results.csv"
 EVALS = ("knn", "probe", "linear")
@@ -131,28 +131,59 @@ def imagenet_table(df: pd.DataFrame, desc: pd.DataFrame, paper: pd.DataFrame, da
 
 @dataclass
 class TransferTable:
-    table: pd.DataFrame  # datasets x runs (value), plus an "average" row
+    table: pd.DataFrame  # datasets x runs (value), plus "average" (over the whole suite) and "present" rows
     metric: dict[str, str]  # dataset -> metric name
     wins: dict[str, int] = field(default_factory=dict)  # run -> datasets where it beats the baseline
     baseline: str | None = None
     missing: list[tuple[str, str]] = field(default_factory=list)  # (run, dataset) without a result
 
 
+def transfer_suite(datasets: list[str]) -> list[str]:
+    """The datasets a transfer average is taken over: the 18-set suite when the results are transfer sets
+    (so a set with no result at all still counts as missing), else the datasets present."""
+    from esvit.data.transfer import load_registry
+
+    suite = list(load_registry())
+    return suite if datasets and set(datasets) <= set(suite) else sorted(datasets)
+
+
 def transfer_table(df: pd.DataFrame, eval_name: str = "probe", baseline: str | None = None,
-                   exclude: tuple[str, ...] = ("imagenet",)) -> TransferTable:  # fmt: skip
-    """Datasets as rows, runs as columns (the paper's Figure 3 / Table 3), with the average and #wins."""
+                   exclude: tuple[str, ...] = ("imagenet",), suite: list[str] | None = None) -> TransferTable:  # fmt: skip
+    """Datasets as rows, runs as columns (the paper's Figure 3 / Table 3), with the average and #wins.
+
+    Rows are the whole ``suite`` (default :func:`transfer_suite`); the average is over all of it, so it is
+    missing (—) while any dataset is, and a run's "present" row says over how many it could be taken.
+    """
     sub = df[(df["eval"] == eval_name) & ~df.dataset.isin(exclude)]
     if sub.empty:
         return TransferTable(pd.DataFrame(), {}, {}, baseline, [])
     table = sub.pivot_table(index="dataset", columns="run", values="value", aggfunc="first")
+    rows = suite if suite is not None else transfer_suite(list(table.index))
+    if eval_name == "knn":  # k-NN classification has no multi-label set (VOC 2007)
+        from esvit.data.transfer import load_registry
+
+        rows = [d for d in rows if not load_registry().get(d, {}).get("multilabel")]
+    table = table.reindex([d for d in rows if d not in exclude])
     metric = sub.groupby("dataset")["metric"].first().to_dict()
     missing = [(r, d) for d in table.index for r in table.columns if pd.isna(table.loc[d, r])]
+    present = table.notna().sum(axis=0)
     avg = table.mean(axis=0, skipna=False)  # an average over fewer datasets would not be comparable
     table.loc["average"] = avg
+    table.loc["present"] = present.astype(float)
     wins = {}
     if baseline and baseline in table.columns:
+        per_set = table.drop(index=["average", "present"])
         for run in table.columns:
             if run != baseline:
-                diff = table.drop(index="average")[run] - table.drop(index="average")[baseline]
-                wins[run] = int((diff > 0).sum())
+                wins[run] = int((per_set[run] - per_set[baseline] > 0).sum())  # as the paper counts: strictly better
     return TransferTable(table, metric, wins, baseline if baseline in table.columns else None, missing)
+
+
+def linear_table(df: pd.DataFrame) -> pd.DataFrame:
+    """The linear protocol (last-4-blocks) per dataset and run: top-1 after the last epoch and the best epoch's."""
+    sub = df[df["eval"] == "linear"]
+    cols = ["dataset", "run", "arch", "top1_last", "top1_best", "n_train", "n_test"]
+    if sub.empty:
+        return pd.DataFrame(columns=cols)
+    out = sub.rename(columns={"value": "top1_last", "best_value": "top1_best"})[cols]
+    return out.sort_values(["dataset", "run"]).reset_index(drop=True)

@@ -62,7 +62,9 @@ def test_report_tables_against_the_paper(results, tmp_path):
     assert f"{ref.imagenet_linear:.2f}" in row and f"{77.0 - ref.imagenet_linear:.2f}" in row and f"{74.0 - ref.imagenet_knn:.2f}" in row
     avg = next(line for line in md.splitlines() if line.startswith("| average |"))
     assert "80.00" in avg and "—" in avg  # tiny: (90 + 70 + 80) / 3; tiny_random lacks pets: no average
-    assert "Wins against `tiny_random`: tiny 1/3" in md
+    assert "Wins against `tiny_random`" in md and ": tiny 1/3" in md
+    lin = md.split("## Linear protocol", 1)[1].split("\n#", 1)[0]  # the linear protocol in the markdown too
+    assert "| imagenet | tiny | swin_tiny_w7 | 77.00 |" in lin
     assert "Missing (—): tiny_random/pets" in md
     for name in ("transfer_bars.png", "accuracy_vs_throughput.png", "training_curves.png"):
         with Image.open(files[name]) as im:
@@ -85,3 +87,34 @@ def test_cli_report_and_a_missing_results_folder(results, tmp_path):
     assert proc.returncode == 0 and "report.html" in proc.stdout, proc.stderr
     bad = run_cli("report", "--results", str(tmp_path / "nope"))
     assert bad.returncode != 0 and "does not exist" in bad.stderr
+
+
+def test_the_transfer_average_is_over_the_whole_suite_and_wins_are_counted_against_supervised(tmp_path):
+    """Results on 2 of the 18 sets: every set is a row (missing ones marked), the average is missing until all
+    are there (not an average of the two), the present count says so, and the supervised run is the
+    baseline of the wins by default."""
+    res = tmp_path / "results"
+    for run, scores in (("esvit_t", (91.0, 70.0)), ("supervised_swin_tiny", (90.0, 72.0)), ("esvit_s", (95.0, 75.0))):
+        for ds, v in zip(("cifar10", "dtd"), scores):
+            _metrics(res, "probe", run, ds, v, None, metric="accuracy", sha="x")
+    files = build_report(res, tmp_path / "report")
+    md = files["summary.md"].read_text()
+    probe = md.split("## Transfer: linear probe", 1)[1].split("\n## ", 1)[0]
+    rows = {ln.split("|")[1].strip(): ln for ln in probe.splitlines() if ln.startswith("| ") and not ln.startswith("| dataset")}
+    from esvit.data.transfer import load_registry
+
+    assert set(load_registry()) <= set(rows)  # all 18 sets listed
+    assert rows["food101"].count("—") == 3 and rows["average"].count("—") == 3  # no average of 2 sets out of 18
+    assert rows["present"].count("2/18") == 3
+    assert "Wins against `supervised_swin_tiny`" in md and "esvit_t 1/18" in md and "esvit_s 2/18" in md
+    t = transfer_table(pd.read_csv(files["summary.csv"]), "probe", "supervised_swin_tiny")
+    assert len(t.missing) == 3 * 16 and t.table.loc["present", "esvit_t"] == 2
+
+
+def test_the_bars_show_every_run_when_there_is_no_random_baseline(tmp_path):
+    res = tmp_path / "results"
+    for run in ("run_a", "run_b", "run_c"):
+        _metrics(res, "probe", run, "digits", 80.0 + len(run), None, metric="accuracy", sha="x")
+    files = build_report(res, tmp_path / "report")
+    page = files["report.html"].read_text()
+    assert "Linear probe per dataset: run_a, run_b, run_c" in page
