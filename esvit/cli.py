@@ -189,6 +189,12 @@ def run_download(args: argparse.Namespace) -> int:
         return 0
     if not args.name:
         raise UsageError(f"esvit download {args.what} needs a name (esvit download list shows them)")
+    from esvit.config import _did_you_mean
+    from esvit.data.transfer import load_registry
+
+    known = load_releases() if args.what == "release" else load_registry()
+    if args.name not in known:
+        raise UsageError(f"unknown {args.what} {args.name!r}.{_did_you_mean(args.name, known)} Known: {', '.join(known)}")
     where = args.out if args.what == "release" else args.root
     if not where:
         raise UsageError(f"esvit download {args.what} needs {'--out FILE' if args.what == 'release' else '--root DIR'}")
@@ -503,7 +509,12 @@ def run_report(args: argparse.Namespace) -> int:
 
     if not Path(args.results).is_dir():
         raise UsageError(f"results folder {args.results!r} does not exist; run the pipeline first (make demo)")
-    files = build_report(args.results, args.out, args.baseline)
+    from esvit.report import ReportError
+
+    try:
+        files = build_report(args.results, args.out, args.baseline)
+    except ReportError as exc:
+        raise UsageError(str(exc)) from None
     print(f"report: {files['report.html']} ({', '.join(sorted(files))})")
     return 0
 

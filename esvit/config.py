@@ -154,7 +154,7 @@ class EvalConfig:
     device: str = _field("auto", help="Device of extraction, probes and the linear protocol: auto (the GPU when the job sees one), cpu, cuda or cuda:N.")
     knn_ks: list[int] = _field([10, 20, 100, 200], nonempty=True, help="k values of the k-NN (k=20 is reported).")
     knn_temperature: float = _field(0.07, gt=0, help="Temperature of the k-NN vote weights.")
-    linear_datasets: list[str] = _field([], help="Datasets (keys of `datasets`) for the ImageNet linear protocol on the last-4-blocks features.")
+    linear_datasets: list[str] = _field([], help="Datasets (keys of `datasets`) for the ImageNet linear protocol on the last-4-blocks features, and its k-NN.")
     linear_mode: Literal["fast", "paper"] = _field("fast", help="fast: cached centre-crop features; paper: augmented views through the frozen backbone.")
     linear_epochs: int = _field(100, gt=0, help="Epochs of the linear protocol (paper: 100).")
     linear_lr: float = _field(1e-3, gt=0, help="Base learning rate of the linear protocol, scaled by batch / 256.")
@@ -420,9 +420,9 @@ def _load_config(source: str | Path | Mapping, overrides: typing.Iterable[str]) 
             ds.metric = entry["metric"]
         if ds.download:
             if not (entry or {}).get("auto_download"):
-                how = f"download {entry['download']} by hand" if entry else "put its files under root by hand"
-                raise ConfigError(f"datasets.{name}.download: source {ds.source!r} cannot be downloaded automatically; "
-                                  f"{how} and set download: false")  # fmt: skip
+                how = f"download: {entry['download']}" if entry else "put its files under root"
+                raise ConfigError(f"datasets.{name}.download: source {ds.source!r} cannot be downloaded automatically "
+                                  f"({how}); set download: false and put it under root by hand")  # fmt: skip
     for i, name in [(f"datasets[{i}]", n) for i, n in enumerate(cfg.eval.datasets)] + [
             (f"linear_datasets[{i}]", n) for i, n in enumerate(cfg.eval.linear_datasets)]:  # fmt: skip
         if name not in cfg.datasets:
@@ -435,9 +435,11 @@ def _load_config(source: str | Path | Mapping, overrides: typing.Iterable[str]) 
             raise ConfigError(f"eval.{i}: {name!r} needs a train and a test (or val) split (has {cfg.datasets[name].splits})")
     for name, run in cfg.runs.items():
         key = f"runs.{name}"
-        if sum(x is not None for x in (run.config, run.checkpoint, run.release)) != 1:
+        given = [k for k in ("config", "checkpoint", "release") if getattr(run, k) is not None]
+        if len(given) != 1:
+            found = f" (it has {' and '.join(given)})" if given else ""
             raise ConfigError(f"{key}: give one of config (+ dataset) to pretrain, checkpoint (+ arch) or release (a name "
-                              "in configs/releases.yaml) to evaluate a released one")  # fmt: skip
+                              f"in configs/releases.yaml) to evaluate a released one{found}")  # fmt: skip
         if run.release is not None:
             from esvit.download import load_releases
 

@@ -14,7 +14,10 @@ import fcntl
 import json
 import math
 import os
+import re
 import shutil
+import struct
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -33,7 +36,7 @@ def _multilabel(cfg: PipelineConfig, dataset: str) -> bool:
 def eval_results(cfg: PipelineConfig) -> list[tuple[str, str, str]]:
     """Every (model, eval, dataset) the workflow evaluates: each run (and ``{run}_random`` with the random-init
     baseline) on each evaluation dataset with k-NN (not multi-label sets) and the probe, and on each linear
-    dataset with the linear protocol. ``results/{eval}/{model}/{dataset}/metrics.json`` holds each."""
+    dataset with the linear protocol and the k-NN. ``results/{eval}/{model}/{dataset}/metrics.json`` holds each."""
     models = [m for run in cfg.runs for m in ([run, f"{run}_random"] if cfg.eval.random_init_baseline else [run])]
     out = []
     for model in models:
@@ -41,7 +44,10 @@ def eval_results(cfg: PipelineConfig) -> list[tuple[str, str, str]]:
             for ev in ("knn", "probe"):
                 if not (ev == "knn" and _multilabel(cfg, dataset)):
                     out.append((model, ev, dataset))
-    out += [(model, "linear", dataset) for model in models for dataset in cfg.eval.linear_datasets]
+        for dataset in cfg.eval.linear_datasets:  # ImageNet: the linear protocol and the k-NN (the paper's two)
+            out.append((model, "linear", dataset))
+            if dataset not in cfg.eval.datasets and not _multilabel(cfg, dataset):
+                out.append((model, "knn", dataset))
     return out
 
 
@@ -64,22 +70,29 @@ class RunStatus:
     stale: list[str] = dataclasses.field(default_factory=list)
 
 
+_FLOCK = "hhqqii"  # struct flock on Linux: type, whence, start, len, pid (+ padding)
+
+
 def _lock_holder(run_dir: Path) -> dict | None:
-    """The holder of ``<run>/.lock`` when a process holds it (a run training here), else None."""
+    """The holder of ``<run>/.lock`` when a process holds it (a run training here), else None. Asks the kernel
+    (F_GETLK) without taking the lock, so a run starting at that moment is never refused because of it."""
     path = run_dir / ".lock"
     if not path.is_file():
         return None
     fd = os.open(path, os.O_RDONLY)
     try:
+        query = struct.pack(_FLOCK, fcntl.F_WRLCK, os.SEEK_SET, 0, 0, 0, 0)
         try:
-            fcntl.lockf(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except OSError:
-            try:
-                return json.loads(os.pread(fd, 4096, 0).decode() or "{}")
-            except ValueError:
-                return {}
-        fcntl.lockf(fd, fcntl.LOCK_UN)
-        return None
+            l_type = struct.unpack(_FLOCK, fcntl.fcntl(fd, fcntl.F_GETLK, query))[0]
+        except OSError:  # no locking on this file system: nothing to tell
+            return None
+        if l_type == fcntl.F_UNLCK:
+            return None
+        try:
+            holder = json.loads(os.pread(fd, 4096, 0).decode() or "{}")
+        except ValueError:
+            holder = {}
+        return holder if isinstance(holder, dict) else {}
     finally:
         os.close(fd)
 
@@ -89,7 +102,10 @@ def _slurm(run_dir: Path) -> tuple[str, str] | None:
     record = run_dir / "slurm" / "job.json"
     if not record.is_file():
         return None
-    job_id = str(json.loads(record.read_text())["job_id"])
+    try:
+        job_id = str(json.loads(record.read_text())["job_id"])
+    except (ValueError, KeyError, TypeError):
+        return None
     state = ""
     if shutil.which("squeue"):
         from esvit.launch.submit import job_state
@@ -103,12 +119,17 @@ def _log(run_dir: Path) -> list[dict]:
     if not path.is_file():
         return []
     out = []
-    for line in path.read_text().splitlines():
+    for line in path.read_text(errors="replace").splitlines():
         try:
-            out.append(json.loads(line))
+            record = json.loads(line)
         except ValueError:
             continue  # a line being written
+        if isinstance(record, dict) and isinstance(record.get("step"), int):
+            out.append({k: v for k, v in record.items() if not (k in _NUMBERS and not isinstance(v, (int, float)))})
     return out
+
+
+_NUMBERS = ("epoch", "loss", "img_s", "teacher_entropy")
 
 
 def _steps_per_epoch(records: list[dict]) -> int | None:
@@ -121,8 +142,8 @@ def _last_error(log: Path) -> str | None:
     if not log.is_file():
         return None
     lines = [ln.strip() for ln in log.read_text(errors="replace").splitlines() if ln.strip()]
-    errors = [ln for ln in lines if ln.startswith("esvit: error:") or "Error" in ln.split(":")[0]]
-    return (errors or lines or [None])[-1]
+    errors = [ln for ln in lines if ln.startswith("esvit: error:") or re.match(r"^[\w.]*(Error|Exception)\b", ln)]
+    return errors[-1] if errors else None  # an interrupted run (esvit: interrupted ...) is stopped, not failed
 
 
 def _pretrain_state(name: str, run_dir: Path, results: Path, st: RunStatus) -> None:
@@ -131,9 +152,13 @@ def _pretrain_state(name: str, run_dir: Path, results: Path, st: RunStatus) -> N
         if (run_dir / "slurm" / "job.json").is_file():
             st.where = f"Slurm job {json.loads((run_dir / 'slurm' / 'job.json').read_text())['job_id']}"
         return
-    slurm = _slurm(run_dir) if run_dir.is_dir() else None
     holder = _lock_holder(run_dir) if run_dir.is_dir() else None
-    if slurm:
+    slurm = _slurm(run_dir) if run_dir.is_dir() and holder is None else None
+    if holder is not None:  # training right now (here, or in a Slurm job on a node sharing this file system)
+        st.state = "running"
+        job = f", Slurm job {holder['slurm_job']}" if holder.get("slurm_job") else ""
+        st.where = f"pid {holder.get('pid', '?')} on {holder.get('host', '?')}{job}"
+    elif slurm:
         job_id, state = slurm
         st.where = f"Slurm job {job_id} ({state})"
         if state in ("PENDING", "CONFIGURING", "REQUEUED", "REQUEUE_HOLD", "RESV_DEL_HOLD"):
@@ -144,12 +169,10 @@ def _pretrain_state(name: str, run_dir: Path, results: Path, st: RunStatus) -> N
             from esvit.launch.submit import _job_error
 
             st.state, st.error = "failed", f"{state}: {_job_error(run_dir / 'slurm', job_id)}"
+        elif state == "COMPLETED":  # the job ended without finishing the run (a stop it asked for): resumable
+            st.state = "stopped"
         else:
             st.state = "submitted"
-    elif holder is not None:
-        st.state = "running"
-        job = f", Slurm job {holder['slurm_job']}" if holder.get("slurm_job") else ""
-        st.where = f"pid {holder.get('pid', '?')} on {holder.get('host', '?')}{job}"
     elif (run_dir / "checkpoint.pth").is_file() or (run_dir / "log.jsonl").is_file():
         st.state = "stopped"  # started, not running now, not finished: a rerun resumes it
         st.error = _last_error(results / "logs" / "pretrain" / f"{name}.log")
@@ -164,6 +187,9 @@ def run_status(cfg: PipelineConfig, results: str | Path = "results", download_di
     from esvit.train.config import load_train_config
 
     results = Path(results)
+    if not results.is_dir():
+        print(f"esvit: warning: results folder {str(results)!r} does not exist: nothing has run here yet (or check "
+              "--results)", file=sys.stderr)  # fmt: skip
     download_dir = download_dir or cfg.download.folder.replace("{data_dir}", cfg.data_dir.rstrip("/"))
     expected = eval_results(cfg)
     metrics = _metrics(results)
@@ -186,7 +212,7 @@ def run_status(cfg: PipelineConfig, results: str | Path = "results", download_di
                 if st.state in ("running", "queued", "submitted") and per_epoch and st.epochs and last.get("img_s"):
                     secs_per_step = _secs_per_step(records)
                     left = st.epochs * per_epoch - last["step"]
-                    st.eta_s = max(left, 0) * secs_per_step if secs_per_step else None
+                    st.eta_s = max(left, 0) * secs_per_step if secs_per_step is not None else None
         elif run.release:
             imported = results / "imported" / name / "final.pth"
             got = Path(download_dir) / "releases" / f"{run.release}.pth"
@@ -212,9 +238,17 @@ def run_status(cfg: PipelineConfig, results: str | Path = "results", download_di
 
 
 def _secs_per_step(records: list[dict]) -> float | None:
-    """Seconds per step over the last records with timestamps (wall clock, data waits included)."""
-    stamped = [(r["step"], time.mktime(time.strptime(r["time"], "%Y-%m-%dT%H:%M:%S"))) for r in records[-20:] if r.get("time")]
-    if len(stamped) < 2 or stamped[-1][0] <= stamped[0][0]:
+    """Seconds per step over the last records (wall clock, data waits included)."""
+    stamped = []
+    for r in records[-20:]:
+        if isinstance(r.get("time_s"), (int, float)):
+            stamped.append((r["step"], float(r["time_s"])))
+        elif isinstance(r.get("time"), str):
+            try:
+                stamped.append((r["step"], time.mktime(time.strptime(r["time"], "%Y-%m-%dT%H:%M:%S"))))
+            except ValueError:
+                continue
+    if len(stamped) < 2 or stamped[-1][0] <= stamped[0][0] or stamped[-1][1] <= stamped[0][1]:
         return None
     return (stamped[-1][1] - stamped[0][1]) / (stamped[-1][0] - stamped[0][0])
 

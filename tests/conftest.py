@@ -109,6 +109,9 @@ class FileServer:
         self.requests: list[tuple[str, str | None]] = []
         self.drop_after: int | None = None
         self.ignore_range = False
+        self.range_from_zero = False  # answer a range request with 206 but from byte 0 (a broken server)
+        self.no_length = False  # no Content-Length: the end of the file is the end of the connection
+        self.content_type = "application/octet-stream"
         server = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -119,9 +122,13 @@ class FileServer:
                 if body is None:
                     self.send_error(404, "Not Found")
                     return
+                import hashlib
+
+                etag = '"' + hashlib.md5(body).hexdigest() + '"'
                 start = 0
-                if rng and not server.ignore_range:
-                    start = int(rng.removeprefix("bytes=").split("-")[0])
+                if_range = self.headers.get("If-Range")
+                if rng and not server.ignore_range and (if_range is None or if_range == etag):
+                    start = 0 if server.range_from_zero else int(rng.removeprefix("bytes=").split("-")[0])
                     if start >= len(body):
                         self.send_response(416)
                         self.send_header("Content-Range", f"bytes */{len(body)}")
@@ -132,7 +139,10 @@ class FileServer:
                 else:
                     self.send_response(200)
                 part = body[start:]
-                self.send_header("Content-Length", str(len(part)))
+                self.send_header("ETag", etag)
+                self.send_header("Content-Type", server.content_type)
+                if not server.no_length:
+                    self.send_header("Content-Length", str(len(part)))
                 self.end_headers()
                 if server.drop_after is not None:
                     cut, server.drop_after = server.drop_after, None

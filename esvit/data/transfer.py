@@ -182,10 +182,9 @@ class FolderTransferSource(TransferSource):
 def _register_all() -> None:
     for name, entry in load_registry().items():
         base = FolderTransferSource if entry.get("class") is None else TransferSource
-        hint = (f"Download {entry['download']} and unpack it under the dataset's root so that it holds "
-                f"{entry['layout']} (configs/datasets.yaml)")  # fmt: skip
-        hint += (f", or set download: true on the dataset to fetch it there (esvit download dataset {name} --root DIR)."
-                 if entry.get("auto_download") else ".")  # fmt: skip
+        hint = f"Download: {entry['download']}. Unpack it under the dataset's root so that it holds {entry['layout']}"
+        hint += (f"; or set download: true on the dataset to fetch it there (esvit download dataset {name} --root DIR)."
+                 if entry.get("auto_download") else " (configs/datasets.yaml).")  # fmt: skip
         doc = f"transfer set: {entry.get('class') or 'image folder'}, {entry['classes']} classes, {entry['metric']}."
         register_source(type(f"{name}_source", (base,), {"name": name, "entry": entry, "missing_hint": hint, "doc": doc}))
 

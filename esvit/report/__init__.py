@@ -18,7 +18,11 @@ from esvit.report import plots
 from esvit.report.tables import (collect_metrics, imagenet_table, linear_table, mark_stale, paper_table,
                                  run_descriptions, transfer_table)  # fmt: skip
 
-__all__ = ["build_report"]
+__all__ = ["build_report", "ReportError"]
+
+
+class ReportError(ValueError):
+    """A report cannot be built as asked (e.g. an unknown baseline run)."""
 
 DASH = "—"
 
@@ -85,7 +89,11 @@ def build_report(results: str | Path = "results", out: str | Path | None = None,
     desc = run_descriptions(results, df) if len(df) else pd.DataFrame(columns=["run", "arch", "paper_arch", "window", "tasks", "source"])
     runs = sorted(df.run.unique()) if len(df) else []
     if baseline is None:  # the paper counts wins against the supervised Swin-T; else the random initialisation
-        baseline = next((r for r in runs if "supervised" in r), None) or next((r for r in runs if r.endswith("_random")), None)
+        baseline = next((r for r in runs if r.startswith("supervised")), None) or next((r for r in runs if r.endswith("_random")), None)
+    elif runs and baseline not in runs:
+        from esvit.config import _did_you_mean
+
+        raise ReportError(f"--baseline {baseline!r} is not a run with results.{_did_you_mean(baseline, runs)} Runs: {', '.join(runs)}")
     files: dict[str, Path] = {}
 
     # -- tables ------------------------------------------------------------------------------------------
@@ -135,10 +143,10 @@ def build_report(results: str | Path = "results", out: str | Path | None = None,
     for ev in ("probe", "knn"):
         if not tables[ev].table.empty:
             shown = tables[ev].table.copy().astype(object)
-            n_sets = len(shown) - 2
+            n_sets = tables[ev].suite_size
             shown.loc["present"] = [f"{int(v)}/{n_sets}" for v in tables[ev].table.loc["present"]]
-            shown.insert(0, "metric", [tables[ev].metric.get(d, "" if d not in ("average", "present") else f"over all {n_sets}")
-                                       for d in shown.index])  # fmt: skip
+            default = {"average": f"over all {n_sets}", "present": ""}
+            shown.insert(0, "metric", [tables[ev].metric.get(d, default.get(d, _registry_metric(d))) for d in shown.index])
             shown_tables[ev] = shown
     titles = {"probe": "Transfer: linear probe", "knn": "Transfer: k-NN top-1"}
 
@@ -155,7 +163,7 @@ def build_report(results: str | Path = "results", out: str | Path | None = None,
         md += ["", f"## {title} (datasets x runs)", "", _md_table(shown)]
         if t.baseline:
             md += ["", f"Wins against `{t.baseline}` (datasets where the run scores higher, as the paper counts them): "
-                   + ", ".join(f"{r} {n}/{len(shown) - 2}" for r, n in t.wins.items())]
+                   + ", ".join(f"{r} {n} of {t.compared[r]} compared" for r, n in t.wins.items())]
         if t.missing:
             md += ["", "Missing (—): " + ", ".join(f"{r}/{d}" for r, d in t.missing)]
     if len(lin):
@@ -181,7 +189,7 @@ def build_report(results: str | Path = "results", out: str | Path | None = None,
         t, title = tables[ev], titles[ev]
         body += [f"<h2>{title}</h2>", _html_table(shown, f"transfer {ev}")]
         if t.baseline:
-            body += [f"<p>Wins against <code>{html.escape(t.baseline)}</code> (datasets where the run scores higher): " + ", ".join(f"{html.escape(r)} {n}/{len(shown) - 2}" for r, n in t.wins.items()) + "</p>"]
+            body += [f"<p>Wins against <code>{html.escape(t.baseline)}</code> (datasets where the run scores higher): " + ", ".join(f"{html.escape(r)} {n} of {t.compared[r]} compared" for r, n in t.wins.items()) + "</p>"]
         if t.missing:
             body += ["<p>Missing (—): " + ", ".join(html.escape(f"{r}/{d}") for r, d in t.missing) + "</p>"]
     if len(lin):
@@ -206,6 +214,13 @@ def build_report(results: str | Path = "results", out: str | Path | None = None,
     for p, _ in figures:
         files[p.name] = p
     return files
+
+
+def _registry_metric(dataset: str) -> str:
+    """A transfer set's metric from the registry (for a row with no result yet)."""
+    from esvit.data.transfer import load_registry
+
+    return load_registry().get(dataset, {}).get("metric", "")
 
 
 def _read_json(path: Path) -> dict | None:

@@ -7,6 +7,7 @@ Reads only the metrics-JSON contract (docs/design.md), the runs' resolved traini
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,8 +36,11 @@ def collect_metrics(results: str | Path) -> pd.DataFrame:
         for path in sorted(Path(results).glob(f"{ev}/*/*/metrics.json")):
             try:
                 m = json.loads(path.read_text())
-            except (OSError, json.JSONDecodeError) as exc:
-                print(f"report: skipping unreadable {path} ({exc})")
+            except (OSError, ValueError) as exc:
+                m = exc
+            if not isinstance(m, dict):
+                print(f"esvit: warning: skipping unreadable {path} ({m if isinstance(m, Exception) else 'not a JSON object'})",
+                      file=sys.stderr)  # fmt: skip
                 continue
             rows.append({
                 "run": m.get("run", path.parts[-3]), "arch": m.get("arch"), "dataset": m.get("dataset", path.parts[-2]),
@@ -136,47 +140,54 @@ class TransferTable:
     wins: dict[str, int] = field(default_factory=dict)  # run -> datasets where it beats the baseline
     baseline: str | None = None
     missing: list[tuple[str, str]] = field(default_factory=list)  # (run, dataset) without a result
+    compared: dict[str, int] = field(default_factory=dict)  # run -> datasets where it and the baseline both have one
+    suite_size: int = 0  # datasets the average is over
 
 
-def transfer_suite(datasets: list[str]) -> list[str]:
-    """The datasets a transfer average is taken over: the 18-set suite when the results are transfer sets
-    (so a set with no result at all still counts as missing), else the datasets present."""
+def transfer_suite(datasets: list[str]) -> tuple[list[str], list[str]]:
+    """(the datasets a transfer average is taken over, the others shown beside them): the 18-set suite when
+    any result is on one of its sets (so a set with no result at all still counts as missing, and a set outside
+    the suite never enters its average), else every dataset present."""
     from esvit.data.transfer import load_registry
 
     suite = list(load_registry())
-    return suite if datasets and set(datasets) <= set(suite) else sorted(datasets)
+    if set(datasets) & set(suite):
+        return suite, sorted(set(datasets) - set(suite))
+    return sorted(datasets), []
 
 
 def transfer_table(df: pd.DataFrame, eval_name: str = "probe", baseline: str | None = None,
                    exclude: tuple[str, ...] = ("imagenet",), suite: list[str] | None = None) -> TransferTable:  # fmt: skip
     """Datasets as rows, runs as columns (the paper's Figure 3 / Table 3), with the average and #wins.
 
-    Rows are the whole ``suite`` (default :func:`transfer_suite`); the average is over all of it, so it is
-    missing (—) while any dataset is, and a run's "present" row says over how many it could be taken.
+    Rows are the whole ``suite`` (default :func:`transfer_suite`), then any other dataset; the average is over
+    the suite only and missing (—) while any of its sets is; the "present" row says how many of the suite's sets
+    each run has. Wins count the suite's sets where both the run and the baseline have a result.
     """
     sub = df[(df["eval"] == eval_name) & ~df.dataset.isin(exclude)]
     if sub.empty:
         return TransferTable(pd.DataFrame(), {}, {}, baseline, [])
     table = sub.pivot_table(index="dataset", columns="run", values="value", aggfunc="first")
-    rows = suite if suite is not None else transfer_suite(list(table.index))
+    rows, extras = (suite, sorted(set(table.index) - set(suite))) if suite is not None else transfer_suite(list(table.index))
     if eval_name == "knn":  # k-NN classification has no multi-label set (VOC 2007)
         from esvit.data.transfer import load_registry
 
         rows = [d for d in rows if not load_registry().get(d, {}).get("multilabel")]
-    table = table.reindex([d for d in rows if d not in exclude])
+    rows = [d for d in rows if d not in exclude]
+    table = table.reindex(rows + extras)
     metric = sub.groupby("dataset")["metric"].first().to_dict()
-    missing = [(r, d) for d in table.index for r in table.columns if pd.isna(table.loc[d, r])]
-    present = table.notna().sum(axis=0)
-    avg = table.mean(axis=0, skipna=False)  # an average over fewer datasets would not be comparable
-    table.loc["average"] = avg
-    table.loc["present"] = present.astype(float)
-    wins = {}
+    missing = [(r, d) for d in rows + extras for r in table.columns if pd.isna(table.loc[d, r])]
+    in_suite = table.loc[rows]
+    table.loc["average"] = in_suite.mean(axis=0, skipna=False)  # over fewer datasets it would not be comparable
+    table.loc["present"] = in_suite.notna().sum(axis=0).astype(float)
+    wins, compared = {}, {}
     if baseline and baseline in table.columns:
-        per_set = table.drop(index=["average", "present"])
         for run in table.columns:
             if run != baseline:
-                wins[run] = int((per_set[run] - per_set[baseline] > 0).sum())  # as the paper counts: strictly better
-    return TransferTable(table, metric, wins, baseline if baseline in table.columns else None, missing)
+                both = in_suite[run].notna() & in_suite[baseline].notna()
+                wins[run] = int((in_suite[run][both] > in_suite[baseline][both]).sum())  # as the paper counts: strictly better
+                compared[run] = int(both.sum())
+    return TransferTable(table, metric, wins, baseline if baseline in table.columns else None, missing, compared, len(rows))
 
 
 def linear_table(df: pd.DataFrame) -> pd.DataFrame:

@@ -611,6 +611,7 @@ def _log_record(tr: Trainer, window: list[StepStats], img_s: float, wait: float)
         "teacher_entropy": sum(entropies) / len(entropies) if entropies else None,
         "log_k": round(log_k, 4),
         "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "time_s": round(time.time(), 3),  # the same instant, to the millisecond (ETAs of fast steps)
     }
     record["collapse"] = collapse_signal(record, log_k)
     if record["collapse"]:

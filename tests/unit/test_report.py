@@ -61,11 +61,13 @@ def test_report_tables_against_the_paper(results, tmp_path):
     row = next(line for line in md.splitlines() if line.startswith("| tiny |") and "Table 1" in line)
     assert f"{ref.imagenet_linear:.2f}" in row and f"{77.0 - ref.imagenet_linear:.2f}" in row and f"{74.0 - ref.imagenet_knn:.2f}" in row
     avg = next(line for line in md.splitlines() if line.startswith("| average |"))
-    assert "80.00" in avg and "—" in avg  # tiny: (90 + 70 + 80) / 3; tiny_random lacks pets: no average
-    assert "Wins against `tiny_random`" in md and ": tiny 1/3" in md
+    assert avg.count("—") == 2  # cifar10 and dtd are 2 of the 18 sets: no average of 2 (pets is outside the suite)
+    assert next(line for line in md.splitlines() if line.startswith("| present |")).count("2/18") == 2
+    assert "| pets | accuracy | 80.00 | — |" in md  # shown, outside the average
+    assert "Wins against `tiny_random`" in md and ": tiny 1 of 2 compared" in md
     lin = md.split("## Linear protocol", 1)[1].split("\n#", 1)[0]  # the linear protocol in the markdown too
     assert "| imagenet | tiny | swin_tiny_w7 | 77.00 |" in lin
-    assert "Missing (—): tiny_random/pets" in md
+    assert "Missing (—): " in md and "tiny_random/pets" in md.split("Missing (—): ", 1)[1].split("\n")[0]
     for name in ("transfer_bars.png", "accuracy_vs_throughput.png", "training_curves.png"):
         with Image.open(files[name]) as im:
             assert im.format == "PNG" and im.width > 200
@@ -106,7 +108,7 @@ def test_the_transfer_average_is_over_the_whole_suite_and_wins_are_counted_again
     assert set(load_registry()) <= set(rows)  # all 18 sets listed
     assert rows["food101"].count("—") == 3 and rows["average"].count("—") == 3  # no average of 2 sets out of 18
     assert rows["present"].count("2/18") == 3
-    assert "Wins against `supervised_swin_tiny`" in md and "esvit_t 1/18" in md and "esvit_s 2/18" in md
+    assert "Wins against `supervised_swin_tiny`" in md and "esvit_t 1 of 2 compared" in md and "esvit_s 2 of 2 compared" in md
     t = transfer_table(pd.read_csv(files["summary.csv"]), "probe", "supervised_swin_tiny")
     assert len(t.missing) == 3 * 16 and t.table.loc["present", "esvit_t"] == 2
 
@@ -118,3 +120,20 @@ def test_the_bars_show_every_run_when_there_is_no_random_baseline(tmp_path):
     files = build_report(res, tmp_path / "report")
     page = files["report.html"].read_text()
     assert "Linear probe per dataset: run_a, run_b, run_c" in page
+
+
+def test_a_set_outside_the_suite_never_fills_the_average_and_an_unknown_baseline_is_refused(tmp_path):
+    """17 of the 18 sets and one in-house set: the average stays missing (17/18), the in-house row is shown
+    beside; a --baseline that is no run is an error naming the runs."""
+    from esvit.data.transfer import load_registry
+
+    res = tmp_path / "results"
+    suite = list(load_registry())
+    for i, ds in enumerate(suite[:-1] + ["my_inhouse"]):
+        _metrics(res, "probe", "esvit_small", ds, 50.0 + i, None, metric="accuracy", sha="x")
+    md = build_report(res, tmp_path / "report")["summary.md"].read_text()
+    rows = {ln.split("|")[1].strip(): ln for ln in md.splitlines() if ln.startswith("| ")}
+    assert "—" in rows["average"] and "17/18" in rows["present"] and "| my_inhouse |" in md
+    assert suite[-1] in rows and "—" in rows[suite[-1]]
+    bad = run_cli("report", "--results", str(res), "--out", str(tmp_path / "r2"), "--baseline", "esvit_smal")
+    assert bad.returncode == 2 and "Did you mean 'esvit_small'" in bad.stderr and "Traceback" not in bad.stderr

@@ -88,3 +88,31 @@ def test_failed_collapsing_stale_and_not_downloaded_runs(tmp_path):
     table = run_cli("status", "--config", config, "--results", str(res), cwd=tmp_path).stdout
     assert "COLLAPSE?" in table and f"collapsing: collapse suspected at step 12: {signal}" in table
     assert "crashed: failed: esvit: error: loss is nan" in table and "evaluated: stale results" in table
+
+
+def test_stopped_runs_garbage_records_and_a_missing_results_folder(tmp_path):
+    """An interrupted run is stopped, not failed; log lines that are not records, a metrics file that is not
+    JSON and a broken job record are skipped (stdout stays one JSON object per run); a results folder that
+    does not exist is warned about."""
+    demo = str(REPO / "configs/pretrain/demo.yaml")
+    config = _config(tmp_path, {"interrupted": {"config": demo, "dataset": "digits"}, "odd": {"config": demo, "dataset": "digits"}})
+    missing = run_cli("status", "--config", config, "--results", str(tmp_path / "resutls"), "--json", cwd=tmp_path)
+    assert missing.returncode == 0 and "results folder" in missing.stderr and "does not exist" in missing.stderr
+    res = tmp_path / "results"
+    run = res / "pretrain/interrupted"
+    run.mkdir(parents=True)
+    (run / "checkpoint.pth").write_bytes(b"x")
+    (res / "logs/pretrain").mkdir(parents=True)
+    (res / "logs/pretrain/interrupted.log").write_text("INFO pretrain: epoch 1/8\nesvit: interrupted; finished work is kept\n")
+    odd = res / "pretrain/odd"
+    (odd / "slurm").mkdir(parents=True)
+    (odd / "slurm/job.json").write_text('{"job_')
+    (odd / "log.jsonl").write_text('5\n[1]\n{"step": 3, "epoch": 0, "loss": "nan"}\n{"step": 4, "epo')
+    bad = res / "knn/odd/digits/metrics.json"
+    bad.parent.mkdir(parents=True)
+    bad.write_bytes(b"\x80\x81 not json")
+    proc = run_cli("status", "--config", config, "--results", str(res), "--json", cwd=tmp_path)
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
+    rows = {r["run"]: r for r in (json.loads(line) for line in proc.stdout.splitlines())}
+    assert rows["interrupted"]["state"] == "stopped" and rows["interrupted"]["error"] is None
+    assert rows["odd"]["step"] == 3 and rows["odd"]["loss"] is None and "skipping unreadable" in proc.stderr
