@@ -276,7 +276,8 @@ def status_table(rows: list[RunStatus]) -> str:
     head = ["run", "state", "where", "epoch", "step", "loss", "img/s", "ETA", "results", "stale"]
     lines = []
     for r in rows:
-        epoch = f"{r.epoch}/{r.epochs}" if r.epoch is not None and r.epochs else (str(r.epoch) if r.epoch is not None else "—")
+        # the log's epoch counts from 0: the table shows the epoch being trained, 1-based, of how many
+        epoch = f"{r.epoch + 1}/{r.epochs}" if r.epoch is not None and r.epochs else (str(r.epoch + 1) if r.epoch is not None else "—")
         state = r.state + (" (COLLAPSE?)" if r.collapse else "")
         lines.append([r.run, state, r.where or "—", epoch, str(r.step) if r.step is not None else "—",
                       f"{r.loss:.4f}" if r.loss is not None else "—", f"{r.img_s:.1f}" if r.img_s is not None else "—",

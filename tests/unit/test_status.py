@@ -55,6 +55,7 @@ def test_a_local_run_is_seen_running_with_its_progress_then_done(tmp_path, digit
     assert done["state"] == "done" and done["step"] == 30 * 6 and done["results_done"] == 0 and done["results_total"] == 2
     table = run_cli("status", "--config", config, "--results", str(tmp_path / "results"), cwd=tmp_path).stdout
     assert table.splitlines()[0].split()[:3] == ["run", "state", "where"] and "tiny  done" in table
+    assert " 30/30 " in table  # the epoch shown 1-based, of how many
     assert "missing results: knn/tiny/digits, probe/tiny/digits" in table
 
 
