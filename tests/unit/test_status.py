@@ -23,6 +23,14 @@ def _config(tmp_path, runs: dict) -> str:
     return str(path)
 
 
+def _started_run(res, name: str, log: str) -> None:
+    """A run folder with a checkpoint, no lock holder, and its pretrain rule's log."""
+    (res / "pretrain" / name).mkdir(parents=True)
+    (res / "pretrain" / name / "checkpoint.pth").write_bytes(b"x")
+    (res / "logs/pretrain").mkdir(parents=True, exist_ok=True)
+    (res / "logs/pretrain" / f"{name}.log").write_text(log)
+
+
 def _status(tmp_path, config: str) -> list[dict]:
     proc = run_cli("status", "--config", config, "--results", str(tmp_path / "results"), "--json", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
@@ -66,11 +74,7 @@ def test_failed_collapsing_stale_and_not_downloaded_runs(tmp_path):
         "evaluated": {"config": demo, "dataset": "digits"}, "released": {"release": "swin_tiny_w7_vr"},
     })  # fmt: skip
     res = tmp_path / "results"
-    crashed = res / "pretrain/crashed"
-    crashed.mkdir(parents=True)
-    (crashed / "checkpoint.pth").write_bytes(b"x")
-    (res / "logs/pretrain").mkdir(parents=True)
-    (res / "logs/pretrain/crashed.log").write_text("pretrain: epoch 3\nesvit: error: loss is nan at epoch 3, step 40; stopped\n")
+    _started_run(res, "crashed", "pretrain: epoch 3\nesvit: error: loss is nan at epoch 3, step 40; stopped\n")
     collapsing = res / "pretrain/collapsing"
     collapsing.mkdir(parents=True)
     signal = "teacher entropy 5.50 near log K = 5.55 (uniform outputs)"
@@ -100,11 +104,7 @@ def test_stopped_runs_garbage_records_and_a_missing_results_folder(tmp_path):
     missing = run_cli("status", "--config", config, "--results", str(tmp_path / "resutls"), "--json", cwd=tmp_path)
     assert missing.returncode == 0 and "results folder" in missing.stderr and "does not exist" in missing.stderr
     res = tmp_path / "results"
-    run = res / "pretrain/interrupted"
-    run.mkdir(parents=True)
-    (run / "checkpoint.pth").write_bytes(b"x")
-    (res / "logs/pretrain").mkdir(parents=True)
-    (res / "logs/pretrain/interrupted.log").write_text("INFO pretrain: epoch 1/8\nesvit: interrupted; finished work is kept\n")
+    _started_run(res, "interrupted", "INFO pretrain: epoch 1/8\nesvit: interrupted; finished work is kept\n")
     odd = res / "pretrain/odd"
     (odd / "slurm").mkdir(parents=True)
     (odd / "slurm/job.json").write_text('{"job_')
