@@ -177,7 +177,7 @@ def _download_args(p: argparse.ArgumentParser) -> None:
 
 @command("download", "download a released checkpoint or a transfer dataset (resumable, verified, mirror / cache aware)", _download_args)
 def run_download(args: argparse.Namespace) -> int:
-    from esvit.download import fetch_dataset, fetch_release, load_releases
+    from esvit.download import DownloadError, fetch_dataset, fetch_release, known_entry, load_releases
 
     if args.what == "list":
         from esvit.data.transfer import load_registry
@@ -189,12 +189,12 @@ def run_download(args: argparse.Namespace) -> int:
         return 0
     if not args.name:
         raise UsageError(f"esvit download {args.what} needs a name (esvit download list shows them)")
-    from esvit.config import _did_you_mean
     from esvit.data.transfer import load_registry
 
-    known = load_releases() if args.what == "release" else load_registry()
-    if args.name not in known:
-        raise UsageError(f"unknown {args.what} {args.name!r}.{_did_you_mean(args.name, known)} Known: {', '.join(known)}")
+    try:  # the name first, before what else the command needs
+        known_entry(load_releases() if args.what == "release" else load_registry(), args.name, args.what)
+    except DownloadError as exc:
+        raise UsageError(str(exc)) from None
     where = args.out if args.what == "release" else args.root
     if not where:
         raise UsageError(f"esvit download {args.what} needs {'--out FILE' if args.what == 'release' else '--root DIR'}")

@@ -169,6 +169,14 @@ class DownloadConfig:
     cache: str | None = _field(None, help="A shared download folder (<cache>/<host>/<path>): verified files there are linked instead of downloaded; new downloads land there.")
     folder: str = _field("{data_dir}/downloads", help="Where downloaded checkpoints are written ({data_dir} is replaced).")
 
+    def path(self, data_dir: str) -> str:
+        """The download folder with ``{data_dir}`` filled in."""
+        return self.folder.replace("{data_dir}", data_dir.rstrip("/")).rstrip("/")
+
+    def release_file(self, data_dir: str, release: str) -> str:
+        """Where the download_release rule writes the released checkpoint ``release``."""
+        return f"{self.path(data_dir)}/releases/{release}.pth"
+
 
 @dataclasses.dataclass
 class PipelineConfig:

@@ -22,6 +22,7 @@ dataset download starts.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import os
@@ -47,6 +48,7 @@ __all__ = [
     "fetch_release",
     "fetch_dataset",
     "check_recorded",
+    "known_entry",
 ]
 
 RELEASES_PATH = Path(__file__).resolve().parents[1] / "configs" / "releases.yaml"
@@ -58,9 +60,19 @@ class DownloadError(RuntimeError):
     """A download failed or a file failed its check; the message names the file, the URL and what to do."""
 
 
+@functools.lru_cache(maxsize=None)
 def load_releases(path: str | Path = RELEASES_PATH) -> dict[str, dict[str, Any]]:
     """The released checkpoints a run can name: key -> {url, arch, format, tasks, linear, knn, sha256, size}."""
     return yaml.safe_load(Path(path).read_text())
+
+
+def known_entry(table: dict[str, dict], name: str, what: str) -> dict:
+    """``table[name]``, or a DownloadError naming the close matches and the known names."""
+    if name not in table:
+        from esvit.config import _did_you_mean
+
+        raise DownloadError(f"unknown {what} {name!r}.{_did_you_mean(name, table)} Known: {', '.join(table)}")
+    return table[name]
 
 
 # ------------------------------------------------------------------------------------------------ locations
@@ -347,12 +359,7 @@ def fetch(url: str, dest: str | Path, *, md5: str | None = None, sha256: str | N
 def fetch_release(name: str, dest: str | Path, *, mirror: str | None = None, cache: str | Path | None = None,
                   progress: bool = True) -> Path:  # fmt: skip
     """Download the released checkpoint ``name`` (a key of ``configs/releases.yaml``) to ``dest``."""
-    releases = load_releases()
-    if name not in releases:
-        from esvit.config import _did_you_mean
-
-        raise DownloadError(f"unknown release {name!r}.{_did_you_mean(name, releases)} Known: {', '.join(releases)}")
-    entry = releases[name]
+    entry = known_entry(load_releases(), name, "release")
     return fetch(entry["url"], dest, sha256=entry.get("sha256"), size=entry.get("size"), mirror=mirror, cache=cache,
                  progress=progress)  # fmt: skip
 
@@ -429,12 +436,7 @@ def fetch_dataset(name: str, root: str | Path, *, mirror: str | None = None, cac
     from esvit.atomic import atomic_write_json
     from esvit.data.transfer import load_registry
 
-    registry = load_registry()
-    if name not in registry:
-        from esvit.config import _did_you_mean
-
-        raise DownloadError(f"unknown dataset {name!r}.{_did_you_mean(name, registry)} Known: {', '.join(registry)}")
-    entry = registry[name]
+    entry = known_entry(load_registry(), name, "dataset")
     if not entry.get("auto_download"):
         raise DownloadError(f"{name} cannot be downloaded automatically. Download: {entry['download']}. Unpack it under "
                             f"the dataset's root so that it holds {entry['layout']}, and set download: false for it")  # fmt: skip

@@ -182,7 +182,7 @@ def _pretrain_state(name: str, run_dir: Path, results: Path, st: RunStatus) -> N
         st.state = "not started"
 
 
-def run_status(cfg: PipelineConfig, results: str | Path = "results", download_dir: str | None = None) -> list[RunStatus]:
+def run_status(cfg: PipelineConfig, results: str | Path = "results") -> list[RunStatus]:
     """The status of every run in ``cfg``, read from ``results`` (see the module docstring)."""
     from esvit.train.config import load_train_config
 
@@ -190,7 +190,6 @@ def run_status(cfg: PipelineConfig, results: str | Path = "results", download_di
     if not results.is_dir():
         print(f"esvit: warning: results folder {str(results)!r} does not exist: nothing has run here yet (or check "
               "--results)", file=sys.stderr)  # fmt: skip
-    download_dir = download_dir or cfg.download.folder.replace("{data_dir}", cfg.data_dir.rstrip("/"))
     expected = eval_results(cfg)
     metrics = _metrics(results)
     out = []
@@ -215,7 +214,7 @@ def run_status(cfg: PipelineConfig, results: str | Path = "results", download_di
                     st.eta_s = max(left, 0) * secs_per_step if secs_per_step is not None else None
         elif run.release:
             imported = results / "imported" / name / "final.pth"
-            got = Path(download_dir) / "releases" / f"{run.release}.pth"
+            got = Path(cfg.download.release_file(cfg.data_dir, run.release))
             st.state = "imported" if imported.is_file() else "downloaded" if got.is_file() else "not downloaded"
             st.where = f"release {run.release}"
         else:

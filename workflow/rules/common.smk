@@ -22,7 +22,7 @@ for _missing in missing_paths(CFG):
     print(f"esvit: warning: {_missing}", file=sys.stderr)
 
 DATA_DIR = CFG.data_dir.rstrip("/")
-DOWNLOAD_DIR = CFG.download.folder.replace("{data_dir}", DATA_DIR).rstrip("/")
+DOWNLOAD_DIR = CFG.download.path(DATA_DIR)
 DATASETS = list(CFG.datasets)
 SPLITS = sorted({s for ds in CFG.datasets.values() for s in ds.splits})
 RUNS = [name for name, run in CFG.runs.items() if run.config]  # pretrained here
@@ -111,7 +111,7 @@ def dataset_download(wildcards):
 def import_source(wildcards):
     """The file import_checkpoint converts: a named release (downloaded first) or the run's checkpoint."""
     run = CFG.runs[wildcards.run]
-    return f"{DOWNLOAD_DIR}/releases/{run.release}.pth" if run.release else run.checkpoint
+    return CFG.download.release_file(DATA_DIR, run.release) if run.release else run.checkpoint
 
 
 def run_shards_manifest(wildcards):
