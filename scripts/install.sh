@@ -36,6 +36,18 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 pip_install() { "$VENV/bin/python" -m pip install -q --disable-pip-version-check "$@" 2>&1 | grep -v "is ignored: it is neither" || true; }
 if ! "$VENV/bin/python" -c "import torch, torchvision" 2>/dev/null; then
+  # torch's x86-64 wheel unpacks to ~5.5 GB and pip stages it in the temp folder first: a full disk would
+  # otherwise stop pip half way with a bare "No space left on device".
+  need_kb=$((8 * 1024 * 1024))
+  for dir in "$VENV" "${TMPDIR:-/tmp}"; do
+    free_kb=$(df -Pk "$dir" | awk 'NR == 2 {print $4}')
+    if [ "${free_kb:-0}" -lt "$need_kb" ]; then
+      echo "install: torch needs about 8 GB free for $dir (the venv) and the temp folder;" \
+           "$((free_kb / 1024 / 1024)) GB free there. Free some space (old clones, results/, data/)" \
+           "or set VENV / TMPDIR to a larger disk, then rerun." >&2
+      exit 1
+    fi
+  done
   echo "install: torch + torchvision"
   pip_install "torch==2.14.1" "torchvision==0.29.1"
 fi
