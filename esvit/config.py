@@ -148,7 +148,7 @@ class EvalConfig:
     """Evaluation of every run on held-out datasets: cached features, k-NN and the linear probe."""
 
     datasets: list[str] = _field([], help="Datasets (keys of `datasets`, with train and test splits) to evaluate on.")
-    random_init_baseline: bool = _field(True, help="Also evaluate each run's architecture at random initialisation ({run}_random).")
+    random_init_baseline: bool = _field(True, help="Also evaluate the runs' architectures at random initialisation ({run}_random, once per architecture and image size).")
     batch_size: int = _field(256, gt=0, help="Images per extraction batch.")
     workers: int = _field(2, min=0, help="Data-loader workers per extraction job.")
     device: str = _field("auto", help="Device of extraction, probes and the linear protocol: auto (the GPU when the job sees one), cpu, cuda or cuda:N.")

@@ -24,7 +24,7 @@ from typing import Any
 
 from esvit.config import PipelineConfig
 
-__all__ = ["eval_results", "run_status", "status_table", "RunStatus", "as_dicts"]
+__all__ = ["eval_models", "eval_results", "imported", "run_status", "status_table", "RunStatus", "as_dicts"]
 
 
 def _multilabel(cfg: PipelineConfig, dataset: str) -> bool:
@@ -33,13 +33,44 @@ def _multilabel(cfg: PipelineConfig, dataset: str) -> bool:
     return bool(getattr(SOURCES[cfg.datasets[dataset].source], "entry", {}).get("multilabel"))
 
 
-def eval_results(cfg: PipelineConfig) -> list[tuple[str, str, str]]:
-    """Every (model, eval, dataset) the workflow evaluates: each run (and ``{run}_random`` with the random-init
-    baseline) on each evaluation dataset with k-NN (not multi-label sets) and the probe, and on each linear
-    dataset with the linear protocol and the k-NN. ``results/{eval}/{model}/{dataset}/metrics.json`` holds each."""
-    models = [m for run in cfg.runs for m in ([run, f"{run}_random"] if cfg.eval.random_init_baseline else [run])]
+def imported(run) -> bool:
+    """A released checkpoint (a named release, or a file in the official or timm layout) that the workflow
+    converts to this project's format first (results/imported/{run}/final.pth)."""
+    return bool(run.release or (run.checkpoint and run.checkpoint_format in ("official", "timm")))
+
+
+def eval_models(cfg: PipelineConfig) -> dict[str, dict[str, Any]]:
+    """Every model the workflow evaluates, name -> {arch, image_size, checkpoint (None: random init)}: each
+    run's final teacher (or its released / imported checkpoint) and, with ``eval.random_init_baseline``, the
+    architecture at random initialisation as ``{run}_random``, once per (arch, image size): runs that differ only
+    in their training settings (an ablation, a second seed) share one random baseline, named after the first."""
+    from esvit.train.config import load_train_config
+
+    models: dict[str, dict[str, Any]] = {}
+    randoms: dict[tuple[str, int], str] = {}
+    for name, run in cfg.runs.items():
+        if run.config:
+            train = load_train_config(run.config, run.overrides)
+            spec = {"arch": train.model.arch, "image_size": train.crops.global_size}
+            ckpt = f"results/pretrain/{name}/final.pth"
+        else:
+            spec = {"arch": run.arch, "image_size": run.image_size}
+            ckpt = f"results/imported/{name}/final.pth" if imported(run) else run.checkpoint
+        models[name] = {**spec, "checkpoint": ckpt}
+        key = (spec["arch"], spec["image_size"])
+        if cfg.eval.random_init_baseline and key not in randoms:
+            randoms[key] = f"{name}_random"
+    for (arch, size), name in randoms.items():
+        models[name] = {"arch": arch, "image_size": size, "checkpoint": None}
+    return models
+
+
+def eval_results(cfg: PipelineConfig, models: list[str] | None = None) -> list[tuple[str, str, str]]:
+    """Every (model, eval, dataset) the workflow evaluates: each of ``models`` (default: ``eval_models``) on
+    each evaluation dataset with k-NN (not multi-label sets) and the probe, and on each linear dataset with the
+    linear protocol and the k-NN. ``results/{eval}/{model}/{dataset}/metrics.json`` holds each."""
     out = []
-    for model in models:
+    for model in eval_models(cfg) if models is None else models:
         for dataset in cfg.eval.datasets:
             for ev in ("knn", "probe"):
                 if not (ev == "knn" and _multilabel(cfg, dataset)):

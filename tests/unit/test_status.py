@@ -38,7 +38,8 @@ def _status(tmp_path, config: str) -> list[dict]:
 
 
 def test_a_local_run_is_seen_running_with_its_progress_then_done(tmp_path, digits_shards):
-    overrides = [*TINY, "optim.epochs=30", "run.threads=1", "data.num_workers=0", "run.log_every_steps=1"]
+    overrides = [*TINY, "optim.epochs=30", "run.threads=1", "data.num_workers=0", "run.log_every_steps=1",
+                 "loss.warmup_teacher_temp=0.04", "loss.teacher_temp=0.04"]  # a teacher neither uniform nor one-hot here
     demo = str(REPO / "configs/pretrain/demo.yaml")
     config = _config(tmp_path, {"tiny": {"config": demo, "dataset": "digits", "overrides": overrides}})
     assert _status(tmp_path, config)[0]["state"] == "not started"
@@ -117,3 +118,27 @@ def test_stopped_runs_garbage_records_and_a_missing_results_folder(tmp_path):
     rows = {r["run"]: r for r in (json.loads(line) for line in proc.stdout.splitlines())}
     assert rows["interrupted"]["state"] == "stopped" and rows["interrupted"]["error"] is None
     assert rows["odd"]["step"] == 3 and rows["odd"]["loss"] is None and "skipping unreadable" in proc.stderr
+
+
+def test_runs_of_one_architecture_share_one_random_baseline(tmp_path):
+    """An ablation (same training config, other region weight or seed) is evaluated once at random
+    initialisation; another architecture or image size gets its own."""
+    from esvit.config import load_config
+    from esvit.status import eval_models, eval_results
+
+    (tmp_path / "pico.yaml").write_text(yaml.safe_dump({"model": {"arch": "swin_pico"}, "crops": {"global_size": 32, "local_size": [16]}}))
+    (tmp_path / "nano.yaml").write_text(yaml.safe_dump({"model": {"arch": "swin_nano"}, "crops": {"global_size": 64, "local_size": [16]}}))
+    run = {"config": str(tmp_path / "pico.yaml"), "dataset": "digits"}
+    cfg = load_config({"datasets": {"digits": {"source": "digits", "splits": ["train", "test"]}},
+                       "runs": {"vr": run, "v": {**run, "overrides": ["loss.region_loss_weight=0"]},
+                                "vr_seed1": {**run, "overrides": ["run.seed=1"]},
+                                "big": {**run, "overrides": ["crops.global_size=64"]},
+                                "nano": {"config": str(tmp_path / "nano.yaml"), "dataset": "digits"}},
+                       "eval": {"datasets": ["digits"]}})  # fmt: skip
+    models = eval_models(cfg)
+    randoms = {name: m for name, m in models.items() if m["checkpoint"] is None}
+    assert randoms == {"vr_random": {"arch": "swin_pico", "image_size": 32, "checkpoint": None},
+                       "big_random": {"arch": "swin_pico", "image_size": 64, "checkpoint": None},
+                       "nano_random": {"arch": "swin_nano", "image_size": 64, "checkpoint": None}}  # fmt: skip
+    assert models["v"] == {"arch": "swin_pico", "image_size": 32, "checkpoint": "results/pretrain/v/final.pth"}
+    assert {m for m, _, _ in eval_results(cfg)} == set(models) and len(eval_results(cfg)) == 2 * len(models)

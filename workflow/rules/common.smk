@@ -6,7 +6,7 @@ from pathlib import Path
 from snakemake.utils import validate
 
 from esvit.config import ConfigError, load_config, missing_paths, pretrain_overrides
-from esvit.status import eval_results
+from esvit.status import eval_models, eval_results, imported
 from esvit.train.config import load_train_config, training_digest
 
 # Friendly messages first (unknown key with did-you-mean, wrong type, missing path, unknown source), then the
@@ -28,21 +28,10 @@ SPLITS = sorted({s for ds in CFG.datasets.values() for s in ds.splits})
 RUNS = [name for name, run in CFG.runs.items() if run.config]  # pretrained here
 # Released checkpoints converted to this project's format first: named releases (downloaded) and files given
 # in the official or timm layout.
-IMPORTS = [name for name, run in CFG.runs.items() if run.release or (run.checkpoint and run.checkpoint_format in ("official", "timm"))]
-# Evaluated models: each run's final teacher (or its released checkpoint), and optionally the same
-# architecture at random initialisation ({run}_random).
-EVAL_MODELS = {}
-for _name, _run in CFG.runs.items():
-    if _run.config:
-        _train = load_train_config(_run.config, _run.overrides)
-        _spec = {"arch": _train.model.arch, "image_size": _train.crops.global_size}
-        _ckpt = f"results/pretrain/{_name}/final.pth"
-    else:
-        _spec = {"arch": _run.arch, "image_size": _run.image_size}
-        _ckpt = f"results/imported/{_name}/final.pth" if _name in IMPORTS else _run.checkpoint
-    EVAL_MODELS[_name] = {**_spec, "checkpoint": _ckpt}
-    if CFG.eval.random_init_baseline:
-        EVAL_MODELS[f"{_name}_random"] = {**_spec, "checkpoint": None}
+IMPORTS = [name for name, run in CFG.runs.items() if imported(run)]
+# Evaluated models: each run's final teacher (or its released checkpoint), and the architecture at random
+# initialisation ({run}_random, one per architecture and image size).
+EVAL_MODELS = eval_models(CFG)
 EVAL_DATASETS = list(CFG.eval.datasets)
 LINEAR_DATASETS = list(CFG.eval.linear_datasets)
 
@@ -135,6 +124,15 @@ def training_config_digest(wildcards):
     pretrain rule reruns when it changes, and not for a changed rule text (rerun-triggers in the profiles)."""
     run = CFG.runs[wildcards.run]
     return training_digest(load_train_config(run.config, pretrain_overrides(CFG, wildcards.run)))
+
+
+def pretrain_threads(wildcards):
+    """Cores a local pretraining job takes from Snakemake's --cores: the run's run.threads (its torch threads; 2
+    when not set), capped by Snakemake at --cores. The demo's runs set 1, so two train side by side on two cores
+    (their one data-loader worker each mostly waits)."""
+    run = CFG.runs[wildcards.run]
+    train = load_train_config(run.config, pretrain_overrides(CFG, wildcards.run))
+    return train.run.threads or 2
 
 
 def pretrain_override_args(wildcards):

@@ -22,7 +22,7 @@ rule pretrain:
         out=lambda w, output: Path(output.final).parent,
         shards=lambda w, input: ",".join(str(Path(m).parent) for m in input.manifest),
         launch=lambda w: ["--launcher", "slurm", "--site", CFG.launch_site] if CFG.launcher == "slurm" else ["--launcher", "local"],
-    threads: 2
+    threads: pretrain_threads
     resources:
         mem_mb=8000,
         runtime=1440,
