@@ -524,7 +524,7 @@ def _viz_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--random-init", action="store_true", help="the architecture at random initialisation (with --arch), the baseline")
     p.add_argument("--arch", help="architecture (required with --random-init)")
     p.add_argument("--shards", required=True, help="shard folder to draw images from")
-    p.add_argument("--n", type=int, default=64, help="images for the correspondence accuracy (default %(default)s)")
+    p.add_argument("--n", type=int, default=512, help="images for the correspondence accuracy (default %(default)s)")
     p.add_argument("--image-size", type=_positive(int), default=224, help="view size (default %(default)s)")
     p.add_argument("--out", required=True, help="output folder: correspondence.json + correspondence.png")
 

@@ -17,7 +17,7 @@ import yaml
 from esvit.data.shards import file_sha256
 
 __all__ = ["collect_metrics", "paper_table", "run_descriptions", "imagenet_table", "transfer_table", "PAPER_CSV",
-           "TransferTable", "mark_stale", "transfer_suite", "linear_table"]  # fmt: skip
+           "TransferTable", "mark_stale", "transfer_suite", "linear_table", "ablation_table"]  # fmt: skip
 
 PAPER_CSV = Path(__file__).resolve().parents[2] / "configs" / "reference" / "paper_results.csv"
 EVALS = ("knn", "probe", "linear")
@@ -198,3 +198,53 @@ def linear_table(df: pd.DataFrame) -> pd.DataFrame:
         return pd.DataFrame(columns=cols)
     out = sub.rename(columns={"value": "top1_last", "best_value": "top1_best"})[cols]
     return out.sort_values(["dataset", "run"]).reset_index(drop=True)
+
+
+def ablation_table(df: pd.DataFrame, results: str | Path, correspondence: dict[str, dict]) -> pd.DataFrame:
+    """The view-only vs view + region ablation, as the paper's Table 5: one row per run pretrained here with the
+    same architecture and crops as another run that differs in ``loss.region_loss_weight`` (any seed), the
+    random initialisation of that architecture, and the mean of each task over its seeds. Columns: k-NN and
+    probe (and linear protocol) top-1 per dataset, and the region correspondence accuracy. Empty when no
+    such pair of runs exists."""
+    runs = []
+    for path in sorted(Path(results).glob("pretrain/*/config.yaml")):
+        cfg = yaml.safe_load(path.read_text()) or {}
+        key = (cfg.get("model", {}).get("arch"), cfg.get("crops", {}).get("global_size"))
+        weight = float(cfg.get("loss", {}).get("region_loss_weight", 0) or 0)
+        runs.append({"run": path.parent.name, "key": key, "tasks": "V+R" if weight > 0 else "V",
+                     "seed": cfg.get("run", {}).get("seed", 0)})  # fmt: skip
+    groups: dict[tuple, list[dict]] = {}
+    for r in runs:
+        groups.setdefault(r["key"], []).append(r)
+    rows: list[dict] = []
+    for (arch, _size), members in groups.items():
+        if {m["tasks"] for m in members} != {"V", "V+R"}:
+            continue
+        random = [r for r in df[df.arch == arch].run.unique() if r.endswith("_random")]
+        members = sorted(members, key=lambda m: (m["tasks"] != "V", m["seed"], m["run"]))
+        rows += [{"run": r, "tasks": "random init", "seed": None} for r in random[:1]]
+        rows += [{"run": m["run"], "tasks": m["tasks"], "seed": m["seed"]} for m in members]
+    if not rows:
+        return pd.DataFrame()
+    cols: list[tuple[str, str]] = []
+    for ev in ("knn", "probe", "linear"):
+        for dataset in sorted(df[df["eval"] == ev].dataset.unique()):
+            cols.append((ev, dataset))
+    table = []
+    for row in rows:
+        mine = df[df.run == row["run"]]
+        for ev, dataset in cols:
+            v = mine[(mine["eval"] == ev) & (mine.dataset == dataset)]["value"]
+            row[f"{ev} {dataset}"] = float(v.iloc[0]) if len(v) else None
+        c = correspondence.get(row["run"]) or {}
+        row["correspondence_%"] = c.get("accuracy")
+        table.append(row)
+    out = pd.DataFrame(table)
+    means = []
+    for tasks in ("V", "V+R"):
+        part = out[out.tasks == tasks]
+        if len(part) > 1:
+            mean = part.drop(columns=["run", "tasks", "seed"]).mean(numeric_only=True).to_dict()
+            means.append({"run": f"{tasks}, mean of {len(part)} seeds", "tasks": tasks, "seed": None, **mean})
+    out = pd.concat([out, pd.DataFrame(means)], ignore_index=True) if means else out
+    return out.astype({"seed": "Int64"})

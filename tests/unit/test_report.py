@@ -137,3 +137,46 @@ def test_a_set_outside_the_suite_never_fills_the_average_and_an_unknown_baseline
     assert suite[-1] in rows and "—" in rows[suite[-1]]
     bad = run_cli("report", "--results", str(res), "--out", str(tmp_path / "r2"), "--baseline", "esvit_smal")
     assert bad.returncode == 2 and "Did you mean 'esvit_small'" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_the_ablation_table_pairs_view_and_view_region_runs_of_one_architecture(tmp_path):
+    """Runs that differ only in the region-loss weight (two seeds each) form the ablation beside their one random
+    initialisation, with per-task means over the seeds; a run of another architecture stays out of it."""
+    res = tmp_path / "results"
+    runs = {"vr0": (0.5, 0, "swin_pico"), "vr1": (0.5, 1, "swin_pico"), "v0": (0.0, 0, "swin_pico"), "v1": (0.0, 1, "swin_pico"),
+            "other": (0.5, 0, "swin_nano")}  # fmt: skip
+    knn = {"vr0": 80.0, "vr1": 82.0, "v0": 70.0, "v1": 74.0, "other": 99.0, "vr0_random": 60.0}
+    corr = {"vr0": 30.0, "vr1": 34.0, "v0": 20.0, "v1": 22.0, "other": 50.0, "vr0_random": 10.0}
+    for run, (weight, seed, arch) in runs.items():
+        (res / "pretrain" / run).mkdir(parents=True)
+        (res / "pretrain" / run / "config.yaml").write_text(yaml.safe_dump({
+            "model": {"arch": arch}, "crops": {"global_size": 32}, "loss": {"region_loss_weight": weight}, "run": {"seed": seed}}))  # fmt: skip
+    for run, value in knn.items():
+        _metrics(res, "knn", run, "fashion_mnist", value, None)
+        (res / "viz" / run).mkdir(parents=True)
+        (res / "viz" / run / "correspondence.json").write_text(json.dumps(
+            {"accuracy": corr[run], "pairs": 512, "regions_per_view": 16, "image_size": 32}))  # fmt: skip
+    from esvit.report.tables import ablation_table, collect_metrics
+
+    df = collect_metrics(res)
+    df.loc[df.run == "other", "arch"] = "swin_nano"
+    df.loc[df.run != "other", "arch"] = "swin_pico"
+    table = ablation_table(df, res, {r: {"accuracy": v, "regions_per_view": 16, "image_size": 32} for r, v in corr.items()})
+    assert list(table.run) == ["vr0_random", "v0", "v1", "vr0", "vr1", "V, mean of 2 seeds", "V+R, mean of 2 seeds"]
+    assert list(table.tasks) == ["random init", "V", "V", "V+R", "V+R", "V", "V+R"]
+    by_run = table.set_index("run")
+    assert by_run.loc["V, mean of 2 seeds", "knn fashion_mnist"] == pytest.approx(72.0)
+    assert by_run.loc["V+R, mean of 2 seeds", "correspondence_%"] == pytest.approx(32.0)
+    assert by_run.loc["vr1", "seed"] == 1 and pd.isna(by_run.loc["vr0_random", "seed"])
+
+    files = build_report(res, tmp_path / "report")
+    md = files["summary.md"].read_text()
+    section = md.split("## View vs view + region (ablation)", 1)[1].split("\n## ", 1)[0]
+    assert "32 px (4 x 4 regions, chance 6.2 %)" in section and "| vr1 | V+R | 1 | 82.00 | 34.00 |" in section
+    assert "other" not in section and "The paper's Table 5" in section
+    assert "View vs view + region" in files["report.html"].read_text()
+
+
+def test_no_ablation_section_without_a_view_and_a_view_region_run(results, tmp_path):
+    md = build_report(results, tmp_path / "report")["summary.md"].read_text()
+    assert "View vs view + region" not in md

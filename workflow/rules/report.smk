@@ -16,7 +16,7 @@ rule correspondence:
                          else ["--random-init", "--arch", EVAL_MODELS[w.run]["arch"]]),
         shards=lambda w, input: Path(input.manifest).parent,
         out=lambda w, output: Path(output.json).parent,
-        size=lambda w: max(EVAL_MODELS[w.run]["image_size"], 128),  # >= 4 x 4 last-stage regions
+        size=lambda w: EVAL_MODELS[w.run]["image_size"],  # the training resolution (global crops)
     resources:
         mem_mb=4000,
         runtime=30,
