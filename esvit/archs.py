@@ -18,6 +18,9 @@ SWIN = {
     # small variants for CPU demos and tests: 64-px global crops (maps 16-8-4-2), window 4
     "esvit_swin_nano": (48, (1, 1, 3, 1), (3, 6, 12, 24), 4, 64),
     "esvit_swin_pico": (24, (1, 1, 1, 1), (1, 2, 3, 6), 4, 64),
+    # the demo's model: two stages (one merge), so a 32-px crop ends at 4 x 4 region tokens and a 16-px local
+    # crop at 2 x 2, as 224 / 96 px end at 7 x 7 / 3 x 3 in Swin-T (the region loss needs many tokens)
+    "esvit_swin_femto": (48, (1, 1), (2, 4), 4, 32),
     # 4-wide test models (as timm's test_* models): the shapes of the official-network fixtures in tests/
     "esvit_swin_test_w7": (4, (2, 2, 2, 2), (1, 1, 2, 2), 7, 224),
     "esvit_swin_test_w14": (4, (2, 2, 2, 2), (1, 1, 2, 2), 14, 224),

@@ -261,6 +261,7 @@ def test_snakemake_slurm_profile_runs_the_demo_config_as_sbatch_jobs(site, tmp_p
     cfg = yaml.safe_load((REPO / "configs/config.yaml").read_text())
     cfg["datasets"].pop("fashion_mnist")  # 60,000 images: the Slurm mechanics do not need them
     run = cfg["runs"]["esvit_demo"]
+    cfg["runs"] = {"esvit_demo": run}  # the ablation's other runs: the same mechanics again
     run.update(config=str(REPO / run["config"]), dataset="mnist5k", mix=["digits"],
                overrides=["optim.epochs=1", "data.samples_per_epoch=128", "optim.batch_size_per_device=16",
                           "data.num_workers=0", "run.threads=1"])  # fmt: skip
