@@ -159,6 +159,10 @@ class EvalConfig:
     linear_epochs: int = _field(100, gt=0, help="Epochs of the linear protocol (paper: 100).")
     linear_lr: float = _field(1e-3, gt=0, help="Base learning rate of the linear protocol, scaled by batch / 256.")
     linear_batch_size: int = _field(256, gt=0, help="Batch size of the linear protocol.")
+    correspondence_dataset: str | None = _field(
+        None, help="Dataset (a key of `datasets`) whose held-out images the region correspondence diagnostic (esvit viz) "
+        "uses; null: the first of datasets, else of linear_datasets."
+    )
 
 
 @dataclasses.dataclass
@@ -432,7 +436,8 @@ def _load_config(source: str | Path | Mapping, overrides: typing.Iterable[str]) 
                 raise ConfigError(f"datasets.{name}.download: source {ds.source!r} cannot be downloaded automatically "
                                   f"({how}); set download: false and put it under root by hand")  # fmt: skip
     for i, name in [(f"datasets[{i}]", n) for i, n in enumerate(cfg.eval.datasets)] + [
-            (f"linear_datasets[{i}]", n) for i, n in enumerate(cfg.eval.linear_datasets)]:  # fmt: skip
+            (f"linear_datasets[{i}]", n) for i, n in enumerate(cfg.eval.linear_datasets)] + [
+            ("correspondence_dataset", n) for n in [cfg.eval.correspondence_dataset] if n is not None]:  # fmt: skip
         if name not in cfg.datasets:
             raise ConfigError(
                 f"eval.{i}: unknown dataset {name!r}; known: {', '.join(cfg.datasets)}."

@@ -81,7 +81,7 @@ def bench_probe(args: argparse.Namespace) -> dict:
 
 
 def _extract_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--archs", default="swin_pico:32,swin_tiny_w7:224", help="arch:image_size list (default %(default)s: the demo model, Swin-T)")
+    p.add_argument("--archs", default="swin_pico:32,swin_tiny_w7:224", help="arch:image_size list (default %(default)s: a CPU-sized Swin, Swin-T)")
     p.add_argument("--batch", type=int, default=64, help="images per batch (default %(default)s)")
     p.add_argument("--workers", type=int, default=2, help="data-loader workers (default %(default)s)")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads (default %(default)s)")

@@ -265,7 +265,8 @@ def test_snakemake_slurm_profile_runs_the_demo_config_as_sbatch_jobs(site, tmp_p
     run.update(config=str(REPO / run["config"]), dataset="mnist5k", mix=["digits"],
                overrides=["optim.epochs=1", "data.samples_per_epoch=128", "optim.batch_size_per_device=16",
                           "data.num_workers=0", "run.threads=1"])  # fmt: skip
-    cfg["eval"].update(datasets=["mnist5k"], linear_datasets=[], random_init_baseline=False, workers=0)
+    cfg["eval"].update(datasets=["mnist5k"], linear_datasets=[], random_init_baseline=False, workers=0,
+                       correspondence_dataset=None)  # fmt: skip
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg))
     targets = ["results/knn/esvit_demo/mnist5k/metrics.json", "results/probe/esvit_demo/mnist5k/metrics.json"]
     # this cluster's size: 2 CPUs and 8 GB per node, no GPU (what a site sets in the profile and submitit.yaml)

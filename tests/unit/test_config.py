@@ -24,6 +24,7 @@ def packaged_only() -> dict:
     for run in cfg["runs"].values():
         run["dataset"] = "mnist5k"
     cfg["eval"]["datasets"] = [d for d in cfg["eval"]["datasets"] if d != "fashion_mnist"]
+    cfg["eval"].pop("correspondence_dataset", None)
     return cfg
 
 
@@ -66,6 +67,7 @@ def _pop(path: str):
 
 # (id, mutation, substrings the message must contain, the JSON schema rejects it too)
 BAD = [
+    ("correspondence-unknown-dataset", _set("eval.correspondence_dataset", "digit"), ["eval.correspondence_dataset: unknown dataset 'digit'", "Did you mean 'digits'"], False),
     ("mix-unknown-dataset", _set("runs.esvit_demo.mix", ["mnist6k"]), ["runs.esvit_demo.mix[0]: unknown dataset 'mnist6k'", "Did you mean 'mnist5k'"], False),
     ("run-without-config-or-checkpoint", _set("runs.esvit_demo.config", None), ["runs.esvit_demo: give one of config"], False),
     ("checkpoint-without-arch", _set("runs.esvit_demo", {"checkpoint": "configs/config.yaml"}), ["runs.esvit_demo.arch is required"], False),

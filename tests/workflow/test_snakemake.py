@@ -44,6 +44,7 @@ def test_dry_run_of_the_default_config_lists_one_shard_job_per_dataset_split(tmp
     if not Path(default["datasets"]["fashion_mnist"]["root"]).is_dir():
         default["datasets"].pop("fashion_mnist")
         default["eval"]["datasets"] = [d for d in default["eval"]["datasets"] if d != "fashion_mnist"]
+        default["eval"].pop("correspondence_dataset", None)
         for run in default["runs"].values():
             run["dataset"] = "mnist5k"
             run["mix"] = [d for d in run.get("mix", []) if d != "mnist5k"]

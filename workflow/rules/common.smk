@@ -60,8 +60,8 @@ PRETRAIN_TARGETS = [f"results/pretrain/{run}/final.pth" for run in RUNS]
 # k-NN and probe per (model, evaluation dataset; no k-NN for multi-label sets), the linear protocol per linear
 # dataset: the same list `esvit status` checks.
 EVAL_TARGETS = [f"results/{ev}/{model}/{dataset}/metrics.json" for model, ev, dataset in eval_results(CFG)]
-# The correspondence diagnostic (esvit viz) of every evaluated model, on the first evaluation dataset.
-VIZ_DATASET = (EVAL_DATASETS + LINEAR_DATASETS + [None])[0]
+# The correspondence diagnostic (esvit viz) of every evaluated model, on eval.correspondence_dataset's held-out images.
+VIZ_DATASET = CFG.eval.correspondence_dataset or (EVAL_DATASETS + LINEAR_DATASETS + [None])[0]
 VIZ_TARGETS = [f"results/viz/{model}/correspondence.json" for model in EVAL_MODELS] if VIZ_DATASET else []
 ALL_TARGETS = SHARD_TARGETS + PRETRAIN_TARGETS + EVAL_TARGETS
 # The run the report counts transfer wins against: a supervised release, as the paper counts them (else the
