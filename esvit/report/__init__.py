@@ -132,7 +132,7 @@ def build_report(results: str | Path = "results", out: str | Path | None = None,
         if png.is_file():
             figures.append((png, f"Region correspondence of {run}: each student region of view B (a crop of A) joined to "
                                  "its best teacher region in view A (green: the geometrically correct one)"))  # fmt: skip
-    corr_table = pd.DataFrame([{"run": r, "accuracy_%": c["accuracy"], "regions_per_view": c.get("regions_per_view"),
+    corr_table = pd.DataFrame([{"run": r, "accuracy_%": c["accuracy"], "chance_%": c.get("chance"), "regions_per_view": c.get("regions_per_view"),
                                 "images": c.get("pairs"), "image_size": c.get("image_size")} for r, c in corr.items()])  # fmt: skip
     corr_note = ("Fraction of the student regions of view B (a random crop of 40-100 % of view A, resized and colour-"
                  "jittered) whose most similar teacher region in view A (the whole image) is the geometrically correct "

@@ -79,7 +79,8 @@ def correspondence_accuracy(student, teacher, images, size: int, batch: int = 64
         truth = torch.stack([correct_partner(p[2], size, side) for p in pairs])
         hits += int((match == truth).sum())
         total += match.numel()
-    return {"accuracy": 100.0 * hits / max(total, 1), "pairs": len(images), "regions_per_view": side * side, "image_size": size,
+    return {"accuracy": 100.0 * hits / max(total, 1), "pairs": len(images), "regions_per_view": side * side,
+            "chance": 100.0 / max(side * side, 1), "image_size": size,
             "protocol": f"view B = a square crop of {CROP_SCALE[0]:g}-{CROP_SCALE[1]:g} of view A's area, resized and colour-jittered; "
                         "partner = the region of A holding the B region's centre"}  # fmt: skip
 

@@ -64,7 +64,7 @@ def test_an_oracle_matches_every_region_and_a_blind_network_scores_its_share_of_
     images = [_ramp()] * 40
     oracle = Oracle()
     res = correspondence_accuracy(oracle, oracle, images, SIZE, jitter=False)
-    assert res["regions_per_view"] == 16 and res["pairs"] == 40
+    assert res["regions_per_view"] == 16 and res["pairs"] == 40 and res["chance"] == 6.25
     assert res["accuracy"] >= 97.0  # a region centred within a pixel of a cell border may round to its neighbour
     blind = Blind()
     expected = np.mean([(correct_partner(view_pair(im, SIZE, seed=i)[2], SIZE, GRID) == 0).float().mean().item()

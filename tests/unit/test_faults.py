@@ -414,7 +414,8 @@ def test_the_workflow_dry_run_rejects_what_the_cli_rejects(tmp_path):
                            str(tmp_path), "--configfile", str(tmp_path / "c.yaml"), "-n", "--cores", "1"],
                           env=env_with_python(), capture_output=True, text=True, timeout=300)  # fmt: skip
     assert proc.returncode != 0 and "runs.r: " in proc.stderr + proc.stdout
-    assert "optim.warmup_epochs 400 is longer than optim.epochs 8" in proc.stderr + proc.stdout, proc.stderr[-2000:]
+    epochs = yaml.safe_load((REPO / "configs/pretrain/demo.yaml").read_text())["optim"]["epochs"]
+    assert f"optim.warmup_epochs 400 is longer than optim.epochs {epochs}" in proc.stderr + proc.stdout, proc.stderr[-2000:]
 
 
 def test_resume_allows_another_batch_split_of_the_same_total_and_refuses_other_shards(digits_shards, tmp_path):

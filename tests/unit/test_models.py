@@ -12,7 +12,7 @@ from esvit.models import ARCHS, Backbone, DINOHead, EsViTNet
 EXPECTED = {
     "swin_tiny_w7": (768, 49, 9), "swin_small_w7": (768, 49, 9), "swin_base_w7": (1024, 49, 9),
     "swin_tiny_w14": (768, 49, 9), "swin_small_w14": (768, 49, 9), "swin_base_w14": (1024, 49, 9),
-    "swin_nano": (384, 49, 9), "swin_pico": (192, 49, 9), "swin_test_w7": (32, 49, 9), "swin_test_w14": (32, 49, 9),
+    "swin_nano": (384, 49, 9), "swin_pico": (192, 49, 9), "swin_femto": (96, 784, 144), "swin_test_w7": (32, 49, 9), "swin_test_w14": (32, 49, 9),
     "vit_small": (384, 196, 36), "vit_base": (768, 196, 36), "deit_small": (384, 196, 36), "resnet50": (2048, 49, 9),
 }  # fmt: skip
 
