@@ -11,12 +11,11 @@ import json
 import os
 from pathlib import Path
 from typing import Any, Iterator
+from esvit.errors import WriteError
 
 __all__ = ["WriteError", "atomic_path", "atomic_write_bytes", "atomic_write_json", "atomic_write_text"]
 
 
-class WriteError(OSError):
-    """An artifact could not be written: the disk is full or a file-size limit was reached."""
 
 
 _NO_ROOM = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}

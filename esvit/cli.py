@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Callable
 
 from esvit import __version__
+from esvit.errors import EsvitError, UsageError
 
 __all__ = ["main", "build_parser"]
 
@@ -613,21 +614,6 @@ def run_bench(args: argparse.Namespace) -> int:
 # -------------------------------------------------------------------------------------------------- main
 
 
-class UsageError(ValueError):
-    """Wrong command-line arguments."""
-
-
-def _user_errors() -> tuple[type[Exception], ...]:
-    """The user-facing error types of the modules a command loaded (only those: importing the others would
-    import torch for every command)."""
-    where = {
-        "esvit.train.loop": "TrainingError", "esvit.train.state": "CheckpointError", "esvit.eval.checks": "FeatureError",
-        "esvit.lock": "LockError", "esvit.device": "DeviceError", "esvit.launch.submit": "LaunchError",
-        "esvit.atomic": "WriteError", "esvit.download": "DownloadError",
-    }  # fmt: skip
-    return tuple(getattr(sys.modules[m], name) for m, name in where.items() if m in sys.modules)
-
-
 def _one_line(exc: BaseException) -> str:
     """The error's own message: an error raised in a data-loader worker comes back wrapped with the worker's
     traceback ("Caught X in DataLoader worker ... Original Traceback ..."), whose last line is the message."""
@@ -662,17 +648,13 @@ def main(argv: list[str] | None = None) -> int:
     if not args.command:
         parser.print_help()
         return 2
-    from esvit.config import ConfigError
-    from esvit.data.shards import ShardError
-    from esvit.data.sources import SourceError
-
     try:
         return COMMANDS[args.command][2](args)
-    except (ConfigError, UsageError) as exc:
-        print(f"esvit: error: {exc}", file=sys.stderr)
-        return 2
-    except (ShardError, SourceError, FileNotFoundError, *_user_errors()) as exc:  # evaluated when raised
+    except EsvitError as exc:
         print(f"esvit: error: {_one_line(exc)}", file=sys.stderr)
+        return exc.exit_code
+    except FileNotFoundError as exc:  # a path given on the command line
+        print(f"esvit: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("esvit: interrupted; finished work is kept and a rerun continues from it", file=sys.stderr)

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, Literal, Mapping
 
 import yaml
+from esvit.errors import ConfigError
 
 __all__ = [
     "ConfigError",
@@ -52,8 +53,6 @@ NAME_RE = re.compile(r"^[a-z][a-z0-9_]*$")
 CHECK_PATHS = contextvars.ContextVar("esvit_check_paths", default=True)
 
 
-class ConfigError(ValueError):
-    """A config value is wrong; the message names the key, the value and the fix."""
 
 
 def _field(default: Any = dataclasses.MISSING, *, factory: Any = None, help: str, **meta: Any) -> Any:

@@ -10,12 +10,11 @@ from __future__ import annotations
 import os
 
 import torch
+from esvit.errors import DeviceError
 
 __all__ = ["DeviceError", "resolve_device", "describe_device"]
 
 
-class DeviceError(RuntimeError):
-    """The requested device is not available here."""
 
 
 def resolve_device(want: str = "auto") -> torch.device:

@@ -37,6 +37,7 @@ from typing import Any, Iterator
 from urllib.parse import urlsplit
 
 import yaml
+from esvit.errors import DownloadError
 
 __all__ = [
     "DownloadError",
@@ -56,8 +57,6 @@ CHUNK = 1 << 20
 USER_AGENT = "esvit-pipeline"
 
 
-class DownloadError(RuntimeError):
-    """A download failed or a file failed its check; the message names the file, the URL and what to do."""
 
 
 @functools.lru_cache(maxsize=None)

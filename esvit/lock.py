@@ -17,14 +17,13 @@ import os
 import socket
 import time
 from pathlib import Path
+from esvit.errors import LockError
 
 __all__ = ["LockError", "RunLock"]
 
 log = logging.getLogger("esvit")
 
 
-class LockError(RuntimeError):
-    """Another process is working in the same folder."""
 
 
 class RunLock:

@@ -33,6 +33,7 @@ import numpy as np
 from esvit import __version__
 from esvit.atomic import atomic_write_json
 from esvit.data.sources import Record, Source
+from esvit.errors import ShardError
 
 __all__ = ["ShardError", "ShardSettings", "write_shards", "verify_shards", "shard_pattern", "check_image", "file_sha256"]
 
@@ -41,8 +42,6 @@ TAR_BLOCK = 512
 TAR_RECORD = 20 * TAR_BLOCK  # tarfile pads the archive to a multiple of this
 
 
-class ShardError(RuntimeError):
-    """Sharding failed (too many bad images, no records, ...); nothing final was written."""
 
 
 @dataclass(frozen=True)

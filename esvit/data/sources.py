@@ -24,14 +24,13 @@ from pathlib import Path
 from typing import Any, ClassVar, Sequence
 
 import numpy as np
+from esvit.errors import SourceError
 
 __all__ = ["SOURCES", "Source", "SourceError", "Record", "get_source", "register_source", "stratified_split"]
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp", ".gif")
 
 
-class SourceError(RuntimeError):
-    """Raw data for a source is missing or unusable; the message says what to install or download."""
 
 
 @dataclasses.dataclass(frozen=True)

@@ -9,12 +9,11 @@ protocol) calls :func:`check_features` first.
 from __future__ import annotations
 
 import torch
+from esvit.errors import FeatureError
 
 __all__ = ["FeatureError", "check_features", "first_non_finite"]
 
 
-class FeatureError(ValueError):
-    """Features or labels that cannot be evaluated as they are."""
 
 
 def first_non_finite(x: torch.Tensor, chunk: int = 65536) -> int | None:

@@ -141,7 +141,7 @@ def extract(backbone: Backbone, shard_dir: str | Path, out: str | Path, meta: di
 def load_features(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"feature cache {str(path)!r} does not exist; run `esvit extract` for it")
+        raise FeatureError(f"feature cache {str(path)!r} does not exist; run `esvit extract` for it")
     try:
         data = torch.load(path, weights_only=True)
     except Exception as exc:

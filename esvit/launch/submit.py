@@ -35,6 +35,7 @@ import submitit
 
 from esvit.atomic import atomic_write_json, atomic_write_text
 from esvit.train.config import LaunchConfig, TrainConfig, dump_train_config, load_train_config, per_device_batch
+from esvit.errors import LaunchError
 
 __all__ = ["LaunchError", "PretrainJob", "preflight", "submit_or_reattach", "follow", "launch_slurm", "job_state"]
 
@@ -43,8 +44,6 @@ ACTIVE = {"PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "REQUEUED", "REQUEU
 SETTLE_S = 20.0  # how long an end state must hold before the client believes it (requeues flicker through FAILED)
 
 
-class LaunchError(RuntimeError):
-    """The site cannot run the job as configured, or the job failed; the message says which and what to do."""
 
 
 # --------------------------------------------------------------------------------------------- the job side

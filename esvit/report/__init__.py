@@ -15,14 +15,13 @@ import pandas as pd
 
 from esvit.atomic import atomic_write_text
 from esvit.report import plots
+from esvit.errors import ReportError
 from esvit.report.tables import (ablation_table, collect_metrics, imagenet_table, linear_table, mark_stale,
                                  paper_table, run_descriptions, transfer_table)  # fmt: skip
 
 __all__ = ["build_report", "ReportError"]
 
 
-class ReportError(ValueError):
-    """A report cannot be built as asked (e.g. an unknown baseline run)."""
 
 DASH = "—"
 

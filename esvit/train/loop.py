@@ -38,14 +38,13 @@ from esvit.train.ema import ema_update
 from esvit.train.memory import keep_freed_memory
 from esvit.train.schedules import cosine_schedule
 from esvit.train.state import CheckpointError, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from esvit.errors import TrainingError
 
 __all__ = ["train", "TrainingError", "build_models", "param_groups", "clip_gradients", "Trainer"]
 
 log = logging.getLogger("esvit")
 
 
-class TrainingError(RuntimeError):
-    """Training cannot go on (non-finite loss, bad data); the last good checkpoint is kept."""
 
 
 # ---------------------------------------------------------------------------------------------- helpers

@@ -17,12 +17,11 @@ import torch
 
 from esvit import __version__
 from esvit.atomic import atomic_path
+from esvit.errors import CheckpointError
 
 __all__ = ["save_checkpoint", "load_checkpoint", "rng_state", "set_rng_state", "CheckpointError"]
 
 
-class CheckpointError(RuntimeError):
-    """A checkpoint is missing, unreadable, unsafe or not from this project."""
 
 
 def rng_state() -> dict[str, Any]:
