@@ -92,7 +92,9 @@ def _shard_args(p: argparse.ArgumentParser) -> None:
 def run_shard(args: argparse.Namespace) -> int:
     import json
 
-    from esvit.config import ConfigError, _did_you_mean, load_config
+    from esvit.config import load_config
+    from esvit.errors import ConfigError
+    from esvit.fields import did_you_mean
     from esvit.data.shards import ShardSettings, verify_shards, write_shards
     from esvit.data.sources import get_source
     from esvit.lock import RunLock
@@ -123,7 +125,7 @@ def run_shard(args: argparse.Namespace) -> int:
     if args.dataset not in cfg.datasets:
         raise ConfigError(
             f"--dataset {args.dataset!r} is not in the config's datasets ({', '.join(cfg.datasets)})."
-            f"{_did_you_mean(args.dataset, cfg.datasets)}"
+            f"{did_you_mean(args.dataset, cfg.datasets)}"
         )
     ds = cfg.datasets[args.dataset]
     if args.split and args.split not in ds.splits:
@@ -538,7 +540,7 @@ def run_viz(args: argparse.Namespace) -> int:
     from esvit.data.pipeline import eval_pipeline, make_loader, open_shards
     from esvit.eval.features import load_backbone
     from esvit.report.correspondence import correspondence_accuracy, draw_correspondence
-    from esvit.train.state import CheckpointError
+    from esvit.errors import CheckpointError
 
     if bool(args.checkpoint) == args.random_init:
         raise UsageError("give exactly one of --checkpoint or --random-init")

@@ -38,6 +38,7 @@ from urllib.parse import urlsplit
 
 import yaml
 from esvit.errors import DownloadError
+from esvit.fields import did_you_mean
 
 __all__ = [
     "DownloadError",
@@ -68,9 +69,8 @@ def load_releases(path: str | Path = RELEASES_PATH) -> dict[str, dict[str, Any]]
 def known_entry(table: dict[str, dict], name: str, what: str) -> dict:
     """``table[name]``, or a DownloadError naming the close matches and the known names."""
     if name not in table:
-        from esvit.config import _did_you_mean
 
-        raise DownloadError(f"unknown {what} {name!r}.{_did_you_mean(name, table)} Known: {', '.join(table)}")
+        raise DownloadError(f"unknown {what} {name!r}.{did_you_mean(name, table)} Known: {', '.join(table)}")
     return table[name]
 
 

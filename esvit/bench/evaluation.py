@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from esvit.bench import benchmark
+from esvit.bench.registry import benchmark
 
 
 # ----------------------------------------------------------------------------------------------- probe

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from esvit.bench import benchmark
+from esvit.bench.registry import benchmark
 
 
 def _loader_args(p: argparse.ArgumentParser) -> None:

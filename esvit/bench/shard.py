@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from esvit.bench import benchmark
+from esvit.bench.registry import benchmark
 
 
 # ----------------------------------------------------------------------------------------------- shard

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from esvit.bench import benchmark
+from esvit.bench.registry import benchmark
 
 
 # ----------------------------------------------------------------------------------------------- train

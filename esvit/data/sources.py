@@ -21,10 +21,14 @@ import gzip
 import os
 import shutil
 from pathlib import Path
-from typing import Any, ClassVar, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar, Sequence
 
 import numpy as np
-from esvit.errors import SourceError
+from esvit.errors import ConfigError, SourceError
+from esvit.fields import CHECK_PATHS, did_you_mean
+
+if TYPE_CHECKING:  # a type only: esvit.config imports this module
+    from esvit.config import DatasetConfig
 
 __all__ = ["SOURCES", "Source", "SourceError", "Record", "get_source", "register_source", "stratified_split"]
 
@@ -90,19 +94,17 @@ class Source:
 
     # -- validation, used by esvit.config.load_config ------------------------------------------------------
     @classmethod
-    def check_config(cls, ds: Any, key: str) -> None:
-        from esvit.config import ConfigError, _did_you_mean
+    def check_config(cls, ds: DatasetConfig, key: str) -> None:
 
         for opt in ds.options:
             if opt not in cls.options:
                 raise ConfigError(
-                    f"{key}.options: unknown option {opt!r} for source {cls.name!r}.{_did_you_mean(opt, cls.options)}"
+                    f"{key}.options: unknown option {opt!r} for source {cls.name!r}.{did_you_mean(opt, cls.options)}"
                     f" Allowed: {', '.join(cls.options) or '(none)'}"
                 )
         root = ds.root or cls.default_root
         if cls.needs_root and not root:
             raise ConfigError(f"{key}.root is required for source {cls.name!r}. {cls.missing_hint}")
-        from esvit.config import CHECK_PATHS
 
         if cls.needs_root and cls.root_must_exist and CHECK_PATHS.get() and not Path(root).exists():
             raise ConfigError(f"{key}.root: path {root!r} does not exist. {cls.missing_hint}")
@@ -112,7 +114,7 @@ class Source:
                 if split not in allowed:
                     raise ConfigError(
                         f"{key}.splits: unknown split {split!r} for source {cls.name!r}."
-                        f"{_did_you_mean(split, allowed)} Allowed: {', '.join(allowed)}"
+                        f"{did_you_mean(split, allowed)} Allowed: {', '.join(allowed)}"
                     )
 
     @classmethod
@@ -204,8 +206,7 @@ class TorchvisionSource(Source):
     missing_hint = "Put the raw files where the torchvision class expects them (see docs/datasets.md)."
 
     @classmethod
-    def check_config(cls, ds: Any, key: str) -> None:
-        from esvit.config import ConfigError, _did_you_mean
+    def check_config(cls, ds: DatasetConfig, key: str) -> None:
 
         import torchvision.datasets as tvd
 
@@ -213,7 +214,7 @@ class TorchvisionSource(Source):
         known = sorted(n for n in tvd.__all__ if n[0].isupper())
         if name not in known:
             raise ConfigError(
-                f"{key}.options.class: unknown torchvision dataset {name!r}.{_did_you_mean(name, known)}"
+                f"{key}.options.class: unknown torchvision dataset {name!r}.{did_you_mean(name, known)}"
             )
         super().check_config(ds, key)
 
@@ -340,8 +341,7 @@ class FashionMNISTSource(_ArraySource):
     ]  # fmt: skip
 
     @classmethod
-    def check_config(cls, ds: Any, key: str) -> None:
-        from esvit.config import ConfigError
+    def check_config(cls, ds: DatasetConfig, key: str) -> None:
 
         super().check_config(ds, key)
         root = Path(ds.root or cls.default_root)

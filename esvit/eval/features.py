@@ -22,7 +22,7 @@ from esvit.eval.checks import FeatureError, first_non_finite
 from esvit.models import Backbone
 from esvit.progress import progress
 from esvit.models.checkpoint import backbone_state
-from esvit.train.state import CheckpointError, load_checkpoint
+from esvit.checkpoint_file import CheckpointError, load_checkpoint
 
 __all__ = ["load_backbone", "extract", "load_features"]
 

@@ -24,7 +24,7 @@ import torch
 
 from esvit.atomic import atomic_path
 from esvit.models.backbones import ARCHS, Backbone
-from esvit.train.state import CheckpointError, load_checkpoint, save_checkpoint
+from esvit.checkpoint_file import CheckpointError, load_checkpoint, save_checkpoint
 
 __all__ = [
     "filter_state_dict", "import_official", "load_timm_weights", "export_backbone", "backbone_state", "load_official_checkpoint",

@@ -90,9 +90,9 @@ def build_report(results: str | Path = "results", out: str | Path | None = None,
     if baseline is None:  # the paper counts wins against the supervised Swin-T; else the random initialisation
         baseline = next((r for r in runs if r.startswith("supervised")), None) or next((r for r in runs if r.endswith("_random")), None)
     elif runs and baseline not in runs:
-        from esvit.config import _did_you_mean
+        from esvit.fields import did_you_mean
 
-        raise ReportError(f"--baseline {baseline!r} is not a run with results.{_did_you_mean(baseline, runs)} Runs: {', '.join(runs)}")
+        raise ReportError(f"--baseline {baseline!r} is not a run with results.{did_you_mean(baseline, runs)} Runs: {', '.join(runs)}")
     files: dict[str, Path] = {}
 
     # -- tables ------------------------------------------------------------------------------------------

@@ -13,7 +13,9 @@ from typing import Any, Literal
 
 import yaml
 
-from esvit.config import ConfigError, _field, apply_overrides, from_dict, load_yaml, to_dict
+from esvit.errors import ConfigError
+from esvit.fields import apply_overrides, from_dict, load_yaml, option, to_dict
+from esvit.launch.config import LaunchConfig
 
 __all__ = [
     "LaunchConfig", "TrainConfig", "load_train_config", "dump_train_config", "loader_workers", "per_device_batch",
@@ -29,145 +31,114 @@ def _archs() -> tuple[str, ...]:
 
 @dataclasses.dataclass
 class ModelConfig:
-    arch: str = _field("swin_tiny_w7", choices=_archs, help="Backbone (esvit.models.ARCHS): swin_tiny_w7, ..., vit_small, resnet50.")
-    drop_path_rate: float = _field(0.1, min=0, max=1, help="Student stochastic depth (Swin-T 0.1, Swin-S/B 0.2); teacher 0.")
-    out_dim: int = _field(65536, gt=0, help="Prototypes K of both heads.")
-    hidden_dim: int = _field(2048, gt=0, help="Head MLP hidden width.")
-    bottleneck_dim: int = _field(256, gt=0, help="Head bottleneck before the weight-normalised last layer.")
-    norm_last_layer: bool = _field(False, help="Freeze the last layer's weight_g at 1 (README runs: false).")
+    arch: str = option("swin_tiny_w7", choices=_archs, help="Backbone (esvit.models.ARCHS): swin_tiny_w7, ..., vit_small, resnet50.")
+    drop_path_rate: float = option(0.1, min=0, max=1, help="Student stochastic depth (Swin-T 0.1, Swin-S/B 0.2); teacher 0.")
+    out_dim: int = option(65536, gt=0, help="Prototypes K of both heads.")
+    hidden_dim: int = option(2048, gt=0, help="Head MLP hidden width.")
+    bottleneck_dim: int = option(256, gt=0, help="Head bottleneck before the weight-normalised last layer.")
+    norm_last_layer: bool = option(False, help="Freeze the last layer's weight_g at 1 (README runs: false).")
 
 
 @dataclasses.dataclass
 class LossConfig:
-    region_loss_weight: float = _field(0.5, min=0, max=1, help="w in (1-w) L_V + w L_R per pair; 0 = plain DINO, no region head.")
-    student_temp: float = _field(0.1, gt=0, help="Student temperature tau_s.")
-    teacher_temp: float = _field(0.07, gt=0, help="Teacher temperature after warm-up.")
-    warmup_teacher_temp: float = _field(0.04, gt=0, help="Teacher temperature at epoch 0.")
-    warmup_teacher_temp_epochs: int = _field(30, min=0, help="Epochs of linear teacher-temperature warm-up.")
-    center_momentum: float = _field(0.9, min=0, max=1, help="EMA momentum of both centres.")
+    region_loss_weight: float = option(0.5, min=0, max=1, help="w in (1-w) L_V + w L_R per pair; 0 = plain DINO, no region head.")
+    student_temp: float = option(0.1, gt=0, help="Student temperature tau_s.")
+    teacher_temp: float = option(0.07, gt=0, help="Teacher temperature after warm-up.")
+    warmup_teacher_temp: float = option(0.04, gt=0, help="Teacher temperature at epoch 0.")
+    warmup_teacher_temp_epochs: int = option(30, min=0, help="Epochs of linear teacher-temperature warm-up.")
+    center_momentum: float = option(0.9, min=0, max=1, help="EMA momentum of both centres.")
 
 
 @dataclasses.dataclass
 class OptimConfig:
-    epochs: int = _field(300, gt=0, help="Training epochs.")
-    batch_size_per_device: int = _field(32, gt=0, help="Images per device (GPU or CPU process) per step; derived from total_batch_size when that is set.")
-    total_batch_size: int | None = _field(
+    epochs: int = option(300, gt=0, help="Training epochs.")
+    batch_size_per_device: int = option(32, gt=0, help="Images per device (GPU or CPU process) per step; derived from total_batch_size when that is set.")
+    total_batch_size: int | None = option(
         None, gt=0, help="Images per step over all processes (the paper's batch, e.g. 512): batch_size_per_device = "
         "total / world size, and the world size must divide it; null: batch_size_per_device as given."
     )
-    lr: float = _field(5e-4, gt=0, help="Base learning rate, scaled by total batch / 256.")
-    min_lr: float = _field(1e-6, min=0, help="Learning rate at the end of the cosine.")
-    warmup_epochs: int = _field(10, min=0, help="Epochs of linear learning-rate warm-up.")
-    weight_decay: float = _field(0.04, min=0, help="Weight decay at the start (cosine schedule).")
-    weight_decay_end: float = _field(0.4, min=0, help="Weight decay at the end.")
-    momentum_teacher: float = _field(0.996, min=0, max=1, help="Teacher EMA momentum at the start (cosine to 1).")
-    clip_grad: float = _field(3.0, min=0, help="Per-parameter gradient-norm clip (0 = off), as the reference does it.")
-    freeze_last_layer: int = _field(1, min=0, help="Epochs during which the heads' last layers get no gradient.")
+    lr: float = option(5e-4, gt=0, help="Base learning rate, scaled by total batch / 256.")
+    min_lr: float = option(1e-6, min=0, help="Learning rate at the end of the cosine.")
+    warmup_epochs: int = option(10, min=0, help="Epochs of linear learning-rate warm-up.")
+    weight_decay: float = option(0.04, min=0, help="Weight decay at the start (cosine schedule).")
+    weight_decay_end: float = option(0.4, min=0, help="Weight decay at the end.")
+    momentum_teacher: float = option(0.996, min=0, max=1, help="Teacher EMA momentum at the start (cosine to 1).")
+    clip_grad: float = option(3.0, min=0, help="Per-parameter gradient-norm clip (0 = off), as the reference does it.")
+    freeze_last_layer: int = option(1, min=0, help="Epochs during which the heads' last layers get no gradient.")
 
 
 @dataclasses.dataclass
 class CropsConfig:
-    global_size: int = _field(224, gt=0, help="Side of the 2 global crops.")
-    global_scale: list[float] = _field([0.4, 1.0], help="RandomResizedCrop scale of global crops.")
-    local_number: list[int] = _field([8], help="Local crops per size (list: several sizes allowed).")
-    local_size: list[int] = _field([96], help="Side of local crops, one per entry of local_number.")
-    local_scale: list[float] = _field([0.05, 0.4], help="RandomResizedCrop scale of local crops.")
+    global_size: int = option(224, gt=0, help="Side of the 2 global crops.")
+    global_scale: list[float] = option([0.4, 1.0], help="RandomResizedCrop scale of global crops.")
+    local_number: list[int] = option([8], help="Local crops per size (list: several sizes allowed).")
+    local_size: list[int] = option([96], help="Side of local crops, one per entry of local_number.")
+    local_scale: list[float] = option([0.05, 0.4], help="RandomResizedCrop scale of local crops.")
 
 
 @dataclasses.dataclass
 class DataConfig:
-    shards: str = _field("", help="Training shard folder (holding manifest.json); set by the pretrain rule.")
-    num_workers: int | None = _field(
+    shards: str = option("", help="Training shard folder (holding manifest.json); set by the pretrain rule.")
+    num_workers: int | None = option(
         None, min=0, help="Data-loader worker processes per device; null: the allocation's cores less one for the training "
         "process (SLURM_CPUS_PER_TASK - 1 in a Slurm job), else 2. They persist across epochs."
     )
-    shuffle_buffer: int = _field(2000, gt=0, help="Samples in each worker's shuffle buffer.")
-    samples_per_epoch: int | None = _field(None, gt=0, help="Samples per epoch (default: the shard set's total).")
-    verify: Literal["sha256", "count"] = _field(
+    shuffle_buffer: int = option(2000, gt=0, help="Samples in each worker's shuffle buffer.")
+    samples_per_epoch: int | None = option(None, gt=0, help="Samples per epoch (default: the shard set's total).")
+    verify: Literal["sha256", "count"] = option(
         "sha256", help="Check each shard against its manifest as it is read: sha256 (hashed while streaming) and the "
         "sample count, or the count only; a damaged shard stops training naming it."
     )
-    on_bad_image: Literal["stop", "skip"] = _field(
+    on_bad_image: Literal["stop", "skip"] = option(
         "stop", help="An image in a shard that does not decode: stop (naming shard and key) or skip it (logged)."
     )
-    augmentation: Literal["fast", "reference"] = _field(
+    augmentation: Literal["fast", "reference"] = option(
         "fast", help="fast: the reference's random crops and colour ops, computed cheaper (reduced-scale JPEG decode, "
         "torch uint8 resize, OpenCV colour ops, uint8 to the device); reference: PIL + torchvision per crop, as the official code."
     )
-    photometric_on: Literal["loader", "device"] = _field(
+    photometric_on: Literal["loader", "device"] = option(
         "loader", help="fast augmentation only: colour ops in the loader workers (OpenCV) or in batches on the training device (e.g. the GPU)."
     )
 
 
 @dataclasses.dataclass
 class RunConfig:
-    seed: int = _field(0, min=0, help="Seed of initialisation and data order.")
-    device: Literal["auto", "cpu", "cuda"] = _field("auto", help="auto: cuda when available.")
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = _field(
+    seed: int = option(0, min=0, help="Seed of initialisation and data order.")
+    device: Literal["auto", "cpu", "cuda"] = option("auto", help="auto: cuda when available.")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = option(
         "auto", help="auto: bf16 autocast on GPUs that support it, fp32 on CPU (exact; on CPUs with bf16 matrix "
         "instructions, e.g. avx512_bf16, bf16 can be over 2x faster: `esvit bench train --precision bf16` measures it)."
     )
-    threads: int | None = _field(None, gt=0, help="torch CPU threads (default: torch's choice).")
-    checkpoint_every_steps: int = _field(0, min=0, help="Also checkpoint every N steps (0: only at epoch ends).")
-    keep_every_epochs: int = _field(5, min=0, help="Keep checkpoint{N:04d}.pth (after N epochs) every N epochs (0: never).")
-    keep_epochs: list[int] = _field([], help="Also keep checkpoint{N:04d}.pth after these epochs (a continual run's starting point), whatever keep_every_epochs says.")
-    log_every_steps: int = _field(10, gt=0, help="Steps between log.jsonl / TensorBoard records.")
-    max_steps: int | None = _field(None, gt=0, help="Stop after this many global steps (benchmarks, smoke runs).")
-    continual_from: str | None = _field(None, help="View-only checkpoint to start region-level training from (continual mode).")
-    tensorboard: bool = _field(True, help="Write TensorBoard scalars to <run>/tb.")
-    deterministic: bool = _field(
+    threads: int | None = option(None, gt=0, help="torch CPU threads (default: torch's choice).")
+    checkpoint_every_steps: int = option(0, min=0, help="Also checkpoint every N steps (0: only at epoch ends).")
+    keep_every_epochs: int = option(5, min=0, help="Keep checkpoint{N:04d}.pth (after N epochs) every N epochs (0: never).")
+    keep_epochs: list[int] = option([], help="Also keep checkpoint{N:04d}.pth after these epochs (a continual run's starting point), whatever keep_every_epochs says.")
+    log_every_steps: int = option(10, gt=0, help="Steps between log.jsonl / TensorBoard records.")
+    max_steps: int | None = option(None, gt=0, help="Stop after this many global steps (benchmarks, smoke runs).")
+    continual_from: str | None = option(None, help="View-only checkpoint to start region-level training from (continual mode).")
+    tensorboard: bool = option(True, help="Write TensorBoard scalars to <run>/tb.")
+    deterministic: bool = option(
         False, help="Deterministic GPU kernels (torch.use_deterministic_algorithms, cuBLAS workspace :4096:8, no cuDNN "
         "autotuning): a resumed GPU run then ends bitwise-identical too, at a speed cost `esvit bench train --deterministic` measures."
     )
-    dist_timeout_min: float = _field(30.0, gt=0, help="Minutes a collective waits for the other ranks before failing (a hung or dead rank ends the job instead of stalling it).")
-    reuse_memory: bool = _field(True, help="Keep freed host memory for reuse (glibc); large CPU steps ~1.3x faster.")
-    chunked_heads: bool = _field(
+    dist_timeout_min: float = option(30.0, gt=0, help="Minutes a collective waits for the other ranks before failing (a hung or dead rank ends the job instead of stalling it).")
+    reuse_memory: bool = option(True, help="Keep freed host memory for reuse (glibc); large CPU steps ~1.3x faster.")
+    chunked_heads: bool = option(
         True, help="Apply the heads' K-wide last layers inside the loss, a chunk of rows at a time, so no [tokens, K] "
         "logits exist (same loss to float rounding, far less memory; `esvit bench train --no-chunked-heads` compares)."
     )
-    head_chunk_rows: int | None = _field(None, gt=0, help="Rows per chunk of the chunked heads (default: a 128 MB fp32 [rows, K] block on CPU, 1 GB on GPUs).")
-
-
-@dataclasses.dataclass
-class LaunchConfig:
-    """Where the run's processes run. Site facts (partition, account, QoS) belong in the site file
-    (cluster_profiles/slurm/submitit.yaml, `esvit pretrain --site`), not in configs/."""
-
-    launcher: Literal["local", "slurm"] = _field(
-        "local", help="local: this process (or torchrun's); slurm: a submitit job of nodes x tasks_per_node tasks."
-    )
-    nodes: int = _field(1, gt=0, help="Slurm nodes.")
-    gpus_per_node: int = _field(0, min=0, help="GPUs per node, one task each (0: CPU tasks, gloo).")
-    tasks_per_node: int | None = _field(None, gt=0, help="Tasks per node (default: gpus_per_node, or 1 on CPU); must equal gpus_per_node on GPUs.")
-    cpus_per_task: int = _field(10, gt=0, help="CPU cores per task (data-loader workers + 1; the paper's code uses 10 workers).")
-    mem_gb: float | None = _field(None, gt=0, help="Memory per node in GB (default: the partition's default).")
-    timeout_min: int = _field(1440, gt=0, help="Time limit of one allocation; the job checkpoints and requeues itself before it.")
-    partition: str | None = _field(None, help="Slurm partition (default: the cluster's default partition).")
-    account: str | None = _field(None, help="Slurm account to charge.")
-    qos: str | None = _field(None, help="Slurm quality of service.")
-    constraint: str | None = _field(None, help="Slurm node constraint (features), e.g. a100|h100.")
-    signal_delay_s: int = _field(120, min=10, help="Slurm sends USR2 this long before the time limit: time to finish a step and checkpoint.")
-    max_requeues: int = _field(10, min=0, help="Requeues after time limits / USR2 preemption before the job gives up (then rerun resumes).")
-    sbatch: dict[str, Any] = _field({}, help="Extra sbatch options, e.g. {exclusive: true, mail-type: END, reservation: x}.")
-    setup: list[str] = _field([], help="Shell lines run in the job before the tasks start (module load, environment activation).")
-    job_name: str | None = _field(None, help="Slurm job name (default: esvit-<run folder name>).")
-    poll_s: float = _field(15.0, gt=0, help="Seconds between job-state checks while following the job.")
-    cancel_on_interrupt: bool = _field(True, help="Interrupting `esvit pretrain` (or Snakemake) cancels the job; false leaves it running (a rerun re-attaches).")
-
-    def tasks(self) -> int:
-        """Tasks per node: one per GPU, else ``tasks_per_node`` (default 1)."""
-        return self.tasks_per_node or self.gpus_per_node or 1
+    head_chunk_rows: int | None = option(None, gt=0, help="Rows per chunk of the chunked heads (default: a 128 MB fp32 [rows, K] block on CPU, 1 GB on GPUs).")
 
 
 @dataclasses.dataclass
 class TrainConfig:
-    model: ModelConfig = _field(factory=ModelConfig, help="Backbone and heads.")
-    loss: LossConfig = _field(factory=LossConfig, help="View and region losses.")
-    optim: OptimConfig = _field(factory=OptimConfig, help="Optimiser and schedules.")
-    crops: CropsConfig = _field(factory=CropsConfig, help="Multi-crop augmentation.")
-    data: DataConfig = _field(factory=DataConfig, help="Training data.")
-    run: RunConfig = _field(factory=RunConfig, help="Seeds, device, checkpoints, logging.")
-    launch: LaunchConfig = _field(factory=LaunchConfig, help="Local or Slurm (submitit) launch.")
+    model: ModelConfig = option(factory=ModelConfig, help="Backbone and heads.")
+    loss: LossConfig = option(factory=LossConfig, help="View and region losses.")
+    optim: OptimConfig = option(factory=OptimConfig, help="Optimiser and schedules.")
+    crops: CropsConfig = option(factory=CropsConfig, help="Multi-crop augmentation.")
+    data: DataConfig = option(factory=DataConfig, help="Training data.")
+    run: RunConfig = option(factory=RunConfig, help="Seeds, device, checkpoints, logging.")
+    launch: LaunchConfig = option(factory=LaunchConfig, help="Local or Slurm (submitit) launch.")
 
     def check(self) -> "TrainConfig":
         c = self.crops
@@ -238,7 +209,7 @@ def load_train_config(path: str | Path | None, overrides: list[str] | tuple[str,
         site_data = load_yaml(site)
         unknown = set(site_data) - {f.name for f in dataclasses.fields(LaunchConfig)}
         if unknown:
-            raise ConfigError(f"{site}: unknown launch keys {sorted(unknown)}; see `launch` in esvit/train/config.py")
+            raise ConfigError(f"{site}: unknown launch keys {sorted(unknown)}; see LaunchConfig in esvit/launch/config.py")
         data["launch"] = site_data
     if path is not None:
         _merge(data, _with_bases(Path(path)))

@@ -29,7 +29,7 @@ from esvit.device import DeviceError, resolve_device
 from esvit.data.multicrop import FastMultiCrop
 from esvit.data.transforms import MultiCropAugmentation
 from esvit.lock import LockError, RunLock
-from esvit.launch.distributed import DistInfo, close_distributed, gather_objects, init_distributed, rank_fingerprints
+from esvit.train.distributed import DistInfo, close_distributed, gather_objects, init_distributed, rank_fingerprints
 from esvit.losses import EsViTLoss
 from esvit.models import Backbone, EsViTNet
 from esvit.progress import progress
@@ -37,7 +37,8 @@ from esvit.train.config import TrainConfig, dump_train_config, loader_workers, p
 from esvit.train.ema import ema_update
 from esvit.train.memory import keep_freed_memory
 from esvit.train.schedules import cosine_schedule
-from esvit.train.state import CheckpointError, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from esvit.checkpoint_file import CheckpointError, load_checkpoint, save_checkpoint
+from esvit.train.state import rng_state, set_rng_state
 from esvit.errors import TrainingError
 
 __all__ = ["train", "TrainingError", "build_models", "param_groups", "clip_gradients", "Trainer"]

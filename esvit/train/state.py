@@ -1,9 +1,9 @@
-"""Checkpoints: one file with everything a bitwise-exact resume needs, written atomically, loaded safely.
+"""The random-number state of a training process, as tensors and plain containers (for its checkpoint).
 
-Contents: student, teacher, both loss centres (the loss module's buffers), optimizer, grad scaler, epoch and
-the step inside it, global step, RNG states (Python, NumPy, torch CPU and CUDA), the resolved config, and the
-tool version. Only tensors and plain containers are stored, so ``torch.load(weights_only=True)`` reads it and
-a pickle with code in it is refused.
+A training checkpoint holds everything a bitwise-exact resume needs: student, teacher, both loss centres (the
+loss module's buffers), optimizer, grad scaler, epoch and the step inside it, global step, these RNG states
+(Python, NumPy, torch CPU and CUDA), the resolved config and the tool version; :mod:`esvit.checkpoint_file`
+writes and reads it.
 """
 
 from __future__ import annotations
@@ -15,14 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from esvit import __version__
-from esvit.atomic import atomic_path
-from esvit.errors import CheckpointError
-
-__all__ = ["save_checkpoint", "load_checkpoint", "rng_state", "set_rng_state", "CheckpointError"]
-
-
-
+__all__ = ["rng_state", "set_rng_state"]
 
 def rng_state() -> dict[str, Any]:
     np_state = np.random.get_state()
@@ -49,26 +42,3 @@ def set_rng_state(state: dict[str, Any]) -> None:
         cuda = cuda[torch.cuda.current_device()] if torch.cuda.is_available() and torch.cuda.current_device() < len(cuda) else None
     if cuda is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state(cuda, torch.cuda.current_device())
-
-
-def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
-    """Write ``state`` (plus the tool version) to ``path`` atomically (temp file + fsync + rename)."""
-    state = {**state, "esvit_version": __version__}
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
-
-
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load with ``weights_only=True``; one clear error for a missing, corrupt or unsafe file."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {str(path)!r} does not exist")
-    try:
-        return torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:  # UnpicklingError for unsafe globals, RuntimeError/EOFError for torn files
-        lines = [ln for ln in str(exc).splitlines() if "GLOBAL" in ln or "Unsupported" in ln]
-        msg = (lines[0] if lines else str(exc).splitlines()[0]).strip()[:300]
-        raise CheckpointError(
-            f"cannot load checkpoint {str(path)!r} safely ({type(exc).__name__}: {msg}). It is truncated, "
-            "corrupt, or holds Python objects beyond tensors and plain containers; re-export it with tensors only"
-        ) from None

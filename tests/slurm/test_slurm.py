@@ -19,7 +19,7 @@ import pytest
 import torch
 import yaml
 
-from esvit.train.state import load_checkpoint
+from esvit.checkpoint_file import load_checkpoint
 from tests.conftest import POISON_RANK_1, REPO, env_with_python
 
 pytestmark = pytest.mark.slow

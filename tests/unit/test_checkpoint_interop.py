@@ -18,7 +18,7 @@ import torch
 
 from esvit.models import Backbone
 from esvit.models.checkpoint import export_backbone, filter_state_dict, import_official, load_official_checkpoint
-from esvit.train.state import CheckpointError, load_checkpoint
+from esvit.checkpoint_file import CheckpointError, load_checkpoint
 from tests.conftest import OFFICIAL_FIXTURES as FIXTURES
 from tests.conftest import official_checkpoint as official_file
 from tests.conftest import run_cli
@@ -148,7 +148,7 @@ def test_a_file_with_code_in_it_is_refused_in_one_line_and_never_run(tmp_path):
 
 
 def test_importing_one_of_this_projects_checkpoints_says_so(tmp_path):
-    from esvit.train.state import save_checkpoint
+    from esvit.checkpoint_file import save_checkpoint
 
     save_checkpoint(tmp_path / "ours.pth", {"teacher": {"backbone.net.x": torch.zeros(1)}, "config": {"model": {"arch": "swin_pico"}}})
     proc = run_cli("import", "--official", str(tmp_path / "ours.pth"), "--arch", "swin_pico", "--out", str(tmp_path / "o.pth"))

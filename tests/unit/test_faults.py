@@ -76,7 +76,7 @@ def test_a_diverged_checkpoint_stops_extraction_naming_it_and_the_sample(digits_
 
     run = tmp_path / "run"
     assert run_cli("pretrain", "--shards", str(digits_shards), "--out", str(run), "--no-progress", *TINY, "run.max_steps=1").returncode == 0
-    from esvit.train.state import load_checkpoint, save_checkpoint
+    from esvit.checkpoint_file import load_checkpoint, save_checkpoint
 
     ckpt = load_checkpoint(run / "final.pth")
     ckpt["teacher"]["backbone.net.norm.weight"][0] = float("nan")

@@ -16,7 +16,7 @@ from esvit.config import ConfigError
 from esvit.train.config import load_train_config, per_device_batch
 from esvit.train.loop import Trainer, TrainingError, build_models, clip_gradients, param_groups, train
 from esvit.train.schedules import cosine_schedule
-from esvit.train.state import CheckpointError, load_checkpoint, save_checkpoint
+from esvit.checkpoint_file import CheckpointError, load_checkpoint, save_checkpoint
 
 TINY = [
     "model.arch=swin_pico", "model.out_dim=256", "model.hidden_dim=64", "model.bottleneck_dim=32",

@@ -12,7 +12,7 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
-__all__ = ["DistInfo", "close_distributed", "gather_objects", "init_distributed", "is_main", "rank_fingerprints"]
+__all__ = ["DistInfo", "close_distributed", "gather_objects", "init_distributed", "rank_fingerprints"]
 
 
 @dataclass(frozen=True)
@@ -49,9 +49,6 @@ def close_distributed() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
 
-
-def is_main() -> bool:
-    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
 
 
 def rank_fingerprints(*modules: torch.nn.Module) -> list[dict]:
