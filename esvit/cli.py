@@ -168,7 +168,7 @@ def run_sources(args: argparse.Namespace) -> int:
 
 
 def _download_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("what", choices=["release", "dataset", "list"], help="release: a released checkpoint (configs/releases.yaml); dataset: a transfer set torchvision can fetch (configs/datasets.yaml); list: both tables")
+    p.add_argument("what", choices=["release", "dataset", "list"], help="release: a released checkpoint (esvit/resources/releases.yaml); dataset: a transfer set torchvision can fetch (esvit/resources/datasets.yaml); list: both tables")
     p.add_argument("name", nargs="?", help="the release or dataset key, e.g. swin_tiny_w7_vr, cifar10")
     p.add_argument("--out", help="release: the file to write (its size and sha256 are recorded next to it as <out>.json)")
     p.add_argument("--root", help="dataset: the folder to unpack it under (the dataset's root in the workflow config)")
@@ -400,7 +400,7 @@ def run_knn(args: argparse.Namespace) -> int:
 def _probe_args(p: argparse.ArgumentParser) -> None:
     _metrics_args(p)
     p.add_argument("--metric", default="accuracy", choices=["accuracy", "mean_per_class", "11point_mAP"],
-                   help="the dataset's metric (configs/datasets.yaml; the rules pass it): %(choices)s (default %(default)s)")
+                   help="the dataset's metric (esvit/resources/datasets.yaml; the rules pass it): %(choices)s (default %(default)s)")
     p.add_argument("--val", help="validation feature cache (default: a stratified 20 %% of train)")
     p.add_argument("--device", default="auto", help="auto (the GPU when one is visible), cpu, cuda or cuda:N (default %(default)s)")
 

@@ -86,7 +86,7 @@ class DatasetConfig:
     metric: Literal["accuracy", "mean_per_class", "11point_mAP"] = option(
         "accuracy", help="Metric of its linear probe (docs/datasets.md: accuracy, mean_per_class, 11point_mAP); transfer sets default to the registry's."
     )
-    download: bool = option(False, help="Fetch it into root first (the download_dataset rule: torchvision's URLs and checksums; transfer sets with auto_download in configs/datasets.yaml).")
+    download: bool = option(False, help="Fetch it into root first (the download_dataset rule: torchvision's URLs and checksums; transfer sets with auto_download in esvit/resources/datasets.yaml).")
 
 
 @dataclasses.dataclass
@@ -108,7 +108,7 @@ class PretrainRun:
     overrides: list[str] = option([], help="Training-config overrides, key.sub=value.")
     mix: list[str] = option([], help="More datasets whose `split` shards are mixed into the training stream (drawn shard by shard).")
     checkpoint: str | None = option(None, path="exists", help="A released checkpoint to evaluate without pretraining (instead of config).")
-    release: str | None = option(None, choices=_releases, help="A released checkpoint by name (configs/releases.yaml), downloaded by the download_release rule (instead of config or checkpoint; sets arch and checkpoint_format).")
+    release: str | None = option(None, choices=_releases, help="A released checkpoint by name (esvit/resources/releases.yaml), downloaded by the download_release rule (instead of config or checkpoint; sets arch and checkpoint_format).")
     checkpoint_format: Literal["official", "esvit", "timm"] = option("official", help="official: microsoft/esvit checkpoint.pth (imported with `esvit import`); esvit: this project's; timm: a timm state dict (e.g. a supervised Swin).")
     arch: str | None = option(None, choices=_archs, help="Architecture of checkpoint (esvit.models.ARCHS).")
     image_size: int = option(224, gt=0, help="Evaluation crop size of checkpoint.")
@@ -235,7 +235,7 @@ def _load_config(source: str | Path | Mapping, overrides: typing.Iterable[str]) 
         if len(given) != 1:
             found = f" (it has {' and '.join(given)})" if given else ""
             raise ConfigError(f"{key}: give one of config (+ dataset) to pretrain, checkpoint (+ arch) or release (a name "
-                              f"in configs/releases.yaml) to evaluate a released one{found}")  # fmt: skip
+                              f"in esvit/resources/releases.yaml) to evaluate a released one{found}")  # fmt: skip
         if run.release is not None:
             entry = load_releases()[run.release]
             given = data["runs"][name] or {}

@@ -1,4 +1,4 @@
-"""Downloads: released checkpoints (``configs/releases.yaml``) and the transfer datasets torchvision can fetch.
+"""Downloads: released checkpoints (``esvit/resources/releases.yaml``) and the transfer datasets torchvision can fetch.
 
 One function does the transfer, :func:`fetch`:
 
@@ -39,6 +39,7 @@ from urllib.parse import urlsplit
 import yaml
 from esvit.errors import DownloadError
 from esvit.fields import did_you_mean
+from esvit.resources import resource_path
 
 __all__ = [
     "DownloadError",
@@ -53,7 +54,7 @@ __all__ = [
     "known_entry",
 ]
 
-RELEASES_PATH = Path(__file__).resolve().parents[1] / "configs" / "releases.yaml"
+RELEASES_PATH = resource_path("releases.yaml")
 CHUNK = 1 << 20
 USER_AGENT = "esvit-pipeline"
 
@@ -257,7 +258,7 @@ def _transfer(source: str, part: Path, desc: str, progress: bool, checked: bool)
         if total is None and not checked and http_source:
             raise DownloadError(f"{source}: the server does not say the file's size and no checksum is known, so a "
                                 "cut connection could not be told from a whole file; use a mirror that does, or "
-                                "put the file's sha256 in configs/releases.yaml")  # fmt: skip
+                                "put the file's sha256 in esvit/resources/releases.yaml")  # fmt: skip
         with open(part, "ab" if resumed else "wb") as f, tqdm(
             total=total, initial=offset, unit="B", unit_scale=True, unit_divisor=1024, desc=desc,
             disable=not progress, file=sys.stderr, mininterval=1.0,
@@ -357,7 +358,7 @@ def fetch(url: str, dest: str | Path, *, md5: str | None = None, sha256: str | N
 
 def fetch_release(name: str, dest: str | Path, *, mirror: str | None = None, cache: str | Path | None = None,
                   progress: bool = True) -> Path:  # fmt: skip
-    """Download the released checkpoint ``name`` (a key of ``configs/releases.yaml``) to ``dest``."""
+    """Download the released checkpoint ``name`` (a key of ``esvit/resources/releases.yaml``) to ``dest``."""
     entry = known_entry(load_releases(), name, "release")
     return fetch(entry["url"], dest, sha256=entry.get("sha256"), size=entry.get("size"), mirror=mirror, cache=cache,
                  progress=progress)  # fmt: skip
@@ -422,7 +423,7 @@ def _torchvision_through_fetch(mirror: str | None, cache: str | Path | None, pro
 
 def fetch_dataset(name: str, root: str | Path, *, mirror: str | None = None, cache: str | Path | None = None,
                   progress: bool = True) -> list[dict]:  # fmt: skip
-    """Download and unpack the transfer dataset ``name`` (a key of ``configs/datasets.yaml``) under ``root``,
+    """Download and unpack the transfer dataset ``name`` (a key of ``esvit/resources/datasets.yaml``) under ``root``,
     as its torchvision class lays it out, and open every split once to check it.
 
     Complete only once every split opens: then ``<root>/.esvit-download-<name>.json`` is written. Until then a

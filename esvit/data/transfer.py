@@ -26,10 +26,11 @@ import numpy as np
 import yaml
 
 from esvit.data.sources import IMAGE_EXTENSIONS, Record, Source, SourceError, TorchvisionSource, register_source, stratified_split
+from esvit.resources import resource_path
 
 __all__ = ["REGISTRY_PATH", "load_registry", "VOC_CLASSES", "decode_multilabel", "kitti_distance_label"]
 
-REGISTRY_PATH = Path(__file__).resolve().parents[2] / "configs" / "datasets.yaml"
+REGISTRY_PATH = resource_path("datasets.yaml")
 VOC_CLASSES = ("aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow", "diningtable",
                "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor")  # fmt: skip
 KITTI_BINS = ("closest vehicle < 8 m", "closest vehicle 8-20 m", "closest vehicle > 20 m", "no vehicle")

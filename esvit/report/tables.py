@@ -1,7 +1,7 @@
 """The report's tables: every metrics JSON under ``results/`` beside the paper's numbers.
 
 Reads only the metrics-JSON contract (docs/design.md), the runs' resolved training configs
-(``results/pretrain/<run>/config.yaml``, for matching paper rows) and ``configs/reference/paper_results.csv``.
+(``results/pretrain/<run>/config.yaml``, for matching paper rows) and ``esvit/resources/paper_results.csv``.
 """
 
 from __future__ import annotations
@@ -15,11 +15,12 @@ import pandas as pd
 import yaml
 
 from esvit.data.shards import file_sha256
+from esvit.resources import resource_path
 
 __all__ = ["collect_metrics", "paper_table", "run_descriptions", "imagenet_table", "transfer_table", "PAPER_CSV",
            "TransferTable", "mark_stale", "transfer_suite", "linear_table", "ablation_table"]  # fmt: skip
 
-PAPER_CSV = Path(__file__).resolve().parents[2] / "configs" / "reference" / "paper_results.csv"
+PAPER_CSV = resource_path("paper_results.csv")
 EVALS = ("knn", "probe", "linear")
 # this project's arch names -> the paper's (arch, window)
 PAPER_ARCH = {

@@ -123,8 +123,8 @@ def test_transfer_registry_matches_the_reference_table():
 
     from tests.conftest import REPO
 
-    registry = yaml.safe_load((REPO / "configs/datasets.yaml").read_text())
-    rows = {r["key"]: r for r in csv.DictReader((REPO / "configs/reference/transfer_datasets.csv").open())}
+    registry = yaml.safe_load((REPO / "esvit/resources/datasets.yaml").read_text())
+    rows = {r["key"]: r for r in csv.DictReader((REPO / "esvit/resources/transfer_datasets.csv").open())}
     assert set(registry) == set(rows) and len(registry) == 18
     import torchvision.datasets as tvd
 

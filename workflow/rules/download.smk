@@ -1,5 +1,5 @@
-# Downloads: released checkpoints by name (configs/releases.yaml) and the transfer sets torchvision can fetch
-# (configs/datasets.yaml, download: true). Local rules: compute nodes often have no internet. `esvit download`
+# Downloads: released checkpoints by name (esvit/resources/releases.yaml) and the transfer sets torchvision can fetch
+# (esvit/resources/datasets.yaml, download: true). Local rules: compute nodes often have no internet. `esvit download`
 # resumes a partial file, shows progress, verifies before anything uses the file, and honours download.mirror
 # and download.cache. Only the release file and the dataset's record are outputs: a partial download
 # (<file>.part) survives a failed job and the next run continues it.
