@@ -523,8 +523,7 @@ def _train(cfg: TrainConfig, run_dir: Path, dist_info: DistInfo, should_stop: Ca
                     for k, v in record.items():
                         if isinstance(v, (int, float)) and v is not None and k not in ("epoch", "step"):
                             writer.add_scalar(f"train/{k}", v, tr.global_step)
-                if hasattr(bar, "set_postfix"):
-                    bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.2e}")
+                bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.2e}")
                 window, t_window, wait_window = [], time.perf_counter(), 0.0
             every = cfg.run.checkpoint_every_steps
             if every and tr.global_step % every == 0 and tr.it < iters:

@@ -1,0 +1,1 @@
+"""Pretraining: the training config, the loop, its state, schedules and process group."""
