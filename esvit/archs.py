@@ -1,38 +1,74 @@
-"""The architectures the pipeline knows, as plain data (no torch import: configs are validated against these
-names before anything heavy is loaded, e.g. when Snakemake plans a run). ``esvit.models.backbones`` builds and
-registers the networks from this table.
+"""The architectures the pipeline knows, under the one name users write (``model.arch: swin_tiny_w7``), as plain
+data: no torch import, so configs are validated against these names before anything heavy is loaded (e.g. when
+Snakemake plans a run).
+
+A name's timm model follows by one rule:
+
+- our own variants: ``esvit_`` + the name (``swin_tiny_w7`` -> ``esvit_swin_tiny_w7``), each one
+  ``@register_model`` function in its family's model file (``esvit/models/swin.py``);
+- timm's own models: the timm name in their entry below (``vit_small`` -> ``vit_small_patch16_224``).
+
+Each family's feature conventions (``(pooled, tokens)``, the linear-probe blocks) live with its model file
+(``esvit.models.backbones.FEATURES``). ``tests/unit/test_models.py`` checks that this table and timm's registry
+agree exactly.
 """
 
 from __future__ import annotations
 
-__all__ = ["ARCHS", "SWIN"]
+from dataclasses import dataclass
 
-SWIN = {
-    # name: (embed_dim, depths, num_heads, window, design image size: windows are clamped for its maps)
-    "esvit_swin_tiny_w7": (96, (2, 2, 6, 2), (3, 6, 12, 24), 7, 224),
-    "esvit_swin_small_w7": (96, (2, 2, 18, 2), (3, 6, 12, 24), 7, 224),
-    "esvit_swin_base_w7": (128, (2, 2, 18, 2), (4, 8, 16, 32), 7, 224),
-    "esvit_swin_tiny_w14": (96, (2, 2, 6, 2), (3, 6, 12, 24), 14, 224),
-    "esvit_swin_small_w14": (96, (2, 2, 18, 2), (3, 6, 12, 24), 14, 224),
-    "esvit_swin_base_w14": (128, (2, 2, 18, 2), (4, 8, 16, 32), 14, 224),
-    # small variants for CPU demos and tests: 64-px global crops (maps 16-8-4-2), window 4
-    "esvit_swin_nano": (48, (1, 1, 3, 1), (3, 6, 12, 24), 4, 64),
-    "esvit_swin_pico": (24, (1, 1, 1, 1), (1, 2, 3, 6), 4, 64),
-    # the demo's model: two stages (one merge), so a 32-px crop ends at 4 x 4 region tokens and a 16-px local
-    # crop at 2 x 2, as 224 / 96 px end at 7 x 7 / 3 x 3 in Swin-T (the region loss needs many tokens)
-    "esvit_swin_femto": (48, (1, 1), (2, 4), 4, 32),
-    # 4-wide test models (as timm's test_* models): the shapes of the official-network fixtures in tests/
-    "esvit_swin_test_w7": (4, (2, 2, 2, 2), (1, 1, 2, 2), 7, 224),
-    "esvit_swin_test_w14": (4, (2, 2, 2, 2), (1, 1, 2, 2), 14, 224),
+__all__ = ["ARCHS", "Arch", "OWN_PREFIX", "arch_names"]
+
+OWN_PREFIX = "esvit_"  # timm name of our own variants = OWN_PREFIX + the name users write
+
+
+@dataclass(frozen=True)
+class Arch:
+    """One architecture.
+
+    Attributes:
+        family: the model family (``swin``, ``vit``, ``resnet``): which feature conventions apply.
+        timm_name: what ``timm.create_model`` builds (and what ``esvit export`` output loads into).
+        min_input: the smallest input side in pixels the network takes (one patch; ResNet: its total stride).
+    """
+
+    family: str
+    timm_name: str
+    min_input: int
+
+
+def _own(family: str, min_input: int, names: tuple[str, ...]) -> dict[str, Arch]:
+    """Our own variants of one family: registered with timm as ``OWN_PREFIX + name``."""
+    return {name: Arch(family, OWN_PREFIX + name, min_input) for name in names}
+
+
+ARCHS: dict[str, Arch] = {
+    # EsViT Swin (esvit/models/swin.py; patch 4)
+    **_own(
+        "swin",
+        min_input=4,
+        names=(
+            "swin_tiny_w7",
+            "swin_small_w7",
+            "swin_base_w7",
+            "swin_tiny_w14",
+            "swin_small_w14",
+            "swin_base_w14",
+            "swin_nano",  # small variants for CPU demos and tests
+            "swin_pico",
+            "swin_femto",
+            "swin_test_w7",  # 4-wide: the shapes of the official-network fixtures in tests/
+            "swin_test_w14",
+        ),
+    ),
+    # timm's own models under a short name (feature conventions: esvit/models/vit.py, esvit/models/resnet.py)
+    "vit_small": Arch("vit", timm_name="vit_small_patch16_224", min_input=16),
+    "vit_base": Arch("vit", timm_name="vit_base_patch16_224", min_input=16),
+    "deit_small": Arch("vit", timm_name="deit_small_patch16_224", min_input=16),
+    "resnet50": Arch("resnet", timm_name="resnet50", min_input=32),
 }
 
-# Architectures the pipeline knows: short name -> (timm name, family, timm kwargs).
-ARCHS: dict[str, tuple[str, str, dict]] = {
-    **{n.removeprefix("esvit_"): (n, "swin", {}) for n in SWIN},
-    "vit_small": ("vit_small_patch16_224", "vit", {"dynamic_img_size": True}),
-    "vit_base": ("vit_base_patch16_224", "vit", {"dynamic_img_size": True}),
-    "deit_small": ("deit_small_patch16_224", "vit", {"dynamic_img_size": True}),
-    "resnet50": ("resnet50", "resnet", {}),
-}
 
-
+def arch_names() -> tuple[str, ...]:
+    """The names a config's ``arch`` may take (the ``choices`` of the config fields that name an architecture)."""
+    return tuple(ARCHS)

@@ -19,7 +19,7 @@ import typing
 from pathlib import Path
 from typing import Any, Literal, Mapping
 
-from esvit.archs import ARCHS
+from esvit.archs import arch_names
 from esvit.data.sources import SOURCES
 from esvit.download import load_releases
 from esvit.errors import ConfigError
@@ -53,9 +53,6 @@ def _source_names() -> tuple[str, ...]:
 def _releases() -> tuple[str, ...]:
     return tuple(load_releases())
 
-
-def _archs() -> tuple[str, ...]:
-    return tuple(ARCHS)
 
 
 @dataclasses.dataclass
@@ -110,7 +107,7 @@ class PretrainRun:
     checkpoint: str | None = option(None, path="exists", help="A released checkpoint to evaluate without pretraining (instead of config).")
     release: str | None = option(None, choices=_releases, help="A released checkpoint by name (esvit/resources/releases.yaml), downloaded by the download_release rule (instead of config or checkpoint; sets arch and checkpoint_format).")
     checkpoint_format: Literal["official", "esvit", "timm"] = option("official", help="official: microsoft/esvit checkpoint.pth (imported with `esvit import`); esvit: this project's; timm: a timm state dict (e.g. a supervised Swin).")
-    arch: str | None = option(None, choices=_archs, help="Architecture of checkpoint (esvit.models.ARCHS).")
+    arch: str | None = option(None, choices=arch_names, help="Architecture of checkpoint (esvit.models.ARCHS).")
     image_size: int = option(224, gt=0, help="Evaluation crop size of checkpoint.")
     continual_from: ContinualFrom | None = option(
         None, help="Start from another run's checkpoint after `epoch` epochs (continual mode: how most released V+R models were made); that run is planned first and keeps that checkpoint."

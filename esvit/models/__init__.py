@@ -1,7 +1,7 @@
 """Models: timm backbones with the EsViT conventions, DINO heads, the student/teacher network."""
 
-from esvit.models.backbones import ARCHS, Backbone, arch_family, build_backbone
+from esvit.models.backbones import ARCHS, Backbone
 from esvit.models.esvit import EsViTNet, GroupOutput, LastLayers
 from esvit.models.heads import DINOHead
 
-__all__ = ["ARCHS", "Backbone", "arch_family", "build_backbone", "EsViTNet", "GroupOutput", "LastLayers", "DINOHead"]
+__all__ = ["ARCHS", "Backbone", "EsViTNet", "GroupOutput", "LastLayers", "DINOHead"]

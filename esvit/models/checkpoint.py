@@ -89,7 +89,7 @@ def filter_state_dict(state: dict[str, torch.Tensor], backbone: Backbone) -> dic
 
     Args:
         state: the ``teacher`` (or ``student``) dict of an official checkpoint, or a plain backbone dict.
-        backbone: the target, whose family decides the conversion.
+        backbone: the target, whose family's ``filter_state_dict`` does the conversion.
     """
     out = {}
     for k, v in state.items():
@@ -97,12 +97,8 @@ def filter_state_dict(state: dict[str, torch.Tensor], backbone: Backbone) -> dic
         if k.startswith((*_HEADS, "fc.")):  # DINO heads, classifier
             continue
         out[k] = v
-    if backbone.family == "swin":
-        from timm.models.swin_transformer import checkpoint_filter_fn
-
-        _check_window_tables(out, backbone)
-        out = checkpoint_filter_fn(out, backbone.net)
-    return out
+    _check_window_tables(out, backbone)  # relative-position tables: Swin only, none elsewhere
+    return backbone.features.filter_state_dict(out, backbone.net)
 
 
 def _check_window_tables(state: dict[str, torch.Tensor], backbone: Backbone) -> None:
@@ -238,4 +234,4 @@ def export_backbone(checkpoint: str | Path, out: str | Path, key: str = "teacher
     state = backbone_state(ckpt, key, checkpoint)
     with atomic_path(out) as tmp:  # a bare state dict: nothing but the timm model's keys
         torch.save(state, tmp)
-    return Path(out), ARCHS[ckpt["config"]["model"]["arch"]][0]
+    return Path(out), ARCHS[ckpt["config"]["model"]["arch"]].timm_name

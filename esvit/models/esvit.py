@@ -50,10 +50,6 @@ class GroupOutput:
     def n_crops(self) -> int:
         return self.view.shape[0]
 
-    @property
-    def tokens(self) -> int:
-        return self.region.shape[2]
-
 
 class EsViTNet(nn.Module):
     """``backbone`` + ``head`` (view) + ``head_dense`` (regions, absent when the region loss is off).

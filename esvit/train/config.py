@@ -13,6 +13,7 @@ from typing import Any, Literal
 
 import yaml
 
+from esvit.archs import ARCHS, arch_names
 from esvit.errors import ConfigError
 from esvit.fields import apply_overrides, from_dict, load_yaml, option, to_dict
 from esvit.launch.config import LaunchConfig
@@ -23,15 +24,10 @@ __all__ = [
 ]  # fmt: skip
 
 
-def _archs() -> tuple[str, ...]:
-    from esvit.archs import ARCHS  # plain data: validating a config imports no torch
-
-    return tuple(ARCHS)
-
 
 @dataclasses.dataclass
 class ModelConfig:
-    arch: str = option("swin_tiny_w7", choices=_archs, help="Backbone (esvit.models.ARCHS): swin_tiny_w7, ..., vit_small, resnet50.")
+    arch: str = option("swin_tiny_w7", choices=arch_names, help="Backbone (esvit.models.ARCHS): swin_tiny_w7, ..., vit_small, resnet50.")
     drop_path_rate: float = option(0.1, min=0, max=1, help="Student stochastic depth (Swin-T 0.1, Swin-S/B 0.2); teacher 0.")
     out_dim: int = option(65536, gt=0, help="Prototypes K of both heads.")
     hidden_dim: int = option(2048, gt=0, help="Head MLP hidden width.")
@@ -171,8 +167,8 @@ class TrainConfig:
 
 
 def _min_input(arch: str) -> int:
-    """The smallest input side an architecture takes (its patch), known from the name: no model is built."""
-    return 32 if arch.startswith("resnet") else 16 if arch.startswith(("vit", "deit")) else 4
+    """The smallest input side an architecture takes (its patch), from the plain table: no model is built."""
+    return ARCHS[arch].min_input
 
 
 def loader_workers(data: DataConfig) -> int:

@@ -167,7 +167,7 @@ class Trainer:
         torch.manual_seed(cfg.run.seed)
         self.student, self.teacher = build_models(cfg)
         torch.manual_seed(cfg.run.seed + self.dist.rank)  # drop path and anything random after: per rank
-        if self.dist.distributed and cfg.model.arch == "resnet50":
+        if self.dist.distributed and self.student.backbone.features.uses_batch_norm:
             self.student = nn.SyncBatchNorm.convert_sync_batchnorm(self.student)
             self.teacher = nn.SyncBatchNorm.convert_sync_batchnorm(self.teacher)
         self.student.to(self.device)

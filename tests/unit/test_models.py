@@ -6,7 +6,9 @@ import pytest
 import timm
 import torch
 
+from esvit.archs import OWN_PREFIX
 from esvit.models import ARCHS, Backbone, DINOHead, EsViTNet
+from esvit.models.backbones import FEATURES
 
 # arch -> (C, tokens at 224, tokens at 96)
 EXPECTED = {
@@ -19,6 +21,22 @@ EXPECTED = {
 
 def test_every_registered_arch_is_covered():
     assert set(EXPECTED) == set(ARCHS)
+
+
+def test_the_torch_free_names_and_the_timm_registry_agree():
+    """``esvit/archs.py`` (no torch) and the registered models name the same networks: every name builds through
+    its timm name, and every registered EsViT model has a name (in the model file of its family)."""
+    own = {spec.timm_name for spec in ARCHS.values() if spec.timm_name.startswith(OWN_PREFIX)}
+    assert own == {OWN_PREFIX + arch for arch, spec in ARCHS.items() if spec.timm_name.startswith(OWN_PREFIX)}
+    assert set(timm.list_models(f"{OWN_PREFIX}*")) == own
+    for family in {spec.family for spec in ARCHS.values() if spec.timm_name in own}:  # esvit/models/<family>.py
+        listed = {spec.timm_name for spec in ARCHS.values() if spec.family == family}
+        assert set(timm.list_models(module=family)) == listed, family
+    for arch, spec in ARCHS.items():
+        assert timm.is_model(spec.timm_name) and spec.family in FEATURES, arch
+        with torch.device("meta"):  # no weights initialised: the structure only
+            net = Backbone(arch)
+        assert net.num_features == EXPECTED[arch][0], arch
 
 
 @pytest.mark.parametrize("arch", sorted(EXPECTED))
@@ -36,6 +54,8 @@ def test_interface_shapes_at_global_and_local_sizes(arch):
         one_pass_pooled, blocks = net.pooled_and_last_blocks(x)  # what `esvit extract` caches, from one pass
         torch.testing.assert_close(one_pass_pooled, net(x)[0], rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(blocks, net.last_blocks(x))
+        smallest = ARCHS[arch].min_input  # what config validation allows (esvit/archs.py): one token
+        assert net(torch.randn(1, 3, smallest, smallest))[1].shape == (1, 1, c)
 
 
 def test_swin_conventions_match_timm_and_the_reference():
