@@ -13,6 +13,14 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 FASHION_ROOT = Path("/usr/share/datasets/fashion-mnist")
 OFFICIAL_FIXTURES = REPO / "tests" / "fixtures" / "official"
+# A training config small enough for a CPU test: swin_pico at 32 / 16 px, 48 samples per epoch, two epochs.
+TINY = [
+    "model.arch=swin_pico", "model.out_dim=256", "model.hidden_dim=64", "model.bottleneck_dim=32",
+    "model.drop_path_rate=0.1", "crops.global_size=32", "crops.local_size=[16]", "crops.local_number=[2]",
+    "optim.batch_size_per_device=8", "optim.epochs=2", "optim.warmup_epochs=1", "optim.lr=0.002",
+    "data.samples_per_epoch=48", "data.num_workers=2", "data.shuffle_buffer=64", "run.threads=2",
+    "run.tensorboard=false", "run.log_every_steps=2", "loss.warmup_teacher_temp_epochs=1",
+]  # fmt: skip
 
 
 # A sitecustomize.py for one rank of a distributed run (RANK 1, or Slurm task 1 with SLURM_PROCID): its loss
@@ -177,3 +185,10 @@ def file_server():
     server = FileServer()
     yield server
     server.close()
+
+
+def tiny_cfg(shards, *extra):
+    """The :data:`TINY` training config on ``shards``, with ``extra`` overrides."""
+    from esvit.train.config import load_train_config
+
+    return load_train_config(None, [*TINY, f"data.shards={shards}", *extra])

@@ -235,7 +235,7 @@ def test_continual_from_an_official_checkpoint_with_other_head_sizes_names_the_m
 
 
 def test_export_loads_into_timm_strictly_and_matches(tmp_path, digits_shards):
-    from tests.unit.test_train import TINY
+    from tests.conftest import TINY
 
     out = tmp_path / "run"
     proc = run_cli("pretrain", "--shards", str(digits_shards), "--out", str(out), "--no-progress", *TINY, "run.max_steps=2")

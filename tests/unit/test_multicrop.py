@@ -246,7 +246,7 @@ def test_grayscale_rate_of_the_outputs_matches_the_reference_transform():
 def test_training_runs_on_the_fast_augmentation(digits_shards, tmp_path, where):
     from esvit.train.config import load_train_config
     from esvit.train.loop import train
-    from tests.unit.test_train import TINY
+    from tests.conftest import TINY
 
     cfg = load_train_config(None, [*TINY, f"data.shards={digits_shards}", "optim.epochs=1", "data.num_workers=0",
                                    f"data.photometric_on={where}"])  # fmt: skip

@@ -12,7 +12,7 @@ import yaml
 
 from tests.conftest import REPO, env_with_python, run_cli
 from tests.unit.test_report import _metrics
-from tests.unit.test_train import TINY
+from tests.conftest import TINY
 
 
 def _config(tmp_path, runs: dict) -> str:

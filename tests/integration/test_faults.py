@@ -72,7 +72,7 @@ def test_train_and_test_of_different_widths_are_refused(caches, tmp_path):
 def test_a_diverged_checkpoint_stops_extraction_naming_it_and_the_sample(digits_shards, tmp_path):
     """A real checkpoint with a NaN weight: extraction stops, names the checkpoint and the first sample, and
     caches nothing (a NaN row would drop k-NN from ~97 % to ~10 % with exit code 0)."""
-    from tests.unit.test_train import TINY
+    from tests.conftest import TINY
 
     run = tmp_path / "run"
     assert run_cli("pretrain", "--shards", str(digits_shards), "--out", str(run), "--no-progress", *TINY, "run.max_steps=1").returncode == 0
@@ -118,7 +118,7 @@ def test_bad_command_lines_get_one_line_naming_the_option_or_key(argv, message, 
 
 
 def test_an_override_after_an_option_is_an_override(digits_shards, tmp_path):
-    from tests.unit.test_train import TINY
+    from tests.conftest import TINY
 
     proc = run_cli("pretrain", "--shards", str(digits_shards), *TINY[:4], "--out", str(tmp_path / "r"), "--no-progress",
                    *TINY[4:], "run.max_steps=1")  # fmt: skip
@@ -211,7 +211,7 @@ def test_a_second_process_on_the_same_folder_stops_naming_the_holder(command, di
     """This test process holds the lock as a running job would (pid, host, Slurm job id written); a real second
     `esvit` process on the same output stops at once with one line naming it, and writes nothing there."""
     from esvit.lock import RunLock
-    from tests.unit.test_train import TINY
+    from tests.conftest import TINY
 
     monkeypatch.setenv("SLURM_JOB_ID", "4242")
     out = tmp_path / "out"
@@ -239,7 +239,7 @@ def test_a_changed_training_config_refuses_to_resume_and_restart_keeps_the_old_r
     """Changing optim.lr of a finished run used to 'resume' with 0 steps and write final.pth with the old weights
     under the new config. Now the resume names the differing keys; --restart starts afresh and keeps the old run;
     keys that may change (optim.epochs to extend a run, logging) still resume."""
-    from tests.unit.test_train import TINY
+    from tests.conftest import TINY
 
     run = tmp_path / "run"
     base = ["pretrain", "--shards", str(digits_shards), "--out", str(run), "--no-progress", *TINY, "data.num_workers=0"]
@@ -287,7 +287,7 @@ def test_a_damaged_shard_stops_training_and_extraction_naming_it(digits_shards, 
     against its manifest while streaming (count, sha256) and stop, naming the shard and `esvit shard --verify`."""
     from esvit.data.shards import ShardSettings, write_shards
     from esvit.data.sources import get_source
-    from tests.unit.test_train import TINY
+    from tests.conftest import TINY
 
     shards = tmp_path / "shards"  # one shard, so the resampling training reader surely reads it
     write_shards(get_source("digits"), "digits", "train", shards, ShardSettings(max_samples=2000, workers=1), progress=False)
@@ -318,7 +318,7 @@ def test_a_corrupt_image_inside_a_consistent_shard_is_named_or_skipped(tmp_path,
     from esvit.data.shards import ShardSettings, write_shards
     from esvit.data.sources import get_source
     from tests.conftest import make_jpeg
-    from tests.unit.test_train import TINY
+    from tests.conftest import TINY
 
     root = tmp_path / "photos" / "train"
     for i in range(40):
@@ -349,7 +349,7 @@ def test_no_room_for_a_checkpoint_says_so_in_one_line_and_leaves_nothing_half_wr
     import sys
 
     from tests.conftest import REPO, env_with_python
-    from tests.unit.test_train import TINY
+    from tests.conftest import TINY
 
     def limit():
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a failed write, not a killed process
@@ -369,7 +369,7 @@ def test_no_room_for_a_checkpoint_says_so_in_one_line_and_leaves_nothing_half_wr
 @pytest.mark.parametrize("change,named", [("model.arch=swin_nano", "model.arch: swin_pico -> swin_nano"),
                                           ("model.out_dim=512", "model.out_dim: 256 -> 512")])  # fmt: skip
 def test_resuming_with_another_network_names_the_difference_instead_of_a_size_mismatch(digits_shards, tmp_path, change, named):
-    from tests.unit.test_train import TINY
+    from tests.conftest import TINY
 
     base = ["pretrain", "--shards", str(digits_shards), "--out", str(tmp_path / "run"), "--no-progress", *TINY,
             "data.num_workers=0", "run.checkpoint_every_steps=1"]  # fmt: skip
@@ -424,7 +424,7 @@ def test_resume_allows_another_batch_split_of_the_same_total_and_refuses_other_s
     from esvit.data.shards import ShardSettings, write_shards
     from esvit.data.sources import get_source
     from esvit.train.config import load_train_config, training_differences
-    from tests.unit.test_train import TINY
+    from tests.conftest import TINY
 
     on8 = load_train_config("configs/paper/swin_tiny_w7.yaml", ["optim.batch_size_per_device=64"])
     on16 = load_train_config("configs/paper/swin_tiny_w7.yaml", ["optim.batch_size_per_device=32"])
