@@ -3,7 +3,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: install demo test test-fast bench-shard clean
+.PHONY: install demo test test-fast lint format bench-shard clean
 
 install:
 	@bash scripts/install.sh
@@ -21,6 +21,13 @@ test:
 
 test-fast: install
 	python -m pytest -q -m "not slow"
+
+## The style check CI runs (ruff lint + format, configured in pyproject.toml); `make format` applies the fixes.
+lint: install
+	ruff check . && ruff format --check .
+
+format: install
+	ruff check --fix . && ruff format .
 
 bench-shard: install
 	esvit bench shard

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The whole test suite (`make test`, which CI runs): bring up the local two-node Slurm cluster the Slurm tests
-# need (tests/slurm/up.sh; root with apt-get), run pytest, and take down exactly what up.sh started.
+# The whole test suite (`make test`, which CI runs): the style check (ruff lint + format, as `make lint`), then
+# bring up the local two-node Slurm cluster the Slurm tests need (tests/slurm/up.sh; root with apt-get), run
+# pytest, and take down exactly what up.sh started. A style failure fails the run after the tests have run.
 # Without root the Slurm tests skip with the reason (on CI, where CI=true, they fail instead).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -12,4 +13,11 @@ if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
 else
   echo "test: not root on Debian: the Slurm tests will be skipped (run 'sudo tests/slurm/up.sh' first to include them)"
 fi
+lint=0
+"$VENV/bin/ruff" check --no-cache . && "$VENV/bin/ruff" format --check --no-cache . || lint=$?
+[ "$lint" = 0 ] || echo "test: the style check failed (above); 'make format' fixes what ruff can" >&2
+
 "$VENV/bin/python" -m pytest -q "$@"
+status=$?
+[ "$lint" = 0 ] || status=1
+exit $status
