@@ -401,21 +401,39 @@ def run_linear(args: argparse.Namespace) -> int:
 
 
 def _report_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--results", default="results", help="results folder to read (default %(default)s)")
+    p.add_argument("--results", default="results", help="results folder (default %(default)s). By hand (no --metrics) "
+                   "the report reads every metrics JSON, run folder, correspondence record and bench/infer.jsonl under "
+                   "it; with --metrics it only names the folder (the default --out; recorded checkpoint paths are "
+                   "relative to its parent)")
     p.add_argument("--out", help="output folder (default <results>/report)")
     p.add_argument("--baseline", help="run the transfer table counts wins against, as the paper counts them against the supervised Swin-T (default: a run named *supervised*, else the first *_random run)")
+    g = p.add_argument_group("the files to read, and nothing else (how the Snakemake rule calls it)")
+    g.add_argument("--metrics", nargs="*", metavar="JSON",
+                   help="metrics JSONs (results/{knn,probe,linear}/<model>/<dataset>/metrics.json)")
+    g.add_argument("--runs", nargs="*", default=[], metavar="PATH",
+                   help="runs pretrained here: each run's folder or its done.json (log.jsonl, config.yaml and "
+                        "checkpoints beside it)")
+    g.add_argument("--viz", nargs="*", default=[], metavar="JSON",
+                   help="correspondence.json of esvit viz (its PNG beside it)")
+    g.add_argument("--bench", nargs="*", default=[], metavar="JSONL",
+                   help="esvit bench infer records (the throughput figure)")
 
 
 @command("report", "tables beside the paper, plots and report.html from every metrics JSON", _report_args)
 def run_report(args: argparse.Namespace) -> int:
-    from esvit.report import build_report
-
-    if not Path(args.results).is_dir():
-        raise UsageError(f"results folder {args.results!r} does not exist; run the pipeline first (make demo)")
-    from esvit.report import ReportError
+    from esvit.errors import ReportError
+    from esvit.report.build import ReportInputs, build_report
 
     try:
-        files = build_report(args.results, args.out, args.baseline)
+        if args.metrics is not None:
+            inputs = ReportInputs.given(args.results, args.metrics, args.runs, args.viz, args.bench)
+        elif args.runs or args.viz or args.bench:
+            raise UsageError("--runs, --viz and --bench name the files of a report given its --metrics")
+        elif not Path(args.results).is_dir():
+            raise UsageError(f"results folder {args.results!r} does not exist; run the pipeline first (make demo)")
+        else:
+            inputs = ReportInputs.scan(args.results)
+        files = build_report(inputs, args.out, args.baseline)
     except ReportError as exc:
         raise UsageError(str(exc)) from None
     print(f"report: {files['report.html']} ({', '.join(sorted(files))})")
