@@ -319,13 +319,14 @@ def _extract_args(p: argparse.ArgumentParser) -> None:
 
 @command("extract", "cache frozen teacher features (pooled + last-4-blocks) of one shard set", _extract_args)
 def run_extract(args: argparse.Namespace) -> int:
+    from esvit.eval.evaluate import pick_device
     from esvit.eval.features import extract, load_backbone
 
     if bool(args.checkpoint) == args.random_init:
         raise UsageError("give exactly one of --checkpoint or --random-init")
     backbone, meta = load_backbone(args.checkpoint, args.arch, seed=args.seed)
     size = args.image_size or meta.get("train_crop_size", 224)
-    device = _device(args.device, "extract")
+    device = pick_device(args.device, "extract")
     from esvit.lock import RunLock
 
     with RunLock(args.out, "feature cache", folder=False):
@@ -350,50 +351,11 @@ def _knn_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--temperature", type=_positive(float), default=0.07, help="vote weights exp(sim / T) (default %(default)s)")
 
 
-def _device(name: str, command: str):
-    """The device a command runs on (``auto``: the GPU when one is visible), said in its log."""
-    from esvit.device import DeviceError, describe_device, resolve_device
-
-    try:
-        device = resolve_device(name)
-    except DeviceError as exc:
-        raise UsageError(f"--device: {exc}") from None
-    print(f"{command}: device {describe_device(device)}", flush=True)
-    return device
-
-
-def _write_metrics(args: argparse.Namespace, eval_name: str, metric: str, value: float, metrics: dict,
-                   hparams: dict, train: dict, test: dict, wall: float, device: str = "cpu") -> None:  # fmt: skip
-    from esvit.atomic import atomic_write_json
-
-    meta = train["meta"]
-    atomic_write_json(args.out, {
-        "run": args.run, "arch": meta.get("arch"), "dataset": args.dataset, "eval": eval_name,
-        "metric_name": metric, "value": round(value, 4), "metrics": metrics, "n_train": len(train["labels"]),
-        "n_test": len(test["labels"]), "hparams": hparams, "checkpoint": meta.get("checkpoint"),
-        "checkpoint_sha256": meta.get("checkpoint_sha256"), "wall_s": round(wall, 3), "device": str(device),
-    })  # fmt: skip
-    print(f"{eval_name} {args.run}/{args.dataset}: {metric} = {value:.2f}")
-
-
 @command("knn", "weighted k-NN on cached features -> metrics JSON", _knn_args)
 def run_knn(args: argparse.Namespace) -> int:
-    import time
+    from esvit.eval.evaluate import evaluate_knn
 
-    from esvit.eval.features import load_features
-    from esvit.eval.knn import knn_classify
-
-    t0 = time.perf_counter()
-    train, test = load_features(args.train), load_features(args.test)
-    _check_same_source(train, test)
-    if train["meta"].get("multilabel"):
-        raise UsageError(f"{args.train} is multi-label (a VOC-style set); k-NN classification does not apply, use `esvit probe`")
-    _check_inputs(args, {"train": train, "test": test})
-    ks = args.ks
-    acc = knn_classify(train["pooled"], train["labels"], test["pooled"], test["labels"], ks, args.temperature, show_progress=True)
-    best_k = 20 if 20 in acc else ks[0]
-    _write_metrics(args, "knn", "top1", acc[best_k], {f"top1_k{k}": v for k, v in acc.items()},
-                   {"k": best_k, "temperature": args.temperature}, train, test, time.perf_counter() - t0)  # fmt: skip
+    evaluate_knn(args.train, args.test, args.out, args.run, args.dataset, args.ks, args.temperature)
     return 0
 
 
@@ -407,21 +369,9 @@ def _probe_args(p: argparse.ArgumentParser) -> None:
 
 @command("probe", "L2 logistic-regression probe with the lambda search -> metrics JSON", _probe_args)
 def run_probe_cmd(args: argparse.Namespace) -> int:
-    from esvit.eval.features import load_features
-    from esvit.eval.probe import run_probe
+    from esvit.eval.evaluate import evaluate_probe
 
-    train, test = load_features(args.train), load_features(args.test)
-    _check_same_source(train, test)
-    val = load_features(args.val) if args.val else None
-    if train["meta"].get("multilabel") and args.metric != "11point_mAP":
-        raise UsageError(f"{args.train} is multi-label (a VOC-style set): use --metric 11point_mAP")
-    _check_inputs(args, {"train": train, "test": test, **({"val": val} if val else {})})
-    device = _device(args.device, "probe")
-    res = run_probe(train["pooled"], _targets(train), test["pooled"], _targets(test), args.metric,
-                    val["pooled"] if val else None, _targets(val) if val else None, device=device, show_progress=True)  # fmt: skip
-    _write_metrics(args, "probe", args.metric, res.value, {args.metric: res.value},
-                   {"lambda": res.best_lambda, "val_scores": res.val_scores, "n_fit": res.n_train, "n_val": res.n_val},
-                   train, test, res.wall_s, device)  # fmt: skip
+    evaluate_probe(args.train, args.test, args.out, args.run, args.dataset, args.metric, args.val, args.device)
     return 0
 
 
@@ -441,81 +391,51 @@ def _linear_args(p: argparse.ArgumentParser) -> None:
 
 @command("linear", "the ImageNet linear protocol (SGD on the last-4-blocks features) -> metrics JSON", _linear_args)
 def run_linear(args: argparse.Namespace) -> int:
-    from esvit.eval.features import load_backbone, load_features
-    from esvit.eval.linear import linear_fast, linear_paper
+    from esvit.eval.evaluate import evaluate_linear
 
-    train, test = load_features(args.train), load_features(args.test)
-    _check_same_source(train, test)
-    _check_inputs(args, {"train": train, "test": test}, "last_blocks")
-    device = _device(args.device, f"linear ({args.mode})")
-    kw = dict(epochs=args.epochs, batch_size=args.batch_size, base_lr=args.lr, seed=args.seed, device=device,
-              show_progress=not args.no_progress)  # fmt: skip
-    if args.mode == "fast":
-        res = linear_fast(train["last_blocks"], train["labels"], test["last_blocks"], test["labels"], **kw)
-    else:
-        if not args.shards:
-            raise UsageError("--mode paper needs --shards (the training split's shard folder)")
-        meta = train["meta"]
-        backbone, now = load_backbone(meta.get("checkpoint"), meta["arch"], seed=meta.get("seed", 0))
-        if now["checkpoint_sha256"] != meta["checkpoint_sha256"]:
-            raise UsageError(f"{meta['checkpoint']} changed since {args.train} was extracted; re-extract the features")
-        res = linear_paper(backbone, args.shards, test["last_blocks"], test["labels"], image_size=meta["image_size"],
-                           n_blocks=meta["n_blocks"], num_workers=args.workers, **kw)  # fmt: skip
-    _write_metrics(args, f"linear_{args.mode}", "top1", res.top1, {"top1": res.top1, "best_top1": res.best_top1,
-                   "best_epoch": res.best_epoch, "history": res.history},
-                   {"mode": args.mode, "epochs": res.epochs, "batch_size": args.batch_size, "lr": res.lr, "n_blocks": train["meta"].get("n_blocks")},
-                   train, test, res.wall_s, device)  # fmt: skip
+    evaluate_linear(args.train, args.test, args.out, args.run, args.dataset, mode=args.mode, shards=args.shards,
+                    epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed, workers=args.workers,
+                    device=args.device, show_progress=not args.no_progress)
     return 0
-
-
-def _targets(cache: dict):
-    """Class indices, or multi-hot targets for a multi-label set (stored as bit masks, see esvit.data.transfer)."""
-    import torch
-
-    from esvit.data.transfer import decode_multilabel
-
-    if not cache["meta"].get("multilabel"):
-        return cache["labels"]
-    return torch.from_numpy(decode_multilabel(cache["labels"].numpy(), cache["meta"]["num_classes"]))
-
-
-def _check_same_source(train: dict, test: dict) -> None:
-    a, b = train["meta"].get("checkpoint_sha256"), test["meta"].get("checkpoint_sha256")
-    if a != b:
-        raise UsageError(f"train and test features come from different checkpoints ({a} vs {b}); re-extract")
-
-
-def _check_inputs(args: argparse.Namespace, caches: dict[str, dict], feature: str = "pooled") -> None:
-    """One line for empty, non-finite (naming the sample), mismatched or single-class inputs, naming the file."""
-    from esvit.eval.checks import check_features
-
-    for role, cache in caches.items():
-        if feature not in cache:
-            raise UsageError(f"{getattr(args, role)} holds no {feature} features; re-extract it with `esvit extract`")
-    sets = {role: (c[feature], _targets(c)) for role, c in caches.items()}
-    check_features(sets["train"], sets["test"], sets.get("val"), names={role: getattr(args, role) for role in caches},
-                   keys={role: c.get("keys", []) for role, c in caches.items()})  # fmt: skip
 
 
 # -------------------------------------------------------------------------------------------- report
 
 
 def _report_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--results", default="results", help="results folder to read (default %(default)s)")
+    p.add_argument("--results", default="results", help="results folder (default %(default)s). By hand (no --metrics) "
+                   "the report reads every metrics JSON, run folder, correspondence record and bench/infer.jsonl under "
+                   "it; with --metrics it only names the folder (the default --out; recorded checkpoint paths are "
+                   "relative to its parent)")
     p.add_argument("--out", help="output folder (default <results>/report)")
     p.add_argument("--baseline", help="run the transfer table counts wins against, as the paper counts them against the supervised Swin-T (default: a run named *supervised*, else the first *_random run)")
+    g = p.add_argument_group("the files to read, and nothing else (how the Snakemake rule calls it)")
+    g.add_argument("--metrics", nargs="*", metavar="JSON",
+                   help="metrics JSONs (results/{knn,probe,linear}/<model>/<dataset>/metrics.json)")
+    g.add_argument("--runs", nargs="*", default=[], metavar="PATH",
+                   help="runs pretrained here: each run's folder or its done.json (log.jsonl, config.yaml and "
+                        "checkpoints beside it)")
+    g.add_argument("--viz", nargs="*", default=[], metavar="JSON",
+                   help="correspondence.json of esvit viz (its PNG beside it)")
+    g.add_argument("--bench", nargs="*", default=[], metavar="JSONL",
+                   help="esvit bench infer records (the throughput figure)")
 
 
 @command("report", "tables beside the paper, plots and report.html from every metrics JSON", _report_args)
 def run_report(args: argparse.Namespace) -> int:
-    from esvit.report import build_report
-
-    if not Path(args.results).is_dir():
-        raise UsageError(f"results folder {args.results!r} does not exist; run the pipeline first (make demo)")
-    from esvit.report import ReportError
+    from esvit.errors import ReportError
+    from esvit.report.build import ReportInputs, build_report
 
     try:
-        files = build_report(args.results, args.out, args.baseline)
+        if args.metrics is not None:
+            inputs = ReportInputs.given(args.results, args.metrics, args.runs, args.viz, args.bench)
+        elif args.runs or args.viz or args.bench:
+            raise UsageError("--runs, --viz and --bench name the files of a report given its --metrics")
+        elif not Path(args.results).is_dir():
+            raise UsageError(f"results folder {args.results!r} does not exist; run the pipeline first (make demo)")
+        else:
+            inputs = ReportInputs.scan(args.results)
+        files = build_report(inputs, args.out, args.baseline)
     except ReportError as exc:
         raise UsageError(str(exc)) from None
     print(f"report: {files['report.html']} ({', '.join(sorted(files))})")
@@ -534,32 +454,13 @@ def _viz_args(p: argparse.ArgumentParser) -> None:
 
 @command("viz", "matched regions of two views and the correspondence accuracy diagnostic", _viz_args)
 def run_viz(args: argparse.Namespace) -> int:
-    from itertools import islice
-
-    from esvit.atomic import atomic_write_json
-    from esvit.data.pipeline import eval_pipeline, make_loader, open_shards
-    from esvit.eval.features import load_backbone
-    from esvit.report.correspondence import correspondence_accuracy, draw_correspondence
-    from esvit.errors import CheckpointError
+    from esvit.eval.correspondence import run_correspondence
 
     if bool(args.checkpoint) == args.random_init:
         raise UsageError("give exactly one of --checkpoint or --random-init")
-    teacher, meta = load_backbone(args.checkpoint, args.arch)
-    student, has_student = teacher, False
-    if args.checkpoint:
-        try:  # imported (released) checkpoints keep only the teacher
-            student, has_student = load_backbone(args.checkpoint, args.arch, key="student")[0], True
-        except CheckpointError:
-            pass
-    pipe = eval_pipeline(open_shards(args.shards), lambda im: im, 1, collate=lambda batch: batch)
-    images = [sample[1] for batch in islice(make_loader(pipe, 0), args.n) for sample in batch]
-    res = correspondence_accuracy(student, teacher, images, args.image_size)
-    res.update(checkpoint=args.checkpoint, arch=meta["arch"], student="student" if has_student else "teacher (no student stored)")
-    out = Path(args.out)
-    draw_correspondence(student, teacher, images[0], args.image_size, out / "correspondence.png")
-    atomic_write_json(out / "correspondence.json", res)
-    print(f"viz: correspondence accuracy {res['accuracy']:.1f} % over {len(images)} images "
-          f"({res['regions_per_view']} regions per view) -> {out}")  # fmt: skip
+    res = run_correspondence(args.checkpoint, args.arch, args.shards, args.n, args.image_size, args.out)
+    print(f"viz: correspondence accuracy {res['accuracy']:.1f} % over {res['pairs']} images "
+          f"({res['regions_per_view']} regions per view) -> {Path(args.out)}")
     return 0
 
 

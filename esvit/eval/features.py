@@ -24,7 +24,7 @@ from esvit.progress import progress
 from esvit.models.checkpoint import backbone_state
 from esvit.checkpoint_file import CheckpointError, load_checkpoint
 
-__all__ = ["load_backbone", "extract", "load_features"]
+__all__ = ["load_backbone", "extract", "load_features", "targets"]
 
 
 def load_backbone(checkpoint: str | Path | None, arch: str | None = None, key: str = "teacher", seed: int = 0) -> tuple[Backbone, dict[str, Any]]:
@@ -149,3 +149,13 @@ def load_features(path: str | Path) -> dict[str, Any]:
     if not isinstance(data, dict) or not {"pooled", "labels", "meta"} <= set(data):
         raise FeatureError(f"{path}: not an esvit feature cache; run `esvit extract` for it")
     return data
+
+
+def targets(cache: dict[str, Any]) -> torch.Tensor:
+    """A feature cache's training targets: its class indices [N], or the multi-hot targets [N, C] of a
+    multi-label set (stored as bit masks, see esvit.data.transfer)."""
+    if not cache["meta"].get("multilabel"):
+        return cache["labels"]
+    from esvit.data.transfer import decode_multilabel
+
+    return torch.from_numpy(decode_multilabel(cache["labels"].numpy(), cache["meta"]["num_classes"]))

@@ -1,24 +1,28 @@
-"""The report's tables: every metrics JSON under ``results/`` beside the paper's numbers.
+"""The report's tables: the metrics records beside the paper's numbers.
 
-Reads only the metrics-JSON contract (docs/design.md), the runs' resolved training configs
-(``results/pretrain/<run>/config.yaml``, for matching paper rows) and ``esvit/resources/paper_results.csv``.
+Reads only the metrics records (:mod:`esvit.eval.record`, docs/design.md §3.4), the runs' resolved training
+configs (``<run folder>/config.yaml``, for matching paper rows) and ``esvit/resources/paper_results.csv``.
+The metrics files and run folders are given, or, by hand, every one under a results folder
+(``results/{knn,probe,linear}/*/*/metrics.json``, ``results/pretrain/*``).
 """
 
 from __future__ import annotations
 
-import json
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterable, Mapping
 
 import pandas as pd
 import yaml
 
 from esvit.data.shards import file_sha256
 from esvit.resources import resource_path
+from esvit.eval.record import RecordError, read_record
 
-__all__ = ["collect_metrics", "paper_table", "run_descriptions", "imagenet_table", "transfer_table", "PAPER_CSV",
-           "TransferTable", "mark_stale", "transfer_suite", "linear_table", "ablation_table"]  # fmt: skip
+__all__ = ["collect_metrics", "metrics_files", "run_folders", "paper_table", "run_descriptions", "imagenet_table",
+           "transfer_table", "PAPER_CSV", "TransferTable", "mark_stale", "transfer_suite", "linear_table",
+           "ablation_table"]
 
 PAPER_CSV = resource_path("paper_results.csv")
 EVALS = ("knn", "probe", "linear")
@@ -30,34 +34,47 @@ PAPER_ARCH = {
 }  # fmt: skip
 
 
-def collect_metrics(results: str | Path) -> pd.DataFrame:
-    """One row per ``results/{eval}/{run}/{dataset}/metrics.json``; unreadable files are reported, not fatal."""
-    rows = []
-    for ev in EVALS:
-        for path in sorted(Path(results).glob(f"{ev}/*/*/metrics.json")):
-            try:
-                m = json.loads(path.read_text())
-            except (OSError, ValueError) as exc:
-                m = exc
-            if not isinstance(m, dict):
-                print(f"esvit: warning: skipping unreadable {path} ({m if isinstance(m, Exception) else 'not a JSON object'})",
-                      file=sys.stderr)  # fmt: skip
-                continue
-            rows.append({
-                "run": m.get("run", path.parts[-3]), "arch": m.get("arch"), "dataset": m.get("dataset", path.parts[-2]),
-                "eval": ev, "metric": m.get("metric_name"), "value": m.get("value"),
-                "best_value": (m.get("metrics") or {}).get("best_top1"), "n_train": m.get("n_train"),
-                "n_test": m.get("n_test"), "checkpoint": m.get("checkpoint"), "checkpoint_sha256": m.get("checkpoint_sha256"),
-                "wall_s": m.get("wall_s"), "path": str(path),
-            })  # fmt: skip
+def metrics_files(results: str | Path) -> list[Path]:
+    """Every ``results/{eval}/{run}/{dataset}/metrics.json`` under ``results`` (the report by hand)."""
+    return [path for ev in EVALS for path in sorted(Path(results).glob(f"{ev}/*/*/metrics.json"))]
+
+
+def run_folders(results: str | Path) -> dict[str, Path]:
+    """Every run folder under ``results/pretrain``, by name (the report by hand)."""
+    return {path.name: path for path in sorted(Path(results).glob("pretrain/*")) if path.is_dir()}
+
+
+def collect_metrics(results: str | Path | None = None, files: Iterable[str | Path] | None = None) -> pd.DataFrame:
+    """One row per metrics record: the ``files`` given, else every one under ``results``
+    (:func:`metrics_files`); rows in the order of :data:`EVALS`, then of the files' paths. A file that is not a
+    readable record is reported and skipped, not fatal."""
+    records = []
+    for path in (Path(f) for f in files) if files is not None else metrics_files(results):
+        try:
+            records.append((path, read_record(path)))
+        except RecordError as exc:
+            print(f"esvit: warning: skipping unreadable {exc.path} ({exc.reason})", file=sys.stderr)
+    order = {ev: i for i, ev in enumerate(EVALS)}
+    records.sort(key=lambda item: (order.get(item[1].family, len(EVALS)), item[0]))
+    rows = [{
+        "run": m.run, "arch": m.arch, "dataset": m.dataset, "eval": m.family, "metric": m.metric_name,
+        "value": m.value, "best_value": m.metrics.get("best_top1"), "n_train": m.n_train, "n_test": m.n_test,
+        "checkpoint": m.checkpoint, "checkpoint_sha256": m.checkpoint_sha256, "wall_s": m.wall_s, "path": str(path),
+    } for path, m in records]
     cols = ["run", "arch", "dataset", "eval", "metric", "value", "best_value", "n_train", "n_test", "checkpoint",
-            "checkpoint_sha256", "wall_s", "path"]  # fmt: skip
+            "checkpoint_sha256", "wall_s", "path"]
     return pd.DataFrame(rows, columns=cols)
 
 
-def mark_stale(df: pd.DataFrame, results: str | Path) -> pd.DataFrame:
+def mark_stale(df: pd.DataFrame, results: str | Path, run_dirs: Mapping[str, Path] | None = None) -> pd.DataFrame:
     """Flag results whose checkpoint changed since they were computed, or is older than the run's newest
-    checkpoint (a run trained further, or re-trained, after its evaluation)."""
+    checkpoint (a run trained further, or re-trained, after its evaluation).
+
+    Args:
+        results: the results folder (a checkpoint path recorded relative is relative to its parent).
+        run_dirs: the run folders by name (default: :func:`run_folders` of ``results``).
+    """
+    dirs = run_folders(results) if run_dirs is None else run_dirs
     hashes: dict[str, str | None] = {}
 
     def current(path: str) -> str | None:
@@ -73,8 +90,8 @@ def mark_stale(df: pd.DataFrame, results: str | Path) -> pd.DataFrame:
             continue
         if not Path(ck).is_absolute():  # recorded relative to the workflow's directory, which holds results/
             ck = str(Path(results).parent / ck)
-        run_dir = Path(results) / "pretrain" / r["run"]
-        newest = max((p.stat().st_mtime for p in run_dir.glob("*.pth")), default=None) if run_dir.is_dir() else None
+        run_dir = dirs.get(r["run"])
+        newest = max((p.stat().st_mtime for p in Path(run_dir).glob("*.pth")), default=None) if run_dir else None
         changed = current(ck) != r["checkpoint_sha256"]
         older = newest is not None and Path(ck).is_file() and Path(ck).stat().st_mtime < newest - 1
         stale.append(bool(changed or older))
@@ -85,13 +102,15 @@ def paper_table(path: str | Path = PAPER_CSV) -> pd.DataFrame:
     return pd.read_csv(path)
 
 
-def run_descriptions(results: str | Path, df: pd.DataFrame) -> pd.DataFrame:
-    """Per run: arch, the paper's (arch, window, tasks) it corresponds to, and where that came from."""
+def run_descriptions(results: str | Path, df: pd.DataFrame, run_dirs: Mapping[str, Path] | None = None) -> pd.DataFrame:
+    """Per run: arch, the paper's (arch, window, tasks) it corresponds to, and where that came from (a run
+    pretrained here: its folder's config.yaml; ``run_dirs`` default to :func:`run_folders` of ``results``)."""
+    dirs = run_folders(results) if run_dirs is None else run_dirs
     rows = []
     for run, arch in df.groupby("run")["arch"].first().items():
-        cfg_path = Path(results) / "pretrain" / run / "config.yaml"
+        cfg_path = Path(dirs[run]) / "config.yaml" if run in dirs else None
         tasks, source = None, "released checkpoint (assumed view + region)"
-        if cfg_path.is_file():
+        if cfg_path is not None and cfg_path.is_file():
             cfg = yaml.safe_load(cfg_path.read_text())
             tasks = "V+R" if cfg.get("loss", {}).get("region_loss_weight", 0) > 0 else "V"
             arch = cfg.get("model", {}).get("arch", arch)
@@ -201,14 +220,17 @@ def linear_table(df: pd.DataFrame) -> pd.DataFrame:
     return out.sort_values(["dataset", "run"]).reset_index(drop=True)
 
 
-def ablation_table(df: pd.DataFrame, results: str | Path, correspondence: dict[str, dict]) -> pd.DataFrame:
+def ablation_table(df: pd.DataFrame, results: str | Path, correspondence: dict[str, dict],
+                   run_dirs: Mapping[str, Path] | None = None) -> pd.DataFrame:
     """The view-only vs view + region ablation, as the paper's Table 5: one row per run pretrained here with the
     same architecture and crops as another run that differs in ``loss.region_loss_weight`` (any seed), the
     random initialisation of that architecture, and the mean of each task over its seeds. Columns: k-NN and
     probe (and linear protocol) top-1 per dataset, and the region correspondence accuracy. Empty when no
-    such pair of runs exists."""
+    such pair of runs exists. The runs pretrained here are ``run_dirs`` (default: :func:`run_folders` of
+    ``results``)."""
+    dirs = run_folders(results) if run_dirs is None else run_dirs
     runs = []
-    for path in sorted(Path(results).glob("pretrain/*/config.yaml")):
+    for path in sorted(p for p in (Path(d) / "config.yaml" for d in dirs.values()) if p.is_file()):
         cfg = yaml.safe_load(path.read_text()) or {}
         key = (cfg.get("model", {}).get("arch"), cfg.get("crops", {}).get("global_size"))
         weight = float(cfg.get("loss", {}).get("region_loss_weight", 0) or 0)

@@ -9,7 +9,6 @@ writes and reads it.
 from __future__ import annotations
 
 import random
-from pathlib import Path
 from typing import Any
 
 import numpy as np

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from esvit.data.transforms import IMAGENET_MEAN, IMAGENET_STD
-from esvit.report.correspondence import correct_partner, correspondence_accuracy, draw_correspondence, view_pair
+from esvit.eval.correspondence import correct_partner, correspondence_accuracy, draw_correspondence, view_pair
 
 SIZE, GRID = 32, 4
 

@@ -180,3 +180,34 @@ def test_the_ablation_table_pairs_view_and_view_region_runs_of_one_architecture(
 def test_no_ablation_section_without_a_view_and_a_view_region_run(results, tmp_path):
     md = build_report(results, tmp_path / "report")["summary.md"].read_text()
     assert "View vs view + region" not in md
+
+
+def test_the_report_reads_the_files_it_is_given_and_nothing_else(results, tmp_path):
+    """Given every file under results/ (as the workflow's rule passes them), the report is the by-hand one byte for
+    byte; a metrics file left out (a run no longer in the config) stays out of it."""
+    from esvit.report.build import ReportInputs
+
+    by_hand = build_report(results, tmp_path / "by_hand")
+    metrics = [str(p) for p in sorted(results.glob("*/*/*/metrics.json"), reverse=True)]  # any order
+    proc = run_cli("report", "--results", str(results), "--out", str(tmp_path / "given"), "--metrics", *metrics,
+                   "--runs", str(results / "pretrain" / "tiny" / "log.jsonl"), "--viz", "--bench")
+    assert proc.returncode == 0, proc.stderr
+    for name in ("summary.csv", "summary.md", "report.html", "training_curves.png"):
+        assert (tmp_path / "given" / name).read_bytes() == by_hand[name].read_bytes(), name
+    assert "<script" not in by_hand["report.html"].read_text()
+    kept = [m for m in metrics if "tiny_random" not in m]
+    files = build_report(ReportInputs.given(results, kept, [results / "pretrain" / "tiny"]), tmp_path / "fewer")
+    summary = pd.read_csv(files["summary.csv"])
+    assert len(summary) == 6 and "tiny_random" not in set(summary.run)
+    bad = run_cli("report", "--metrics", str(tmp_path / "nope.json"), "--out", str(tmp_path / "r"))
+    assert bad.returncode == 2 and "metrics file" in bad.stderr and "nope.json' does not exist" in bad.stderr
+
+
+def test_a_metrics_file_that_is_not_a_record_is_skipped_naming_it(results, tmp_path, capsys):
+    bad = results / "knn" / "tiny" / "dtd" / "metrics.json"
+    bad.parent.mkdir(parents=True)
+    bad.write_text(json.dumps({"run": "tiny", "dataset": "dtd", "eval": "knn", "metric_name": "top1"}))
+    files = build_report(results, tmp_path / "report")
+    assert len(pd.read_csv(files["summary.csv"])) == 8
+    err = capsys.readouterr().err
+    assert f"skipping unreadable {bad}" in err and "'value'" in err

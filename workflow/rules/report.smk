@@ -29,7 +29,9 @@ rule report:
     input:
         metrics=EVAL_TARGETS,
         viz=VIZ_TARGETS,
+        viz_png=[str(Path(p).with_suffix(".png")) for p in VIZ_TARGETS],
         logs=[f"results/pretrain/{run}/done.json" for run in RUNS],
+        bench=[p for p in ["results/bench/infer.jsonl"] if Path(p).is_file()],  # esvit bench infer, when run
     output:
         summary_csv=report("results/report/summary.csv", caption="../report/summary.rst", category="Tables", labels={"table": "all results (csv)"}),
         summary_md="results/report/summary.md",
@@ -43,4 +45,5 @@ rule report:
         baseline=REPORT_BASELINE,
     localrule: True
     shell:
-        "python -m esvit report --results results --out results/report {params.baseline:q} > {log:q} 2>&1"
+        "python -m esvit report --metrics {input.metrics:q} --runs {input.logs:q} --viz {input.viz:q}"
+        " --bench {input.bench:q} --out results/report {params.baseline:q} > {log:q} 2>&1"

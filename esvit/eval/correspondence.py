@@ -25,7 +25,8 @@ import torchvision.transforms as T
 
 from esvit.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 
-__all__ = ["view_pair", "match_regions", "correct_partner", "correspondence_accuracy", "draw_correspondence", "CROP_SCALE"]
+__all__ = ["view_pair", "match_regions", "correct_partner", "correspondence_accuracy", "draw_correspondence",
+           "CROP_SCALE", "run_correspondence"]
 
 CROP_SCALE = (0.4, 1.0)  # area of view B within view A: the global crops' RandomResizedCrop scale
 
@@ -123,3 +124,39 @@ def draw_correspondence(student, teacher, image, size: int, path: str | Path, se
         fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
     plt.close(fig)
     return path
+
+
+def run_correspondence(checkpoint: str | Path | None, arch: str | None, shards: str | Path, n: int, size: int,
+                       out: str | Path) -> dict:
+    """``esvit viz``: the correspondence accuracy over the first ``n`` images of ``shards`` and the figure of the
+    first, written as ``out/correspondence.json`` and ``out/correspondence.png``; returns the JSON record.
+
+    Args:
+        checkpoint: one of this project's checkpoints (its student matched against its teacher; an imported
+            checkpoint keeps only the teacher, matched against itself), or None for a randomly initialised
+            ``arch`` (the baseline).
+        size: the views' resolution (the training resolution of the global crops).
+    """
+    from itertools import islice
+
+    from esvit.atomic import atomic_write_json
+    from esvit.data.pipeline import eval_pipeline, make_loader, open_shards
+    from esvit.errors import CheckpointError
+    from esvit.eval.features import load_backbone
+
+    teacher, meta = load_backbone(checkpoint, arch)
+    student, has_student = teacher, False
+    if checkpoint:
+        try:  # imported (released) checkpoints keep only the teacher
+            student, has_student = load_backbone(checkpoint, arch, key="student")[0], True
+        except CheckpointError:
+            pass
+    pipe = eval_pipeline(open_shards(shards), lambda im: im, 1, collate=lambda batch: batch)
+    images = [sample[1] for batch in islice(make_loader(pipe, 0), n) for sample in batch]
+    res = correspondence_accuracy(student, teacher, images, size)
+    res.update(checkpoint=checkpoint, arch=meta["arch"],
+               student="student" if has_student else "teacher (no student stored)")
+    out = Path(out)
+    draw_correspondence(student, teacher, images[0], size, out / "correspondence.png")
+    atomic_write_json(out / "correspondence.json", res)
+    return res
