@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -9,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 FASHION_ROOT = Path("/usr/share/datasets/fashion-mnist")
@@ -26,6 +28,7 @@ TINY = [
 # A sitecustomize.py for one rank of a distributed run (RANK 1, or Slurm task 1 with SLURM_PROCID): its loss
 # turns NaN at its third step while the other rank's stays finite.
 POISON_RANK_1 = """
+import json
 import os
 if (os.environ.get("RANK") or os.environ.get("SLURM_PROCID")) == "1":
     import esvit.losses.esvit_loss as _m
@@ -192,3 +195,43 @@ def tiny_cfg(shards, *extra):
     from esvit.train.config import load_train_config
 
     return load_train_config(None, [*TINY, f"data.shards={shards}", *extra])
+
+
+# ------------------------------------------------------------------------- a results tree for the report
+
+
+def write_metrics(results: Path, ev: str, run: str, dataset: str, value: float, ckpt: Path | None, metric="top1", sha=None):
+    """One metrics record as the evaluation commands write it, at results/<ev>/<run>/<dataset>/metrics.json."""
+    from esvit.data.shards import file_sha256
+
+    path = results / ev / run / dataset / "metrics.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({
+        "run": run, "arch": "swin_tiny_w7", "dataset": dataset, "eval": ev, "metric_name": metric, "value": value,
+        "metrics": {}, "n_train": 100, "n_test": 50, "hparams": {}, "checkpoint": str(ckpt) if ckpt else None,
+        "checkpoint_sha256": sha or (file_sha256(ckpt) if ckpt else "random-init-seed0"), "wall_s": 1.0,
+    }))  # fmt: skip
+
+
+@pytest.fixture
+def results(tmp_path) -> Path:
+    """A results tree written by hand: one run (a Swin-T/W7 V+R config), its random init, linear / k-NN / probe
+    records, a training log, and one result whose checkpoint has changed since."""
+    res = tmp_path / "results"
+    run_dir = res / "pretrain" / "tiny"
+    run_dir.mkdir(parents=True)
+    (run_dir / "config.yaml").write_text(yaml.safe_dump({"model": {"arch": "swin_tiny_w7"}, "loss": {"region_loss_weight": 0.5}, "optim": {"epochs": 300}}))
+    (run_dir / "final.pth").write_bytes(b"weights")
+    (run_dir / "log.jsonl").write_text("".join(json.dumps({"step": s, "loss": 8 - s / 10, "loss_view": 8.2 - s / 10, "loss_region": 7.8 - s / 10,
+                                                            "lr": 1e-4 * s, "teacher_temp": 0.04}) + "\n" for s in range(1, 11)))  # fmt: skip
+    ck = run_dir / "final.pth"
+    write_metrics(res, "linear", "tiny", "imagenet", 77.0, ck)
+    write_metrics(res, "knn", "tiny", "imagenet", 74.0, ck)
+    for ds, a, b in (("cifar10", 90.0, 60.0), ("dtd", 70.0, 72.0), ("pets", 80.0, None)):
+        write_metrics(res, "probe", "tiny", ds, a, ck, metric="accuracy")
+        if b is not None:
+            write_metrics(res, "probe", "tiny_random", ds, b, None, metric="accuracy")
+    old = run_dir / "checkpoint0001.pth"  # a result computed from a checkpoint that has since changed
+    old.write_bytes(b"old")
+    write_metrics(res, "knn", "tiny", "cifar10", 50.0, old, sha="0" * 64)
+    return res

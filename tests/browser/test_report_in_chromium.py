@@ -11,7 +11,6 @@ import subprocess
 import pytest
 from PIL import Image
 
-from tests.unit.test_report import results  # noqa: F401  (the fixture: a hand-written results tree)
 
 
 def _chromium() -> str:
@@ -37,7 +36,7 @@ PROBE = ("<script>window.addEventListener('load',()=>{const im=[...document.imag
          "document.body.dataset.tables=`${document.querySelectorAll('table').length}`;});</script>")
 
 
-def test_report_renders_tables_and_images_in_chromium(results, tmp_path):  # noqa: F811
+def test_report_renders_tables_and_images_in_chromium(results, tmp_path):
     from esvit.report import build_report
 
     exe = _chromium()

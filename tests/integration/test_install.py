@@ -74,3 +74,11 @@ def test_config_with_a_release_loads(installed):
     out = _run(installed, code, module=False)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["swin_tiny_w7", "official"]
+
+
+def test_report_builds_beside_the_papers_numbers(installed, results):
+    out = _run(installed, "report", "--results", str(results), "--out", str(results / "report"))
+    assert out.returncode == 0, out.stderr
+    summary = (results / "report" / "summary.md").read_text()
+    assert "78.1" in summary  # the paper's Swin-T/W7 V+R linear top-1, read from the installed paper_results.csv
+    assert (results / "report" / "report.html").stat().st_size > 0

@@ -4,49 +4,15 @@ stale results, and figures that are real PNGs."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pandas as pd
 import pytest
 import yaml
 from PIL import Image
 
-from esvit.data.shards import file_sha256
 from esvit.report import build_report
 from esvit.report.tables import PAPER_CSV, transfer_table
-from tests.conftest import run_cli
-
-
-def _metrics(results: Path, ev: str, run: str, dataset: str, value: float, ckpt: Path | None, metric="top1", sha=None):
-    path = results / ev / run / dataset / "metrics.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({
-        "run": run, "arch": "swin_tiny_w7", "dataset": dataset, "eval": ev, "metric_name": metric, "value": value,
-        "metrics": {}, "n_train": 100, "n_test": 50, "hparams": {}, "checkpoint": str(ckpt) if ckpt else None,
-        "checkpoint_sha256": sha or (file_sha256(ckpt) if ckpt else "random-init-seed0"), "wall_s": 1.0,
-    }))  # fmt: skip
-
-
-@pytest.fixture
-def results(tmp_path) -> Path:
-    res = tmp_path / "results"
-    run_dir = res / "pretrain" / "tiny"
-    run_dir.mkdir(parents=True)
-    (run_dir / "config.yaml").write_text(yaml.safe_dump({"model": {"arch": "swin_tiny_w7"}, "loss": {"region_loss_weight": 0.5}, "optim": {"epochs": 300}}))
-    (run_dir / "final.pth").write_bytes(b"weights")
-    (run_dir / "log.jsonl").write_text("".join(json.dumps({"step": s, "loss": 8 - s / 10, "loss_view": 8.2 - s / 10, "loss_region": 7.8 - s / 10,
-                                                            "lr": 1e-4 * s, "teacher_temp": 0.04}) + "\n" for s in range(1, 11)))  # fmt: skip
-    ck = run_dir / "final.pth"
-    _metrics(res, "linear", "tiny", "imagenet", 77.0, ck)
-    _metrics(res, "knn", "tiny", "imagenet", 74.0, ck)
-    for ds, a, b in (("cifar10", 90.0, 60.0), ("dtd", 70.0, 72.0), ("pets", 80.0, None)):
-        _metrics(res, "probe", "tiny", ds, a, ck, metric="accuracy")
-        if b is not None:
-            _metrics(res, "probe", "tiny_random", ds, b, None, metric="accuracy")
-    old = run_dir / "checkpoint0001.pth"  # a result computed from a checkpoint that has since changed
-    old.write_bytes(b"old")
-    _metrics(res, "knn", "tiny", "cifar10", 50.0, old, sha="0" * 64)
-    return res
+from tests.conftest import run_cli, write_metrics as _metrics
 
 
 def test_report_tables_against_the_paper(results, tmp_path):
