@@ -8,6 +8,7 @@ traceback.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import re
 import sys
 from pathlib import Path
@@ -93,7 +94,7 @@ def run_shard(args: argparse.Namespace) -> int:
     import json
 
     from esvit.config import ConfigError, _did_you_mean, load_config
-    from esvit.data.shards import ShardSettings, verify_shards, write_shards
+    from esvit.data.shards import verify_shards, write_shards
     from esvit.data.sources import get_source
     from esvit.lock import RunLock
 
@@ -129,15 +130,7 @@ def run_shard(args: argparse.Namespace) -> int:
     if args.split and args.split not in ds.splits:
         raise UsageError(f"--split {args.split!r} is not among datasets.{args.dataset}.splits ({', '.join(ds.splits)})")
     splits = [args.split] if args.split else ds.splits
-    sc = cfg.shard
-    settings = ShardSettings(
-        max_samples=sc.max_samples,
-        max_bytes=int(sc.max_mb * 1e6),
-        workers=args.workers or sc.workers,
-        seed=sc.seed,
-        max_bad_fraction=sc.max_bad_fraction,
-        check=sc.check,
-    )
+    settings = dataclasses.replace(cfg.shard, workers=args.workers) if args.workers else cfg.shard
     source = get_source(ds.source, ds.root, ds.options, cache_dir=str(Path(cfg.data_dir) / "raw" / args.dataset))
     for split in splits:
         if args.out:  # one split: that folder; every split: a folder per split inside it
