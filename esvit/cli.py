@@ -58,6 +58,16 @@ def _non_negative_int(text: str) -> int:
     return value
 
 
+def _default(section: str, name: str):
+    """The workflow config's default of ``<section>.<name>`` (``section`` "": top level), which the matching
+    option defaults to, so a command typed by hand runs as the rule does (esvit/defaults.py)."""
+    from esvit import config
+    from esvit.defaults import field_default
+
+    cls = {"": config.PipelineConfig, "datasets": config.DatasetConfig, "eval": config.EvalConfig}[section]
+    return field_default(cls, name)
+
+
 def _ks(text: str) -> tuple[int, ...]:
     try:
         ks = tuple(int(k) for k in text.split(","))
@@ -85,7 +95,7 @@ def _shard_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--root", help="raw files of the source")
     g.add_argument("--options", default="{}", help="source options as JSON")
     g.add_argument("--shard-settings", default="{}", help="the config's `shard` block as JSON")
-    g.add_argument("--data-dir", default="data", help="data_dir (cache for prepared raw files)")
+    g.add_argument("--data-dir", default=_default("", "data_dir"), help="data_dir (cache for prepared raw files)")
     p.add_argument("overrides", nargs="*", help="config overrides, key.sub=value")
 
 
@@ -302,9 +312,12 @@ def _extract_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--shards", required=True, help="shard folder of one split")
     p.add_argument("--out", required=True, help="feature cache file (.pt)")
     p.add_argument("--image-size", type=_positive(int), help="eval crop size (default: the run's global crop size, else 224)")
-    p.add_argument("--batch-size", type=_positive(int), default=128, help="images per batch (default %(default)s)")
-    p.add_argument("--workers", type=_non_negative_int, default=2, help="data-loader workers, 0: in this process (default %(default)s)")
-    p.add_argument("--device", default="auto", help="auto (the GPU when one is visible), cpu, cuda or cuda:N (default %(default)s)")
+    p.add_argument("--batch-size", type=_positive(int), default=_default("eval", "batch_size"),
+                   help="images per batch (default %(default)s)")
+    p.add_argument("--workers", type=_non_negative_int, default=_default("eval", "workers"),
+                   help="data-loader workers, 0: in this process (default %(default)s)")
+    p.add_argument("--device", default=_default("eval", "device"),
+                   help="auto (the GPU when one is visible), cpu, cuda or cuda:N (default %(default)s)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (or periodic progress lines off a terminal)")
 
 
@@ -337,8 +350,10 @@ def _metrics_args(p: argparse.ArgumentParser) -> None:
 
 def _knn_args(p: argparse.ArgumentParser) -> None:
     _metrics_args(p)
-    p.add_argument("--ks", type=_ks, default="10,20,100,200", help="k values, comma-separated (default %(default)s)")
-    p.add_argument("--temperature", type=_positive(float), default=0.07, help="vote weights exp(sim / T) (default %(default)s)")
+    p.add_argument("--ks", type=_ks, default=",".join(map(str, _default("eval", "knn_ks"))),
+                   help="k values, comma-separated (default %(default)s)")
+    p.add_argument("--temperature", type=_positive(float), default=_default("eval", "knn_temperature"),
+                   help="vote weights exp(sim / T) (default %(default)s)")
 
 
 def _device(name: str, command: str):
@@ -390,10 +405,12 @@ def run_knn(args: argparse.Namespace) -> int:
 
 def _probe_args(p: argparse.ArgumentParser) -> None:
     _metrics_args(p)
-    p.add_argument("--metric", default="accuracy", choices=["accuracy", "mean_per_class", "11point_mAP"],
+    p.add_argument("--metric", default=_default("datasets", "metric"),
+                   choices=["accuracy", "mean_per_class", "11point_mAP"],
                    help="the dataset's metric (configs/datasets.yaml; the rules pass it): %(choices)s (default %(default)s)")
     p.add_argument("--val", help="validation feature cache (default: a stratified 20 %% of train)")
-    p.add_argument("--device", default="auto", help="auto (the GPU when one is visible), cpu, cuda or cuda:N (default %(default)s)")
+    p.add_argument("--device", default=_default("eval", "device"),
+                   help="auto (the GPU when one is visible), cpu, cuda or cuda:N (default %(default)s)")
 
 
 @command("probe", "L2 logistic-regression probe with the lambda search -> metrics JSON", _probe_args)
@@ -418,15 +435,20 @@ def run_probe_cmd(args: argparse.Namespace) -> int:
 
 def _linear_args(p: argparse.ArgumentParser) -> None:
     _metrics_args(p)
-    p.add_argument("--mode", choices=["fast", "paper"], default="fast",
+    p.add_argument("--mode", choices=["fast", "paper"], default=_default("eval", "linear_mode"),
                    help="fast: cached centre-crop features; paper: augmented views through the frozen backbone")  # fmt: skip
     p.add_argument("--shards", help="training shard folder (paper mode)")
-    p.add_argument("--epochs", type=_positive(int), default=100, help="epochs (default %(default)s)")
-    p.add_argument("--batch-size", type=_positive(int), default=256, help="images per step (default %(default)s)")
-    p.add_argument("--lr", type=float, default=1e-3, help="base lr, scaled by batch / 256 (default %(default)s)")
+    p.add_argument("--epochs", type=_positive(int), default=_default("eval", "linear_epochs"),
+                   help="epochs (default %(default)s)")
+    p.add_argument("--batch-size", type=_positive(int), default=_default("eval", "linear_batch_size"),
+                   help="images per step (default %(default)s)")
+    p.add_argument("--lr", type=float, default=_default("eval", "linear_lr"),
+                   help="base lr, scaled by batch / 256 (default %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="seed of the head's initialisation and the data order (default %(default)s)")
-    p.add_argument("--workers", type=_non_negative_int, default=2, help="data-loader workers (paper mode)")
-    p.add_argument("--device", default="auto", help="auto (the GPU when one is visible), cpu, cuda or cuda:N (default %(default)s)")
+    p.add_argument("--workers", type=_non_negative_int, default=_default("eval", "workers"),
+                   help="data-loader workers (paper mode)")
+    p.add_argument("--device", default=_default("eval", "device"),
+                   help="auto (the GPU when one is visible), cpu, cuda or cuda:N (default %(default)s)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (or periodic progress lines off a terminal)")
 
 
