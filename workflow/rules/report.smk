@@ -4,16 +4,15 @@
 
 rule correspondence:
     input:
-        unpack(lambda w: {"checkpoint": EVAL_MODELS[w.run]["checkpoint"]} if EVAL_MODELS[w.run]["checkpoint"] else {}),
-        manifest=lambda w: f"{DATA_DIR}/shards/{VIZ_DATASET}/{eval_splits(VIZ_DATASET)[2]}/manifest.json",
+        unpack(eval_checkpoint),
+        manifest=lambda w: plan.viz_manifest(CFG),
     output:
         json="results/viz/{run}/correspondence.json",
         png="results/viz/{run}/correspondence.png",
     log:
         "results/logs/viz/{run}.log",
     params:
-        model=lambda w: (["--checkpoint", EVAL_MODELS[w.run]["checkpoint"]] if EVAL_MODELS[w.run]["checkpoint"]
-                         else ["--random-init", "--arch", EVAL_MODELS[w.run]["arch"]]),
+        model=viz_model_args,
         shards=lambda w, input: Path(input.manifest).parent,
         out=lambda w, output: Path(output.json).parent,
         size=lambda w: EVAL_MODELS[w.run]["image_size"],  # the training resolution (global crops)
@@ -29,7 +28,7 @@ rule report:
     input:
         metrics=EVAL_TARGETS,
         viz=VIZ_TARGETS,
-        logs=[f"results/pretrain/{run}/done.json" for run in RUNS],
+        pretrain_done=[f"results/pretrain/{run}/done.json" for run in RUNS],
     output:
         summary_csv=report("results/report/summary.csv", caption="../report/summary.rst", category="Tables", labels={"table": "all results (csv)"}),
         summary_md="results/report/summary.md",
