@@ -24,7 +24,7 @@ def _config(tmp_path, runs: dict) -> str:
 
 
 def _started_run(res, name: str, log: str) -> None:
-    """A run folder with a checkpoint, no lock holder, and its pretrain rule's log."""
+    """A run folder with a checkpoint, no lock holder, and its pretrain_model rule's log."""
     (res / "pretrain" / name).mkdir(parents=True)
     (res / "pretrain" / name / "checkpoint.pth").write_bytes(b"x")
     (res / "logs/pretrain").mkdir(parents=True, exist_ok=True)

@@ -87,7 +87,7 @@ def pretrain_inputs(wildcards):
 
 def training_config_digest(wildcards):
     """A hash of what decides a run's weights (its training config less the keys a resume may change): the
-    pretrain rule reruns when it changes, and not for a changed rule text (rerun-triggers in the profiles)."""
+    pretrain_model rule reruns when it changes, and not for a changed rule text (rerun-triggers in the profiles)."""
     run = CFG.runs[wildcards.run]
     return training_digest(load_train_config(run.config, pretrain_overrides(CFG, wildcards.run)))
 

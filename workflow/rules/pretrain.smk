@@ -5,7 +5,7 @@
 # Snakemake deletes outputs before a job runs, and the resume state (checkpoint.pth) must survive.
 
 
-rule pretrain:
+rule pretrain_model:
     input:
         unpack(pretrain_inputs),
     output:

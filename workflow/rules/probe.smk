@@ -2,7 +2,7 @@
 # dataset touches nothing else: snakemake results/probe/<model>/<dataset>/metrics.json -f
 
 
-rule knn_classify:
+rule classify_knn:
     input:
         unpack(eval_features),
     output:
@@ -43,7 +43,7 @@ rule fit_linear_probe:
         " --device {params.device:q} > {log:q} 2>&1"
 
 
-rule linear_protocol:
+rule train_linear_protocol:
     input:
         unpack(eval_features),
         manifest=lambda w: plan.shard_manifest(CFG, w.dataset, "train"),

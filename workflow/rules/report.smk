@@ -2,7 +2,7 @@
 # The outputs are registered for `snakemake --report report.html`.
 
 
-rule correspondence:
+rule measure_correspondence:
     input:
         unpack(eval_checkpoint),
         manifest=lambda w: plan.viz_manifest(CFG),
@@ -24,7 +24,7 @@ rule correspondence:
         " --out {params.out:q} > {log:q} 2>&1"
 
 
-rule report:
+rule build_report:
     input:
         metrics=EVAL_TARGETS,
         viz=VIZ_TARGETS,
