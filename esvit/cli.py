@@ -8,6 +8,7 @@ traceback.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import re
 import sys
 from pathlib import Path
@@ -57,6 +58,16 @@ def _non_negative_int(text: str) -> int:
     return value
 
 
+def _default(section: str, name: str):
+    """The workflow config's default of ``<section>.<name>`` (``section`` "": top level), which the matching
+    option defaults to, so a command typed by hand runs as the rule does (esvit/defaults.py)."""
+    from esvit import config
+    from esvit.defaults import field_default
+
+    cls = {"": config.PipelineConfig, "datasets": config.DatasetConfig, "eval": config.EvalConfig}[section]
+    return field_default(cls, name)
+
+
 def _ks(text: str) -> tuple[int, ...]:
     try:
         ks = tuple(int(k) for k in text.split(","))
@@ -84,7 +95,7 @@ def _shard_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--root", help="raw files of the source")
     g.add_argument("--options", default="{}", help="source options as JSON")
     g.add_argument("--shard-settings", default="{}", help="the config's `shard` block as JSON")
-    g.add_argument("--data-dir", default="data", help="data_dir (cache for prepared raw files)")
+    g.add_argument("--data-dir", default=_default("", "data_dir"), help="data_dir (cache for prepared raw files)")
     p.add_argument("overrides", nargs="*", help="config overrides, key.sub=value")
 
 
@@ -93,9 +104,9 @@ def run_shard(args: argparse.Namespace) -> int:
     import json
 
     from esvit.config import load_config
+    from esvit.data.shards import verify_shards, write_shards
     from esvit.errors import ConfigError
     from esvit.fields import did_you_mean
-    from esvit.data.shards import ShardSettings, verify_shards, write_shards
     from esvit.data.sources import get_source
     from esvit.lock import RunLock
 
@@ -131,15 +142,7 @@ def run_shard(args: argparse.Namespace) -> int:
     if args.split and args.split not in ds.splits:
         raise UsageError(f"--split {args.split!r} is not among datasets.{args.dataset}.splits ({', '.join(ds.splits)})")
     splits = [args.split] if args.split else ds.splits
-    sc = cfg.shard
-    settings = ShardSettings(
-        max_samples=sc.max_samples,
-        max_bytes=int(sc.max_mb * 1e6),
-        workers=args.workers or sc.workers,
-        seed=sc.seed,
-        max_bad_fraction=sc.max_bad_fraction,
-        check=sc.check,
-    )
+    settings = dataclasses.replace(cfg.shard, workers=args.workers) if args.workers else cfg.shard
     source = get_source(ds.source, ds.root, ds.options, cache_dir=str(Path(cfg.data_dir) / "raw" / args.dataset))
     for split in splits:
         if args.out:  # one split: that folder; every split: a folder per split inside it
@@ -311,9 +314,12 @@ def _extract_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--shards", required=True, help="shard folder of one split")
     p.add_argument("--out", required=True, help="feature cache file (.pt)")
     p.add_argument("--image-size", type=_positive(int), help="eval crop size (default: the run's global crop size, else 224)")
-    p.add_argument("--batch-size", type=_positive(int), default=128, help="images per batch (default %(default)s)")
-    p.add_argument("--workers", type=_non_negative_int, default=2, help="data-loader workers, 0: in this process (default %(default)s)")
-    p.add_argument("--device", default="auto", help="auto (the GPU when one is visible), cpu, cuda or cuda:N (default %(default)s)")
+    p.add_argument("--batch-size", type=_positive(int), default=_default("eval", "batch_size"),
+                   help="images per batch (default %(default)s)")
+    p.add_argument("--workers", type=_non_negative_int, default=_default("eval", "workers"),
+                   help="data-loader workers, 0: in this process (default %(default)s)")
+    p.add_argument("--device", default=_default("eval", "device"),
+                   help="auto (the GPU when one is visible), cpu, cuda or cuda:N (default %(default)s)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (or periodic progress lines off a terminal)")
 
 
@@ -347,8 +353,10 @@ def _metrics_args(p: argparse.ArgumentParser) -> None:
 
 def _knn_args(p: argparse.ArgumentParser) -> None:
     _metrics_args(p)
-    p.add_argument("--ks", type=_ks, default="10,20,100,200", help="k values, comma-separated (default %(default)s)")
-    p.add_argument("--temperature", type=_positive(float), default=0.07, help="vote weights exp(sim / T) (default %(default)s)")
+    p.add_argument("--ks", type=_ks, default=",".join(map(str, _default("eval", "knn_ks"))),
+                   help="k values, comma-separated (default %(default)s)")
+    p.add_argument("--temperature", type=_positive(float), default=_default("eval", "knn_temperature"),
+                   help="vote weights exp(sim / T) (default %(default)s)")
 
 
 @command("knn", "weighted k-NN on cached features -> metrics JSON", _knn_args)
@@ -361,10 +369,12 @@ def run_knn(args: argparse.Namespace) -> int:
 
 def _probe_args(p: argparse.ArgumentParser) -> None:
     _metrics_args(p)
-    p.add_argument("--metric", default="accuracy", choices=["accuracy", "mean_per_class", "11point_mAP"],
+    p.add_argument("--metric", default=_default("datasets", "metric"),
+                   choices=["accuracy", "mean_per_class", "11point_mAP"],
                    help="the dataset's metric (esvit/resources/datasets.yaml; the rules pass it): %(choices)s (default %(default)s)")
     p.add_argument("--val", help="validation feature cache (default: a stratified 20 %% of train)")
-    p.add_argument("--device", default="auto", help="auto (the GPU when one is visible), cpu, cuda or cuda:N (default %(default)s)")
+    p.add_argument("--device", default=_default("eval", "device"),
+                   help="auto (the GPU when one is visible), cpu, cuda or cuda:N (default %(default)s)")
 
 
 @command("probe", "L2 logistic-regression probe with the lambda search -> metrics JSON", _probe_args)
@@ -377,15 +387,20 @@ def run_probe_cmd(args: argparse.Namespace) -> int:
 
 def _linear_args(p: argparse.ArgumentParser) -> None:
     _metrics_args(p)
-    p.add_argument("--mode", choices=["fast", "paper"], default="fast",
+    p.add_argument("--mode", choices=["fast", "paper"], default=_default("eval", "linear_mode"),
                    help="fast: cached centre-crop features; paper: augmented views through the frozen backbone")  # fmt: skip
     p.add_argument("--shards", help="training shard folder (paper mode)")
-    p.add_argument("--epochs", type=_positive(int), default=100, help="epochs (default %(default)s)")
-    p.add_argument("--batch-size", type=_positive(int), default=256, help="images per step (default %(default)s)")
-    p.add_argument("--lr", type=float, default=1e-3, help="base lr, scaled by batch / 256 (default %(default)s)")
+    p.add_argument("--epochs", type=_positive(int), default=_default("eval", "linear_epochs"),
+                   help="epochs (default %(default)s)")
+    p.add_argument("--batch-size", type=_positive(int), default=_default("eval", "linear_batch_size"),
+                   help="images per step (default %(default)s)")
+    p.add_argument("--lr", type=float, default=_default("eval", "linear_lr"),
+                   help="base lr, scaled by batch / 256 (default %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="seed of the head's initialisation and the data order (default %(default)s)")
-    p.add_argument("--workers", type=_non_negative_int, default=2, help="data-loader workers (paper mode)")
-    p.add_argument("--device", default="auto", help="auto (the GPU when one is visible), cpu, cuda or cuda:N (default %(default)s)")
+    p.add_argument("--workers", type=_non_negative_int, default=_default("eval", "workers"),
+                   help="data-loader workers (paper mode)")
+    p.add_argument("--device", default=_default("eval", "device"),
+                   help="auto (the GPU when one is visible), cpu, cuda or cuda:N (default %(default)s)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (or periodic progress lines off a terminal)")
 
 

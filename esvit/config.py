@@ -55,9 +55,9 @@ def _releases() -> tuple[str, ...]:
 
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class ShardConfig:
-    """The sharding stage (``esvit shard``)."""
+    """The sharding stage (``esvit shard``), and the settings the shard writer takes (``ShardSettings``)."""
 
     max_samples: int = option(10000, gt=0, help="Samples per shard at most.")
     max_mb: float = option(1024.0, gt=0, help="Megabytes (1e6 bytes) per shard at most, tar bytes.")
@@ -70,6 +70,11 @@ class ShardConfig:
         "header",
         help="Image check: header (parse header and end marker, fast), decode (full decode), none.",
     )
+
+    @property
+    def max_bytes(self) -> int:
+        """``max_mb`` in bytes: the tar size a shard stays within."""
+        return int(self.max_mb * 1e6)
 
 
 @dataclasses.dataclass

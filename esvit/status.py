@@ -19,12 +19,41 @@ import shutil
 import struct
 import sys
 import time
+import typing
 from pathlib import Path
 from typing import Any
 
 from esvit.config import PipelineConfig
 
-__all__ = ["eval_models", "eval_results", "imported", "run_status", "status_table", "RunStatus", "as_dicts"]
+__all__ = [
+    "eval_models",
+    "eval_results",
+    "imported",
+    "pretrained_runs",
+    "release_names",
+    "split_names",
+    "wildcard_regex",
+    "shard_manifest",
+    "shard_targets",
+    "pretrain_targets",
+    "eval_targets",
+    "eval_splits",
+    "eval_feature_files",
+    "run_shard_manifests",
+    "pretrain_inputs",
+    "checkpoint_inputs",
+    "model_args",
+    "extract_args",
+    "viz_dataset",
+    "viz_manifest",
+    "viz_targets",
+    "report_args",
+    "shard_settings_json",
+    "run_status",
+    "status_table",
+    "RunStatus",
+    "as_dicts",
+]
 
 
 def _multilabel(cfg: PipelineConfig, dataset: str) -> bool:
@@ -80,6 +109,160 @@ def eval_results(cfg: PipelineConfig, models: list[str] | None = None) -> list[t
             if dataset not in cfg.eval.datasets and not _multilabel(cfg, dataset):
                 out.append((model, "knn", dataset))
     return out
+
+
+# ------------------------------------------------------------------------------------- the workflow's plan
+# What the Snakemake rules plan, from a validated config: the target lists, the inputs and arguments of a job.
+# The rule files only wire these to rules; `esvit status` checks the same lists.
+
+
+def _data_dir(cfg: PipelineConfig) -> str:
+    return cfg.data_dir.rstrip("/")
+
+
+def pretrained_runs(cfg: PipelineConfig) -> list[str]:
+    """The runs pretrained here (those with a training config), in config order."""
+    return [name for name, run in cfg.runs.items() if run.config]
+
+
+def release_names(cfg: PipelineConfig) -> list[str]:
+    """The released checkpoints the config names (``runs.<name>.release``), sorted, each once."""
+    return sorted({run.release for run in cfg.runs.values() if run.release})
+
+
+def split_names(cfg: PipelineConfig) -> list[str]:
+    """Every split name of the config's datasets, sorted, each once."""
+    return sorted({split for ds in cfg.datasets.values() for split in ds.splits})
+
+
+def wildcard_regex(names: typing.Iterable[str], none: str = "no_names") -> str:
+    """A wildcard constraint that matches one of ``names``: the longest first, as a regex alternation takes the
+    first alternative that matches (``x_random`` before ``x``); ``none``, a name no file has, when there are
+    none."""
+    return "|".join(sorted(names, key=len, reverse=True)) or none
+
+
+def shard_manifest(cfg: PipelineConfig, dataset: str, split: str) -> str:
+    """The manifest of one shard set, ``{data_dir}/shards/{dataset}/{split}/manifest.json``: written last, so
+    its presence means the set is complete (docs/design.md)."""
+    return f"{_data_dir(cfg)}/shards/{dataset}/{split}/manifest.json"
+
+
+def shard_targets(cfg: PipelineConfig) -> list[str]:
+    """The manifest of every split of every dataset."""
+    return [shard_manifest(cfg, name, split) for name, ds in cfg.datasets.items() for split in ds.splits]
+
+
+def pretrain_targets(cfg: PipelineConfig) -> list[str]:
+    """The final checkpoint of every run pretrained here."""
+    return [f"results/pretrain/{run}/final.pth" for run in pretrained_runs(cfg)]
+
+
+def eval_targets(cfg: PipelineConfig, models: list[str] | None = None) -> list[str]:
+    """The metrics JSON of every (model, eval, dataset) of :func:`eval_results` (``models``: as there): the list
+    ``esvit status`` checks."""
+    return [f"results/{ev}/{model}/{dataset}/metrics.json" for model, ev, dataset in eval_results(cfg, models)]
+
+
+def eval_splits(cfg: PipelineConfig, dataset: str) -> tuple[str, str | None, str]:
+    """(train, val or None, test) split names of an evaluation dataset.
+
+    Args:
+        cfg: the workflow config.
+        dataset: a key of ``cfg.datasets`` with a train and a test (or val) split.
+
+    Returns:
+        The test split is ``test``, else ``val``; a ``val`` split next to a ``test`` split is the probe's
+        validation split (None: the probe holds out 20 % of train).
+    """
+    splits = cfg.datasets[dataset].splits
+    test = "test" if "test" in splits else "val"
+    return "train", ("val" if test == "test" and "val" in splits else None), test
+
+
+def eval_feature_files(cfg: PipelineConfig, model: str, dataset: str) -> dict[str, str]:
+    """The cached features a k-NN, probe or linear job reads: ``train``, ``test`` and (if any) ``val``."""
+    train, val, test = eval_splits(cfg, dataset)
+    base = f"results/features/{model}/{dataset}"
+    return {"train": f"{base}/{train}.pt", "test": f"{base}/{test}.pt"} | ({"val": f"{base}/{val}.pt"} if val else {})
+
+
+def run_shard_manifests(cfg: PipelineConfig, run: str) -> list[str]:
+    """The manifests of the shard sets a pretraining run reads: its dataset's, then those of any mixed in."""
+    spec = cfg.runs[run]
+    return [shard_manifest(cfg, name, spec.split) for name in [spec.dataset, *spec.mix]]
+
+
+def pretrain_inputs(cfg: PipelineConfig, run: str) -> dict[str, Any]:
+    """What a pretraining run reads: its shard manifests (``manifest``) and, in continual mode, the run it
+    continues from (``base``: its ``done.json``, so its checkpoint<epoch>.pth is there)."""
+    spec = cfg.runs[run]
+    inputs: dict[str, Any] = {"manifest": run_shard_manifests(cfg, run)}
+    if spec.continual_from is not None:
+        inputs["base"] = f"results/pretrain/{spec.continual_from.run}/done.json"
+    return inputs
+
+
+def checkpoint_inputs(models: dict[str, dict[str, Any]], model: str) -> dict[str, str]:
+    """``{"checkpoint": path}`` for an evaluated model with a checkpoint; ``{}`` for one at random init.
+
+    Args:
+        models: :func:`eval_models` of the config.
+        model: a key of ``models``.
+    """
+    ckpt = models[model]["checkpoint"]
+    return {"checkpoint": ckpt} if ckpt else {}
+
+
+def model_args(models: dict[str, dict[str, Any]], model: str) -> list[str]:
+    """The arguments naming an evaluated model (``esvit extract``, ``esvit viz``): ``--checkpoint`` and its
+    file, or ``--random-init --arch`` and its architecture."""
+    spec = models[model]
+    if spec["checkpoint"]:
+        return ["--checkpoint", spec["checkpoint"]]
+    return ["--random-init", "--arch", spec["arch"]]
+
+
+def extract_args(models: dict[str, dict[str, Any]], model: str) -> list[str]:
+    """``esvit extract``'s arguments naming the model (:func:`model_args`) and its image size."""
+    return [*model_args(models, model), "--image-size", str(models[model]["image_size"])]
+
+
+def viz_dataset(cfg: PipelineConfig) -> str | None:
+    """The dataset whose held-out images the correspondence diagnostic (``esvit viz``) uses:
+    ``eval.correspondence_dataset``, else the first evaluation dataset, else the first linear one (None: none,
+    and no diagnostic)."""
+    return cfg.eval.correspondence_dataset or next(iter([*cfg.eval.datasets, *cfg.eval.linear_datasets]), None)
+
+
+def viz_manifest(cfg: PipelineConfig) -> str:
+    """The manifest of the shard set the diagnostic draws from: :func:`viz_dataset`'s test split."""
+    dataset = viz_dataset(cfg)
+    return shard_manifest(cfg, dataset, eval_splits(cfg, dataset)[2])
+
+
+def viz_targets(cfg: PipelineConfig, models: list[str] | None = None) -> list[str]:
+    """The correspondence diagnostic of every evaluated model (``models``, default :func:`eval_models`); none
+    without a :func:`viz_dataset`."""
+    if not viz_dataset(cfg):
+        return []
+    return [f"results/viz/{model}/correspondence.json" for model in (eval_models(cfg) if models is None else models)]
+
+
+def report_args(cfg: PipelineConfig) -> list[str]:
+    """``esvit report``'s ``--baseline``, the run it counts transfer wins against: the first supervised release
+    (a release in timm's format), as the paper counts them; none (``[]``) leaves the report's own default, a
+    random initialisation."""
+    baseline = [name for name, run in cfg.runs.items() if run.release and run.checkpoint_format == "timm"]
+    return ["--baseline", baseline[0]] if baseline else []
+
+
+def shard_settings_json(cfg: PipelineConfig) -> str:
+    """The config's ``shard`` block as the JSON ``esvit shard --shard-settings`` reads. Whole numbers are written
+    as integers (``1024``, not ``1024.0``) as the YAML writes them, so the shard rule's params, and with them
+    Snakemake's params rerun trigger, do not depend on how the config was read."""
+    values = dataclasses.asdict(cfg.shard)
+    return json.dumps({k: int(v) if isinstance(v, float) and v.is_integer() else v for k, v in values.items()})
 
 
 @dataclasses.dataclass

@@ -96,7 +96,7 @@ def bench_shard(args: argparse.Namespace) -> dict:
         n = sum(1 for _ in images.rglob("*.jpg"))
         _read_all(images)  # both contenders start from a warm page cache
         src = ImageFolderSource(str(images))
-        settings = ShardSettings(max_samples=2000, max_bytes=10**9, workers=args.workers, seed=0)
+        settings = ShardSettings(max_samples=2000, max_mb=1000, workers=args.workers, seed=0)
         t_tar, t_shard = [], []
         for _ in range(args.repeats):
             out_tar = tmp / "all.tar"

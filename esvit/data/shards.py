@@ -24,7 +24,6 @@ import os
 import shutil
 import tarfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +31,7 @@ import numpy as np
 
 from esvit import __version__
 from esvit.atomic import atomic_write_json
+from esvit.config import ShardConfig
 from esvit.data.sources import Record, Source
 from esvit.errors import ShardError
 
@@ -44,14 +44,9 @@ TAR_RECORD = 20 * TAR_BLOCK  # tarfile pads the archive to a multiple of this
 
 
 
-@dataclass(frozen=True)
-class ShardSettings:
-    max_samples: int = 10000
-    max_bytes: int = 1024 * 10**6
-    workers: int = 2
-    seed: int = 0
-    max_bad_fraction: float = 0.001
-    check: str = "header"
+# The writer's settings are the workflow config's `shard` block (limits, workers, seed, bad-image policy); its
+# byte limit is ShardConfig.max_bytes.
+ShardSettings = ShardConfig
 
 
 def shard_pattern(dataset: str, split: str) -> str:

@@ -15,9 +15,11 @@ from typing import Any
 import torch
 
 from esvit.atomic import atomic_path
+from esvit.config import EvalConfig
 from esvit.data.pipeline import eval_pipeline, make_loader, open_shards
 from esvit.data.shards import file_sha256
 from esvit.data.transforms import eval_transform
+from esvit.defaults import field_default
 from esvit.eval.checks import FeatureError, first_non_finite
 from esvit.models import Backbone
 from esvit.progress import progress
@@ -25,6 +27,10 @@ from esvit.models.checkpoint import backbone_state
 from esvit.checkpoint_file import CheckpointError, load_checkpoint
 
 __all__ = ["load_backbone", "extract", "load_features", "targets"]
+
+# The workflow config's defaults (eval.batch_size, eval.workers), which the rule and `esvit extract` pass.
+BATCH_SIZE: int = field_default(EvalConfig, "batch_size")
+WORKERS: int = field_default(EvalConfig, "workers")
 
 
 def load_backbone(checkpoint: str | Path | None, arch: str | None = None, key: str = "teacher", seed: int = 0) -> tuple[Backbone, dict[str, Any]]:
@@ -58,9 +64,19 @@ def load_backbone(checkpoint: str | Path | None, arch: str | None = None, key: s
 
 
 @torch.no_grad()
-def extract(backbone: Backbone, shard_dir: str | Path, out: str | Path, meta: dict[str, Any], image_size: int = 224,
-            batch_size: int = 128, n_blocks: int = 4, num_workers: int = 2, device: str = "cpu",
-            part_batches: int = 200, show_progress: bool = True) -> dict[str, Any]:  # fmt: skip
+def extract(
+    backbone: Backbone,
+    shard_dir: str | Path,
+    out: str | Path,
+    meta: dict[str, Any],
+    image_size: int = 224,
+    batch_size: int = BATCH_SIZE,
+    n_blocks: int = 4,
+    num_workers: int = WORKERS,
+    device: str = "cpu",
+    part_batches: int = 200,
+    show_progress: bool = True,
+) -> dict[str, Any]:
     """Extract and cache the features of one shard set.
 
     Returns:

@@ -1,8 +1,9 @@
 """Weighted k-NN classification (docs/algorithm.md §4, as DINO / EsViT's eval_knn.py).
 
 Features are L2-normalised; each query takes its k most cosine-similar training samples, each voting for
-its class with weight exp(sim / T), T = 0.07. The bank is processed in chunks on both sides (queries and
-training samples) with a running top-k, so ImageNet-size banks (1.28 M x 768) run within a few GB.
+its class with weight exp(sim / T), T = 0.07 (the config's ``eval.knn_temperature``). The bank is processed in
+chunks on both sides (queries and training samples) with a running top-k, so ImageNet-size banks (1.28 M x 768)
+run within a few GB.
 """
 
 from __future__ import annotations
@@ -10,17 +11,21 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from esvit.config import EvalConfig
+from esvit.defaults import field_default
 from esvit.eval.checks import FeatureError, check_features
 from esvit.progress import progress
 
-__all__ = ["knn_classify", "KS"]
+__all__ = ["knn_classify", "KS", "TEMPERATURE"]
 
-KS = (10, 20, 100, 200)
+# The workflow config's defaults (eval.knn_ks, eval.knn_temperature): the paper's k values and temperature.
+KS: tuple[int, ...] = tuple(field_default(EvalConfig, "knn_ks"))
+TEMPERATURE: float = field_default(EvalConfig, "knn_temperature")
 
 
 @torch.no_grad()
 def knn_classify(train: torch.Tensor, train_labels: torch.Tensor, test: torch.Tensor, test_labels: torch.Tensor,
-                 ks: tuple[int, ...] = KS, temperature: float = 0.07, n_classes: int | None = None,
+                 ks: tuple[int, ...] = KS, temperature: float = TEMPERATURE, n_classes: int | None = None,
                  query_chunk: int = 1024, bank_chunk: int = 65536, device: str = "cpu",
                  show_progress: bool = False) -> dict[int, float]:  # fmt: skip
     """Top-1 accuracy (percent) of weighted k-NN for each k.

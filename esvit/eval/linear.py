@@ -24,10 +24,18 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from esvit.config import EvalConfig
+from esvit.defaults import field_default
 from esvit.eval.checks import check_features
 from esvit.progress import progress
 
 __all__ = ["LinearResult", "linear_fast", "linear_paper", "augment_transform"]
+
+# The workflow config's defaults (eval.linear_*, eval.workers), which the rule and `esvit linear` pass.
+EPOCHS: int = field_default(EvalConfig, "linear_epochs")
+BATCH_SIZE: int = field_default(EvalConfig, "linear_batch_size")
+BASE_LR: float = field_default(EvalConfig, "linear_lr")
+WORKERS: int = field_default(EvalConfig, "workers")
 
 
 @dataclass
@@ -81,9 +89,18 @@ def _train(make_epoch, head: nn.Linear, epochs: int, lr: float, val_x: torch.Ten
     return LinearResult(history[-1], history[best], best + 1, history, epochs, lr, round(time.perf_counter() - t0, 3))
 
 
-def linear_fast(train_x: torch.Tensor, train_y: torch.Tensor, val_x: torch.Tensor, val_y: torch.Tensor,
-                epochs: int = 100, batch_size: int = 256, base_lr: float = 1e-3, seed: int = 0,
-                device: str | torch.device = "cpu", show_progress: bool = True) -> LinearResult:  # fmt: skip
+def linear_fast(
+    train_x: torch.Tensor,
+    train_y: torch.Tensor,
+    val_x: torch.Tensor,
+    val_y: torch.Tensor,
+    epochs: int = EPOCHS,
+    batch_size: int = BATCH_SIZE,
+    base_lr: float = BASE_LR,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+    show_progress: bool = True,
+) -> LinearResult:
     """Train the linear layer on cached features (shuffled each epoch, seeded), on ``device`` (the features are
     moved there once; the shuffling order is drawn on the CPU, so it is the same on every device)."""
     check_features((train_x, train_y), (val_x, val_y))
@@ -115,9 +132,21 @@ def augment_transform(size: int = 224):
     ])  # fmt: skip
 
 
-def linear_paper(backbone, train_shards: str | Path, val_x: torch.Tensor, val_y: torch.Tensor, image_size: int = 224,
-                 n_blocks: int = 4, epochs: int = 100, batch_size: int = 256, base_lr: float = 1e-3, seed: int = 0,
-                 num_workers: int = 2, device: str | torch.device = "cpu", show_progress: bool = True) -> LinearResult:  # fmt: skip
+def linear_paper(
+    backbone,
+    train_shards: str | Path,
+    val_x: torch.Tensor,
+    val_y: torch.Tensor,
+    image_size: int = 224,
+    n_blocks: int = 4,
+    epochs: int = EPOCHS,
+    batch_size: int = BATCH_SIZE,
+    base_lr: float = BASE_LR,
+    seed: int = 0,
+    num_workers: int = WORKERS,
+    device: str | torch.device = "cpu",
+    show_progress: bool = True,
+) -> LinearResult:
     """Train the linear layer on augmented views through the frozen ``backbone`` (one pass over the shard set's
     size per epoch, shuffled and seeded per epoch); validate on the cached centre-crop features ``val_x``."""
     from esvit.data.pipeline import make_loader, open_shards, train_pipeline

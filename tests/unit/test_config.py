@@ -210,3 +210,38 @@ def test_the_plain_architecture_table_is_what_the_models_build():
     from esvit.models.backbones import ARCHS as BUILT
 
     assert ARCHS is BUILT and {"swin_tiny_w7", "swin_base_w14", "vit_small", "resnet50"} <= set(ARCHS)
+
+
+def test_cli_options_and_library_defaults_read_the_config_defaults():
+    """A setting the workflow config and a CLI option (or a library function) share has one default, the config
+    dataclass field's: a command typed by hand runs as the rule does (extraction batch 256, k-NN T = 0.07, ...)."""
+    import inspect
+
+    from esvit.cli import build_parser
+    from esvit.data.shards import ShardSettings, write_shards
+    from esvit.eval import features, knn, linear
+
+    ev = EvalConfig()
+    parse = build_parser().parse_args
+    metrics = ["--train", "t", "--test", "t", "--out", "o", "--run", "r", "--dataset", "d"]
+    extract = parse(["extract", "--shards", "s", "--out", "o"])
+    assert (extract.batch_size, extract.workers, extract.device) == (ev.batch_size, ev.workers, ev.device)
+    assert ev.batch_size == 256 and ev.knn_temperature == 0.07
+    knn_args = parse(["knn", *metrics])
+    assert list(knn_args.ks) == ev.knn_ks and knn_args.temperature == ev.knn_temperature
+    lin = parse(["linear", *metrics])
+    got = (lin.mode, lin.epochs, lin.batch_size, lin.lr, lin.workers, lin.device)
+    assert got == (ev.linear_mode, ev.linear_epochs, ev.linear_batch_size, ev.linear_lr, ev.workers, ev.device)
+    assert parse(["probe", *metrics]).metric == DatasetConfig.metric
+    assert parse(["shard", "--dataset", "d"]).data_dir == PipelineConfig.data_dir
+    assert list(knn.KS) == ev.knn_ks and knn.TEMPERATURE == ev.knn_temperature
+    assert inspect.signature(knn.knn_classify).parameters["temperature"].default == ev.knn_temperature
+    ext = inspect.signature(features.extract).parameters
+    assert (ext["batch_size"].default, ext["num_workers"].default) == (ev.batch_size, ev.workers)
+    paper = inspect.signature(linear.linear_paper).parameters
+    got = [paper[k].default for k in ("epochs", "batch_size", "base_lr", "num_workers")]
+    assert got == [ev.linear_epochs, ev.linear_batch_size, ev.linear_lr, ev.workers]
+    # the shard writer's settings are the config's `shard` block: one type, one set of defaults
+    assert ShardSettings is ShardConfig
+    assert inspect.signature(write_shards).parameters["settings"].default == ShardConfig()
+    assert ShardConfig(max_mb=0.5).max_bytes == 500_000

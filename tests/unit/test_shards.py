@@ -90,7 +90,7 @@ def test_jpegs_are_copied_not_reencoded_and_byte_limit_holds(tmp_path):
     by_key = {f"{i:09d}": r.ref for i, r in enumerate(src.records("train"))}
     max_bytes = 40_000
     out = tmp_path / "out"
-    manifest = write_shards(src, "toy", "train", out, ShardSettings(max_samples=100, max_bytes=max_bytes, workers=2), progress=False)
+    manifest = write_shards(src, "toy", "train", out, ShardSettings(max_samples=100, max_mb=max_bytes / 1e6, workers=2), progress=False)
     assert len(manifest["shards"]) > 1
     for s in manifest["shards"]:
         assert (out / s["name"]).stat().st_size <= max_bytes

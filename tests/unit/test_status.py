@@ -24,7 +24,7 @@ def _config(tmp_path, runs: dict) -> str:
 
 
 def _started_run(res, name: str, log: str) -> None:
-    """A run folder with a checkpoint, no lock holder, and its pretrain rule's log."""
+    """A run folder with a checkpoint, no lock holder, and its pretrain_model rule's log."""
     (res / "pretrain" / name).mkdir(parents=True)
     (res / "pretrain" / name / "checkpoint.pth").write_bytes(b"x")
     (res / "logs/pretrain").mkdir(parents=True, exist_ok=True)
@@ -142,3 +142,127 @@ def test_runs_of_one_architecture_share_one_random_baseline(tmp_path):
                        "nano_random": {"arch": "swin_nano", "image_size": 64, "checkpoint": None}}  # fmt: skip
     assert models["v"] == {"arch": "swin_pico", "image_size": 32, "checkpoint": "results/pretrain/v/final.pth"}
     assert {m for m, _, _ in eval_results(cfg)} == set(models) and len(eval_results(cfg)) == 2 * len(models)
+
+
+def _plan_config(tmp_path, **eval_):
+    """A config with a pretrained run (plus one continuing from it), a supervised release, an official release, and
+    datasets with and without a val split."""
+    from esvit.config import load_config
+
+    (tmp_path / "pico.yaml").write_text(
+        yaml.safe_dump({"model": {"arch": "swin_pico"}, "crops": {"global_size": 32, "local_size": [16]}})
+    )
+    pico = str(tmp_path / "pico.yaml")
+    return load_config(
+        {
+            "data_dir": "my data/",
+            "datasets": {
+                "digits": {"source": "digits", "splits": ["train", "test"]},
+                "pets": {"source": "image_folder", "root": "images", "splits": ["train", "val", "test"]},
+                "heldout": {"source": "image_folder", "root": "images", "splits": ["train", "val"]},
+            },
+            "shard": {"max_samples": 400, "max_mb": 12.5},
+            "runs": {
+                "base": {"config": pico, "dataset": "digits", "mix": ["pets"]},
+                "cont": {"config": pico, "dataset": "digits", "continual_from": {"run": "base", "epoch": 1}},
+                "released": {"release": "swin_tiny_w7_vr"},
+                "supervised": {"release": "swin_tiny_supervised"},
+            },
+            "eval": {"datasets": ["pets", "heldout"], "linear_datasets": ["digits"], **eval_},
+        },
+        check_paths=False,
+    )
+
+
+def test_the_workflow_plan_targets_inputs_and_arguments(tmp_path):
+    """What the rules wire: target lists, each job's inputs and arguments, the report's baseline."""
+    from esvit import status as plan
+
+    cfg = _plan_config(tmp_path)
+    models = plan.eval_models(cfg)
+    assert plan.pretrained_runs(cfg) == ["base", "cont"]
+    assert plan.release_names(cfg) == ["swin_tiny_supervised", "swin_tiny_w7_vr"]
+    assert plan.split_names(cfg) == ["test", "train", "val"]
+    assert plan.shard_manifest(cfg, "digits", "train") == "my data/shards/digits/train/manifest.json"
+    assert len(plan.shard_targets(cfg)) == 7
+    assert plan.shard_targets(cfg)[-1] == "my data/shards/heldout/val/manifest.json"
+    assert plan.pretrain_targets(cfg) == ["results/pretrain/base/final.pth", "results/pretrain/cont/final.pth"]
+    assert plan.eval_targets(cfg) == [f"results/{ev}/{m}/{d}/metrics.json" for m, ev, d in plan.eval_results(cfg)]
+    assert plan.eval_targets(cfg, ["base"]) == [
+        "results/knn/base/pets/metrics.json",
+        "results/probe/base/pets/metrics.json",
+        "results/knn/base/heldout/metrics.json",
+        "results/probe/base/heldout/metrics.json",
+        "results/linear/base/digits/metrics.json",
+        "results/knn/base/digits/metrics.json",
+    ]
+    # test split: test, else val; a val split beside a test split is the probe's validation split
+    assert plan.eval_splits(cfg, "digits") == ("train", None, "test")
+    assert plan.eval_splits(cfg, "pets") == ("train", "val", "test")
+    assert plan.eval_splits(cfg, "heldout") == ("train", None, "val")
+    assert plan.eval_feature_files(cfg, "base", "pets") == {
+        "train": "results/features/base/pets/train.pt",
+        "test": "results/features/base/pets/test.pt",
+        "val": "results/features/base/pets/val.pt",
+    }
+    assert plan.eval_feature_files(cfg, "base", "heldout") == {
+        "train": "results/features/base/heldout/train.pt",
+        "test": "results/features/base/heldout/val.pt",
+    }
+    assert plan.run_shard_manifests(cfg, "base") == [
+        "my data/shards/digits/train/manifest.json",
+        "my data/shards/pets/train/manifest.json",
+    ]
+    assert plan.pretrain_inputs(cfg, "base") == {
+        "manifest": ["my data/shards/digits/train/manifest.json", "my data/shards/pets/train/manifest.json"]
+    }
+    assert plan.pretrain_inputs(cfg, "cont")["base"] == "results/pretrain/base/done.json"
+    # a model with a checkpoint, and one at random initialisation: what extraction and the diagnostic read
+    assert plan.checkpoint_inputs(models, "released") == {"checkpoint": "results/imported/released/final.pth"}
+    assert plan.checkpoint_inputs(models, "base_random") == {}
+    assert plan.model_args(models, "base") == ["--checkpoint", "results/pretrain/base/final.pth"]
+    assert plan.model_args(models, "base_random") == ["--random-init", "--arch", "swin_pico"]
+    assert plan.extract_args(models, "base_random") == ["--random-init", "--arch", "swin_pico", "--image-size", "32"]
+    assert plan.extract_args(models, "released")[-2:] == ["--image-size", "224"]
+    # the diagnostic: on the first evaluation dataset's held-out split, for every model
+    assert plan.viz_dataset(cfg) == "pets" and plan.viz_manifest(cfg) == "my data/shards/pets/test/manifest.json"
+    assert plan.viz_targets(cfg) == [f"results/viz/{m}/correspondence.json" for m in models]
+    assert plan.viz_targets(cfg, ["base"]) == ["results/viz/base/correspondence.json"]
+    assert plan.report_args(cfg) == ["--baseline", "supervised"]  # the supervised release, as the paper counts
+
+
+def test_the_plan_without_evaluation_sets_releases_or_runs(tmp_path):
+    from esvit import status as plan
+
+    cfg = _plan_config(tmp_path, correspondence_dataset="heldout")
+    assert plan.viz_dataset(cfg) == "heldout" and plan.viz_manifest(cfg).endswith("/heldout/val/manifest.json")
+    cfg = _plan_config(tmp_path, datasets=[])
+    assert plan.viz_dataset(cfg) == "digits"  # the first linear dataset
+    cfg = _plan_config(tmp_path, datasets=[], linear_datasets=[])
+    assert plan.viz_dataset(cfg) is None and plan.viz_targets(cfg) == [] and plan.eval_targets(cfg) == []
+    del cfg.runs["supervised"]
+    assert plan.report_args(cfg) == []  # the report's own default baseline
+    # wildcard constraints: longest name first (`x_random` before `x`); a name no file has when there are none
+    assert plan.wildcard_regex(["base", "base_random", "cont"]) == "base_random|base|cont"
+    assert plan.wildcard_regex([], "no_runs") == "no_runs"
+
+
+def test_the_shard_settings_are_the_config_block_with_whole_numbers_as_written(tmp_path):
+    """The shard rule's --shard-settings JSON: every key of the `shard` block, in order; whole numbers as
+    integers, as a YAML config writes them (the rule's params, which Snakemake's params trigger compares)."""
+    from esvit import status as plan
+    from esvit.config import load_config
+
+    cfg = _plan_config(tmp_path)
+    assert json.loads(plan.shard_settings_json(cfg)) == {
+        "max_samples": 400,
+        "max_mb": 12.5,
+        "workers": 2,
+        "seed": 0,
+        "max_bad_fraction": 0.001,
+        "check": "header",
+    }
+    shipped = load_config(REPO / "configs/config.yaml", check_paths=False)
+    assert plan.shard_settings_json(shipped) == (
+        '{"max_samples": 10000, "max_mb": 1024, "workers": 2, "seed": 0, "max_bad_fraction": 0.001, "check": "header"}'
+    )

@@ -55,7 +55,7 @@ def test_dry_run_of_the_default_config_lists_one_shard_job_per_dataset_split(tmp
     expected = sum(len(d.get("splits", ["train", "test"])) for d in default["datasets"].values())
     counts = job_counts(proc.stdout + proc.stderr)
     assert counts["write_shards"] == expected
-    assert counts["pretrain"] == len(default["runs"])
+    assert counts["pretrain_model"] == len(default["runs"])
 
 
 @pytest.mark.parametrize("profile", ["local", "slurm", "cluster_profiles/local", "cluster_profiles/slurm"])
@@ -79,7 +79,7 @@ def test_a_config_file_stands_alone_from_the_repo_root(tmp_path):
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out
     counts = job_counts(out)
-    assert counts.get("write_shards") == 3 and "pretrain" not in counts and "extract_features" not in counts, counts
+    assert counts.get("write_shards") == 3 and "pretrain_model" not in counts and "extract_features" not in counts, counts
 
 
 def test_shard_rule_runs_for_real_and_then_is_up_to_date(tmp_path):
@@ -151,7 +151,7 @@ def test_whole_pipeline_runs_for_real_and_a_forced_rerun_touches_nothing_else(tm
     for f in ("summary.csv", "report.html", "transfer_bars.png", "accuracy_vs_throughput.png", "training_curves.png"):
         assert f in names, names
     again = snakemake(tmp_path, "-n", "--cores", "2", "results/pretrain/tiny_a/final.pth", "-f", config=cfg)
-    assert job_counts(again.stdout + again.stderr) == {"pretrain": 1}
+    assert job_counts(again.stdout + again.stderr) == {"pretrain_model": 1}
     again = snakemake(tmp_path, "-n", "--cores", "2", "results/probe/tiny_b/digits/metrics.json", "-f", config=cfg)
     assert job_counts(again.stdout + again.stderr) == {"fit_linear_probe": 1}
     # targets before --forcerun (it takes every name after it): the README's order reruns that one probe
@@ -162,7 +162,7 @@ def test_whole_pipeline_runs_for_real_and_a_forced_rerun_touches_nothing_else(tm
     forced = snakemake(tmp_path, "--cores", "1", "results/probe/tiny_b/digits/metrics.json", "-f", config=cfg)
     assert forced.returncode == 0, forced.stderr[-3000:]
     plan = snakemake(tmp_path, "-n", "--cores", "1", config=cfg)
-    assert job_counts(plan.stdout + plan.stderr) == {"report": 1, "all": 1}
+    assert job_counts(plan.stdout + plan.stderr) == {"build_report": 1, "all": 1}
     rerun = snakemake(tmp_path, "--cores", "1", config=cfg)
     assert rerun.returncode == 0 and (tmp_path / "results/report/summary.csv").stat().st_mtime > report_before
 
@@ -177,8 +177,8 @@ def test_eval_fans_out_per_model_and_dataset(tmp_path):
     counts = job_counts(proc.stdout + proc.stderr)
     models, datasets = 2, 2  # tiny_a and tiny_a_random
     assert counts["extract_features"] == models * datasets * 2  # train + test
-    assert counts["knn_classify"] == counts["fit_linear_probe"] == models * datasets
-    assert counts["pretrain"] == 1 and counts["write_shards"] == 4
+    assert counts["classify_knn"] == counts["fit_linear_probe"] == models * datasets
+    assert counts["pretrain_model"] == 1 and counts["write_shards"] == 4
     out = proc.stdout + proc.stderr
     assert "--random-init --arch swin_pico --image-size 32" in out
     assert "--checkpoint results/pretrain/tiny_a/final.pth --image-size 32" in out
@@ -197,10 +197,10 @@ def test_transfer_config_is_planned_verbatim_before_anything_is_downloaded():
     assert proc.returncode == 0, out[-3000:]
     counts = job_counts(out)
     runs, sets = len(cfg["runs"]), len(cfg["eval"]["datasets"])
-    assert sets == 18 and counts["download_release"] == counts["import_checkpoint"] == runs and "pretrain" not in counts
+    assert sets == 18 and counts["download_release"] == counts["import_checkpoint"] == runs and "pretrain_model" not in counts
     assert counts["download_dataset"] == sum(bool(d.get("download")) for d in cfg["datasets"].values()) == 14
-    assert counts["fit_linear_probe"] == runs * sets and counts["knn_classify"] == runs * (sets - 1 + 1)  # + ImageNet
-    assert counts["linear_protocol"] == runs  # ImageNet
+    assert counts["fit_linear_probe"] == runs * sets and counts["classify_knn"] == runs * (sets - 1 + 1)  # + ImageNet
+    assert counts["train_linear_protocol"] == runs  # ImageNet
     n_splits = sum(len(cfg["datasets"][d]["splits"]) for d in cfg["datasets"])
     assert counts["extract_features"] == runs * n_splits and counts["write_shards"] == n_splits
     assert "--metric 11point_mAP --val results/features/esvit_swin_tiny_w7/voc2007/val.pt" in out
@@ -294,7 +294,7 @@ def test_requesting_a_continual_run_plans_its_view_only_run_first(tmp_path):
     proc = snakemake(tmp_path, "-n", "-p", "--cores", "1", "results/pretrain/t14/final.pth", config=continual_config())
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out
-    assert job_counts(out)["pretrain"] == 2
+    assert job_counts(out)["pretrain_model"] == 2
     shells = [ln for ln in out.splitlines() if "esvit pretrain" in ln]
     assert len(shells) == 2 and "--out results/pretrain/t14_view" in shells[0], shells  # the base run first
     assert "run.keep_epochs=[200]" in shells[0]  # the base run keeps the checkpoint the continual run starts from
@@ -341,7 +341,7 @@ def test_values_with_spaces_and_quotes_reach_the_commands_intact(tmp_path):
                          "overrides": ["run.continual_from=x'; touch pwned; echo 'y"]}}  # fmt: skip
     cfg["eval"] = {"random_init_baseline": False}
     proc = snakemake(tmp_path, "--cores", "1", "results/pretrain/r/final.pth", config=cfg)
-    assert proc.returncode != 0  # the pretrain rule fails on the override's path...
+    assert proc.returncode != 0  # the pretrain_model rule fails on the override's path...
     assert verify_shards(tmp_path / "my data" / "it's here" / "shards" / "digits" / "train") == []  # ...after sharding
     assert not (tmp_path / "pwned").exists()  # ...and no shell ran it
     log = (tmp_path / "results" / "logs" / "pretrain" / "r.log").read_text()
@@ -351,7 +351,7 @@ def test_values_with_spaces_and_quotes_reach_the_commands_intact(tmp_path):
 @pytest.mark.slow
 def test_a_rule_text_change_reruns_nothing_and_a_training_config_change_is_refused_not_resumed(tmp_path):
     """With the profiles' rerun-triggers: after an upgrade that only changes a rule's text, a finished run is up
-    to date; a changed training config reruns the pretrain rule, whose resume then refuses the other settings
+    to date; a changed training config reruns the pretrain_model rule, whose resume then refuses the other settings
     (naming them) instead of writing the old weights under the new config."""
     import shutil
 
@@ -381,7 +381,7 @@ def test_a_rule_text_change_reruns_nothing_and_a_training_config_change_is_refus
     changed = dict(TINY_TRAIN, optim={**TINY_TRAIN["optim"], "warmup_epochs": 1})
     (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(changed))
     plan = sm("-n")
-    assert plan.returncode == 0 and job_counts(plan.stdout + plan.stderr).get("pretrain") == 1
+    assert plan.returncode == 0 and job_counts(plan.stdout + plan.stderr).get("pretrain_model") == 1
     run = sm()
     assert run.returncode != 0
     log = (tmp_path / "results" / "logs" / "pretrain" / "r.log").read_text()

@@ -1,4 +1,4 @@
-# Config validation, the dataset lists, wildcard constraints and input functions.
+# Config validation, then wiring: wildcard constraints and input functions over the plan of esvit/status.py.
 import json
 import sys
 from pathlib import Path
@@ -6,7 +6,7 @@ from pathlib import Path
 from snakemake.utils import validate
 
 from esvit.config import ConfigError, load_config, missing_paths, pretrain_overrides
-from esvit.status import eval_models, eval_results, imported
+import esvit.status as plan
 from esvit.train.config import load_train_config, training_digest
 
 # Friendly messages first (unknown key with did-you-mean, wrong type, missing path, unknown source), then the
@@ -23,58 +23,35 @@ for _missing in missing_paths(CFG):
 
 DATA_DIR = CFG.data_dir.rstrip("/")
 DOWNLOAD_DIR = CFG.download.path(DATA_DIR)
-DATASETS = list(CFG.datasets)
-SPLITS = sorted({s for ds in CFG.datasets.values() for s in ds.splits})
-RUNS = [name for name, run in CFG.runs.items() if run.config]  # pretrained here
-# Released checkpoints converted to this project's format first: named releases (downloaded) and files given
-# in the official or timm layout.
-IMPORTS = [name for name, run in CFG.runs.items() if imported(run)]
 # Evaluated models: each run's final teacher (or its released checkpoint), and the architecture at random
 # initialisation ({run}_random, one per architecture and image size).
-EVAL_MODELS = eval_models(CFG)
-EVAL_DATASETS = list(CFG.eval.datasets)
-LINEAR_DATASETS = list(CFG.eval.linear_datasets)
-
-
-def eval_splits(dataset):
-    """(train, val or None, test) split names of an evaluation dataset: test is `test`, else `val`; a val
-    split next to a test split is the probe's validation split (else 20 % of train is held out)."""
-    splits = CFG.datasets[dataset].splits
-    test = "test" if "test" in splits else "val"
-    return "train", ("val" if test == "test" and "val" in splits else None), test
+EVAL_MODELS = plan.eval_models(CFG)
 
 
 wildcard_constraints:
-    dataset="|".join(DATASETS),
-    split="|".join(SPLITS),
-    run="|".join(sorted(EVAL_MODELS, key=len, reverse=True)) or "no_runs",
-    release="|".join(sorted({run.release for run in CFG.runs.values() if run.release})) or "no_releases",
+    dataset=plan.wildcard_regex(CFG.datasets),
+    split=plan.wildcard_regex(plan.split_names(CFG)),
+    run=plan.wildcard_regex(EVAL_MODELS, "no_runs"),
+    release=plan.wildcard_regex(plan.release_names(CFG), "no_releases"),
 
 
-SHARD_TARGETS = [
-    f"{DATA_DIR}/shards/{name}/{split}/manifest.json"
-    for name, ds in CFG.datasets.items()
-    for split in ds.splits
-]
-PRETRAIN_TARGETS = [f"results/pretrain/{run}/final.pth" for run in RUNS]
-# k-NN and probe per (model, evaluation dataset; no k-NN for multi-label sets), the linear protocol per linear
-# dataset: the same list `esvit status` checks.
-EVAL_TARGETS = [f"results/{ev}/{model}/{dataset}/metrics.json" for model, ev, dataset in eval_results(CFG)]
+# Shard sets, pretrained runs, and per (model, evaluation dataset) the k-NN (not for multi-label sets) and the
+# probe, per linear dataset the linear protocol: the same list `esvit status` checks.
+EVAL_TARGETS = plan.eval_targets(CFG, list(EVAL_MODELS))
+ALL_TARGETS = plan.shard_targets(CFG) + plan.pretrain_targets(CFG) + EVAL_TARGETS
 # The correspondence diagnostic (esvit viz) of every evaluated model, on eval.correspondence_dataset's held-out images.
-VIZ_DATASET = CFG.eval.correspondence_dataset or (EVAL_DATASETS + LINEAR_DATASETS + [None])[0]
-VIZ_TARGETS = [f"results/viz/{model}/correspondence.json" for model in EVAL_MODELS] if VIZ_DATASET else []
-ALL_TARGETS = SHARD_TARGETS + PRETRAIN_TARGETS + EVAL_TARGETS
+VIZ_TARGETS = plan.viz_targets(CFG, list(EVAL_MODELS))
 # The run the report counts transfer wins against: a supervised release, as the paper counts them (else the
 # report's default, a random initialisation).
-_SUPERVISED = [n for n, r in CFG.runs.items() if r.release and r.checkpoint_format == "timm"]
-REPORT_BASELINE = ["--baseline", _SUPERVISED[0]] if _SUPERVISED else []
+REPORT_BASELINE = plan.report_args(CFG)
+RUNS = plan.pretrained_runs(CFG)  # pretrained here
 
 
 def dataset_param(key):
-    """A small, stable slice of one dataset's config, as the rule's params."""
+    """One field of the job's dataset config, as a rule's params (mappings and lists as JSON)."""
 
     def get(wildcards):
-        value = config["datasets"][wildcards.dataset].get(key)
+        value = getattr(CFG.datasets[wildcards.dataset], key)
         return json.dumps(value) if isinstance(value, (dict, list)) else value
 
     return get
@@ -103,25 +80,14 @@ def import_source(wildcards):
     return CFG.download.release_file(DATA_DIR, run.release) if run.release else run.checkpoint
 
 
-def run_shards_manifest(wildcards):
-    """The manifests of the shard sets a pretraining run reads (its dataset, then any mixed in)."""
-    run = CFG.runs[wildcards.run]
-    return [f"{DATA_DIR}/shards/{name}/{run.split}/manifest.json" for name in [run.dataset, *run.mix]]
-
-
 def pretrain_inputs(wildcards):
-    """What a pretraining run reads: its shard manifests and, in continual mode, the run it continues from
-    (finished, so its checkpoint<epoch>.pth is there)."""
-    run = CFG.runs[wildcards.run]
-    inputs = {"manifest": run_shards_manifest(wildcards)}
-    if run.continual_from is not None:
-        inputs["base"] = f"results/pretrain/{run.continual_from.run}/done.json"
-    return inputs
+    """What a pretraining run reads: its shard manifests and, in continual mode, the run it continues from."""
+    return plan.pretrain_inputs(CFG, wildcards.run)
 
 
 def training_config_digest(wildcards):
     """A hash of what decides a run's weights (its training config less the keys a resume may change): the
-    pretrain rule reruns when it changes, and not for a changed rule text (rerun-triggers in the profiles)."""
+    pretrain_model rule reruns when it changes, and not for a changed rule text (rerun-triggers in the profiles)."""
     run = CFG.runs[wildcards.run]
     return training_digest(load_train_config(run.config, pretrain_overrides(CFG, wildcards.run)))
 
@@ -142,24 +108,25 @@ def pretrain_override_args(wildcards):
 
 def eval_features(wildcards):
     """The cached features a k-NN / probe / linear job reads: train, test and (if any) val."""
-    train, val, test = eval_splits(wildcards.dataset)
-    base = f"results/features/{wildcards.run}/{wildcards.dataset}"
-    return {"train": f"{base}/{train}.pt", "test": f"{base}/{test}.pt"} | ({"val": f"{base}/{val}.pt"} if val else {})
+    return plan.eval_feature_files(CFG, wildcards.run, wildcards.dataset)
+
+
+def eval_checkpoint(wildcards):
+    """The evaluated model's checkpoint ({} at random init): what extraction and the diagnostic read."""
+    return plan.checkpoint_inputs(EVAL_MODELS, wildcards.run)
 
 
 def eval_model_inputs(wildcards):
-    """What a feature extraction reads: the shard manifest, and the run's checkpoint unless random-init."""
-    inputs = {"manifest": f"{DATA_DIR}/shards/{wildcards.dataset}/{wildcards.split}/manifest.json"}
-    ckpt = EVAL_MODELS[wildcards.run]["checkpoint"]
-    if ckpt:
-        inputs["checkpoint"] = ckpt
-    return inputs
+    """What a feature extraction reads: the shard manifest, and the model's checkpoint unless random-init."""
+    manifest = plan.shard_manifest(CFG, wildcards.dataset, wildcards.split)
+    return {"manifest": manifest, **eval_checkpoint(wildcards)}
 
 
 def eval_model_args(wildcards):
-    """`esvit extract` arguments naming the model: a checkpoint, or a random-init architecture."""
-    spec = EVAL_MODELS[wildcards.run]
-    size = ["--image-size", str(spec["image_size"])]
-    if spec["checkpoint"]:
-        return ["--checkpoint", spec["checkpoint"], *size]
-    return ["--random-init", "--arch", spec["arch"], *size]
+    """`esvit extract` arguments naming the model (a checkpoint, or a random-init architecture) and its size."""
+    return plan.extract_args(EVAL_MODELS, wildcards.run)
+
+
+def viz_model_args(wildcards):
+    """`esvit viz` arguments naming the model: a checkpoint, or a random-init architecture."""
+    return plan.model_args(EVAL_MODELS, wildcards.run)

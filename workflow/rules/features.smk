@@ -12,8 +12,8 @@ rule extract_features:
         "results/benchmarks/features/{run}/{dataset}/{split}.tsv"
     params:
         model=eval_model_args,
-        batch_size=lookup(dpath="eval/batch_size", within=config, default=256),
-        workers=lookup(dpath="eval/workers", within=config, default=2),
+        batch_size=CFG.eval.batch_size,
+        workers=CFG.eval.workers,
         device=CFG.eval.device,
         shards=lambda w, input: Path(input.manifest).parent,
     threads: 2

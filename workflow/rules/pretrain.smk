@@ -5,7 +5,7 @@
 # Snakemake deletes outputs before a job runs, and the resume state (checkpoint.pth) must survive.
 
 
-rule pretrain:
+rule pretrain_model:
     input:
         unpack(pretrain_inputs),
     output:
@@ -16,7 +16,7 @@ rule pretrain:
     benchmark:
         "results/benchmarks/pretrain/{run}.tsv"
     params:
-        config=lambda w: config["runs"][w.run]["config"],
+        config=lambda w: CFG.runs[w.run].config,
         overrides=pretrain_override_args,
         digest=training_config_digest,  # not on the command line: a changed training config reruns the job
         out=lambda w, output: Path(output.final).parent,

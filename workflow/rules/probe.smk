@@ -2,7 +2,7 @@
 # dataset touches nothing else: snakemake results/probe/<model>/<dataset>/metrics.json -f
 
 
-rule knn_classify:
+rule classify_knn:
     input:
         unpack(eval_features),
     output:
@@ -10,8 +10,8 @@ rule knn_classify:
     log:
         "results/logs/knn/{run}/{dataset}.log",
     params:
-        ks=lambda w: ",".join(str(k) for k in CFG.eval.knn_ks),
-        temperature=lookup(dpath="eval/knn_temperature", within=config, default=0.07),
+        ks=",".join(map(str, CFG.eval.knn_ks)),
+        temperature=CFG.eval.knn_temperature,
     resources:
         mem_mb=8000,
         runtime=60,
@@ -43,10 +43,10 @@ rule fit_linear_probe:
         " --device {params.device:q} > {log:q} 2>&1"
 
 
-rule linear_protocol:
+rule train_linear_protocol:
     input:
         unpack(eval_features),
-        manifest=lambda w: f"{DATA_DIR}/shards/{w.dataset}/train/manifest.json",
+        manifest=lambda w: plan.shard_manifest(CFG, w.dataset, "train"),
     output:
         metrics=ensure("results/linear/{run}/{dataset}/metrics.json", non_empty=True),
     log:

@@ -2,18 +2,17 @@
 # The outputs are registered for `snakemake --report report.html`.
 
 
-rule correspondence:
+rule measure_correspondence:
     input:
-        unpack(lambda w: {"checkpoint": EVAL_MODELS[w.run]["checkpoint"]} if EVAL_MODELS[w.run]["checkpoint"] else {}),
-        manifest=lambda w: f"{DATA_DIR}/shards/{VIZ_DATASET}/{eval_splits(VIZ_DATASET)[2]}/manifest.json",
+        unpack(eval_checkpoint),
+        manifest=lambda w: plan.viz_manifest(CFG),
     output:
         json="results/viz/{run}/correspondence.json",
         png="results/viz/{run}/correspondence.png",
     log:
         "results/logs/viz/{run}.log",
     params:
-        model=lambda w: (["--checkpoint", EVAL_MODELS[w.run]["checkpoint"]] if EVAL_MODELS[w.run]["checkpoint"]
-                         else ["--random-init", "--arch", EVAL_MODELS[w.run]["arch"]]),
+        model=viz_model_args,
         shards=lambda w, input: Path(input.manifest).parent,
         out=lambda w, output: Path(output.json).parent,
         size=lambda w: EVAL_MODELS[w.run]["image_size"],  # the training resolution (global crops)
@@ -25,12 +24,12 @@ rule correspondence:
         " --out {params.out:q} > {log:q} 2>&1"
 
 
-rule report:
+rule build_report:
     input:
         metrics=EVAL_TARGETS,
         viz=VIZ_TARGETS,
         viz_png=[str(Path(p).with_suffix(".png")) for p in VIZ_TARGETS],
-        logs=[f"results/pretrain/{run}/done.json" for run in RUNS],
+        pretrain_done=[f"results/pretrain/{run}/done.json" for run in RUNS],
         bench=[p for p in ["results/bench/infer.jsonl"] if Path(p).is_file()],  # esvit bench infer, when run
     output:
         summary_csv=report("results/report/summary.csv", caption="../report/summary.rst", category="Tables", labels={"table": "all results (csv)"}),
@@ -45,5 +44,5 @@ rule report:
         baseline=REPORT_BASELINE,
     localrule: True
     shell:
-        "python -m esvit report --metrics {input.metrics:q} --runs {input.logs:q} --viz {input.viz:q}"
+        "python -m esvit report --metrics {input.metrics:q} --runs {input.pretrain_done:q} --viz {input.viz:q}"
         " --bench {input.bench:q} --out results/report {params.baseline:q} > {log:q} 2>&1"

@@ -16,10 +16,11 @@ rule write_shards:
         source=dataset_param("source"),
         root=lambda w: dataset_param("root")(w) or "",
         options=dataset_param("options"),
-        settings=json.dumps(config.get("shard", {})),
-        data_dir=lambda w, output: Path(output.manifest).parents[3],
+        settings=plan.shard_settings_json(CFG),
+        # data_dir as a function of the output, as the output's path holds it: no params rerun trigger of its own
+        data_dir=lambda w, output: DATA_DIR,
         out=lambda w, output: Path(output.manifest).parent,
-    threads: lookup(dpath="shard/workers", within=config, default=2)
+    threads: CFG.shard.workers
     resources:
         mem_mb=4000,
         runtime=240,
