@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Literal, Mapping
 
 from esvit.archs import arch_names
+from esvit.data.shards import ShardConfig
 from esvit.data.sources import SOURCES
 from esvit.download import load_releases
 from esvit.errors import ConfigError
@@ -53,28 +54,6 @@ def _source_names() -> tuple[str, ...]:
 def _releases() -> tuple[str, ...]:
     return tuple(load_releases())
 
-
-
-@dataclasses.dataclass(frozen=True)
-class ShardConfig:
-    """The sharding stage (``esvit shard``), and the settings the shard writer takes (``ShardSettings``)."""
-
-    max_samples: int = option(10000, gt=0, help="Samples per shard at most.")
-    max_mb: float = option(1024.0, gt=0, help="Megabytes (1e6 bytes) per shard at most, tar bytes.")
-    workers: int = option(2, gt=0, help="Worker processes that write shards.")
-    seed: int = option(0, min=0, help="Seed of the global shuffle; same input and seed give identical shards.")
-    max_bad_fraction: float = option(
-        0.001, min=0, max=1, help="Fail when more than this fraction of images is unreadable."
-    )
-    check: Literal["header", "decode", "none"] = option(
-        "header",
-        help="Image check: header (parse header and end marker, fast), decode (full decode), none.",
-    )
-
-    @property
-    def max_bytes(self) -> int:
-        """``max_mb`` in bytes: the tar size a shard stays within."""
-        return int(self.max_mb * 1e6)
 
 
 @dataclasses.dataclass

@@ -2,6 +2,8 @@
 
 Every ``import`` of a module of the package counts, at module level or inside a function (a function-level import
 hides a cycle from Python, not from the design); imports under ``if TYPE_CHECKING:`` do not (they never run).
+Importing ``a.b.c`` from outside ``a.b`` also runs ``a.b/__init__.py``: that counts as an import of ``a.b`` (a
+package ``__init__`` that imports its submodules closes a cycle through any of them that imports back).
 
     python scripts/import_graph.py            # one line per module: what it imports; then the cycles
     python scripts/import_graph.py --layers   # modules by layer: each imports only modules of lower layers
@@ -57,7 +59,9 @@ def import_graph(root: Path = PACKAGE) -> dict[str, set[str]]:
                 # `from pkg import sub` imports the submodule `pkg.sub` when there is one, else a name of `pkg`
                 subs = {f"{module}.{a.name}" for a in node.names} & files.keys()
                 targets.update(subs or {module})
-        graph[name] = {t for t in targets if t in files and t != name}
+        own = {".".join(name.split(".")[:i]) for i in range(1, name.count(".") + 2)}  # itself and its packages
+        packages = {".".join(t.split(".")[:i]) for t in targets for i in range(1, t.count(".") + 1)}
+        graph[name] = {t for t in targets | packages if t in files and t not in own}
     return graph
 
 

@@ -89,11 +89,11 @@ def repo() -> Path:
 @pytest.fixture(scope="session")
 def digits_shards(tmp_path_factory) -> Path:
     """The scikit-learn digits train split as a shard set with several shards."""
-    from esvit.data.shards import ShardSettings, write_shards
+    from esvit.data.shards import ShardConfig, write_shards
     from esvit.data.sources import get_source
 
     out = tmp_path_factory.mktemp("digits") / "train"
-    write_shards(get_source("digits"), "digits", "train", out, ShardSettings(max_samples=150, workers=2), progress=False)
+    write_shards(get_source("digits"), "digits", "train", out, ShardConfig(max_samples=150, workers=2), progress=False)
     return out
 
 

@@ -93,7 +93,7 @@ def bench_extract(args: argparse.Namespace) -> dict:
     """``esvit extract`` end to end (shards -> decode -> eval transform -> pooled + last-4-blocks), images/s."""
     import torch
 
-    from esvit.data.shards import ShardSettings, write_shards
+    from esvit.data.shards import ShardConfig, write_shards
     from esvit.data.sources import get_source
     from esvit.eval.features import extract, load_backbone
 
@@ -101,7 +101,7 @@ def bench_extract(args: argparse.Namespace) -> dict:
     out: dict[str, Any] = {"batch": args.batch, "workers": args.workers, "threads": args.threads, "device": args.device}
     with tempfile.TemporaryDirectory() as tmp:
         src = get_source("digits")  # 1,438 real images; the eval transform resizes them to each model's input size
-        write_shards(src, "digits", "train", Path(tmp) / "shards", ShardSettings(workers=1), progress=False)
+        write_shards(src, "digits", "train", Path(tmp) / "shards", ShardConfig(workers=1), progress=False)
         for spec in args.archs.split(","):
             arch, size = spec.split(":")
             net, meta = load_backbone(None, arch)

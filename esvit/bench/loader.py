@@ -64,7 +64,7 @@ def bench_loader(args: argparse.Namespace) -> dict:
 
     from esvit.data.multicrop import FastMultiCrop
     from esvit.data.pipeline import make_loader, open_shards, train_pipeline
-    from esvit.data.shards import ShardSettings, write_shards
+    from esvit.data.shards import ShardConfig, write_shards
     from esvit.data.sources import ImageFolderSource
     from esvit.data.transforms import MultiCropAugmentation
 
@@ -79,7 +79,7 @@ def bench_loader(args: argparse.Namespace) -> dict:
             for i, data in enumerate(photographs(args.images)):
                 (folder / f"{i:06d}.jpg").write_bytes(data)
             write_shards(ImageFolderSource(str(tmp / "images")), "photos", "train", shards,
-                         ShardSettings(max_samples=200, workers=1), progress=False)  # fmt: skip
+                         ShardConfig(max_samples=200, workers=1), progress=False)  # fmt: skip
         shard_set = open_shards(shards)
         mean_kb = sum(s["bytes"] for s in shard_set.manifest["shards"]) / shard_set.total / 1e3
         crops = dict(global_size=args.global_size, global_scale=(0.4, 1.0), local_number=[args.locals],

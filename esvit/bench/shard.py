@@ -81,7 +81,7 @@ def _read_all(root: Path) -> None:
 @benchmark("shard", _shard_args)
 def bench_shard(args: argparse.Namespace) -> dict:
     """``esvit shard`` vs ``tar cf`` on the same JPEG files, alternating, best of ``repeats`` each."""
-    from esvit.data.shards import ShardSettings, verify_shards, write_shards
+    from esvit.data.shards import ShardConfig, verify_shards, write_shards
     from esvit.data.sources import ImageFolderSource
 
     tmp = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="esvit-bench-shard-"))
@@ -96,7 +96,7 @@ def bench_shard(args: argparse.Namespace) -> dict:
         n = sum(1 for _ in images.rglob("*.jpg"))
         _read_all(images)  # both contenders start from a warm page cache
         src = ImageFolderSource(str(images))
-        settings = ShardSettings(max_samples=2000, max_mb=1000, workers=args.workers, seed=0)
+        settings = ShardConfig(max_samples=2000, max_mb=1000, workers=args.workers, seed=0)
         t_tar, t_shard = [], []
         for _ in range(args.repeats):
             out_tar = tmp / "all.tar"

@@ -16,6 +16,7 @@ How a run works, and why:
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import json
@@ -25,28 +26,43 @@ import shutil
 import tarfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
 from esvit import __version__
 from esvit.atomic import atomic_write_json
-from esvit.config import ShardConfig
+from esvit.fields import option
 from esvit.data.sources import Record, Source
 from esvit.errors import ShardError
 
-__all__ = ["ShardError", "ShardSettings", "write_shards", "verify_shards", "shard_pattern", "check_image", "file_sha256"]
+__all__ = ["ShardError", "ShardConfig", "write_shards", "verify_shards", "shard_pattern", "check_image", "file_sha256"]
 
 MANIFEST = "manifest.json"
 TAR_BLOCK = 512
 TAR_RECORD = 20 * TAR_BLOCK  # tarfile pads the archive to a multiple of this
 
 
+@dataclasses.dataclass(frozen=True)
+class ShardConfig:
+    """The sharding stage: the ``shard`` section of the workflow config and the settings :func:`write_shards` takes."""
 
+    max_samples: int = option(10000, gt=0, help="Samples per shard at most.")
+    max_mb: float = option(1024.0, gt=0, help="Megabytes (1e6 bytes) per shard at most, tar bytes.")
+    workers: int = option(2, gt=0, help="Worker processes that write shards.")
+    seed: int = option(0, min=0, help="Seed of the global shuffle; same input and seed give identical shards.")
+    max_bad_fraction: float = option(
+        0.001, min=0, max=1, help="Fail when more than this fraction of images is unreadable."
+    )
+    check: Literal["header", "decode", "none"] = option(
+        "header",
+        help="Image check: header (parse header and end marker, fast), decode (full decode), none.",
+    )
 
-# The writer's settings are the workflow config's `shard` block (limits, workers, seed, bad-image policy); its
-# byte limit is ShardConfig.max_bytes.
-ShardSettings = ShardConfig
+    @property
+    def max_bytes(self) -> int:
+        """``max_mb`` in bytes: the tar size a shard stays within."""
+        return int(self.max_mb * 1e6)
 
 
 def shard_pattern(dataset: str, split: str) -> str:
@@ -172,7 +188,7 @@ def _write_chunk(job: tuple[int, list[int]]) -> dict:
     chunk, order = job
     src: Source = _WORKER["source"]
     records: list[Record] = _WORKER["records"]
-    st: ShardSettings = _WORKER["settings"]
+    st: ShardConfig = _WORKER["settings"]
     work: Path = _WORKER["work"]
     counter = _WORKER.get("counter")
     parts, bad = [], []
@@ -244,7 +260,7 @@ def write_shards(
     dataset: str,
     split: str,
     out_dir: str | Path,
-    settings: ShardSettings = ShardSettings(),
+    settings: ShardConfig = ShardConfig(),
     progress: bool = True,
 ) -> dict:
     """Shard one split of a source. See the module docstring for the procedure.

@@ -151,7 +151,7 @@ def test_a_16_bit_grey_png_is_scaled_to_8_bits_not_clipped(tmp_path):
 
     from esvit.data.multicrop import FastMultiCrop
     from esvit.data.pipeline import eval_pipeline, make_loader, open_shards
-    from esvit.data.shards import ShardSettings, write_shards
+    from esvit.data.shards import ShardConfig, write_shards
     from esvit.data.sources import get_source
 
     levels = np.linspace(1000, 60000, 576).round().astype(np.uint16)
@@ -162,7 +162,7 @@ def test_a_16_bit_grey_png_is_scaled_to_8_bits_not_clipped(tmp_path):
         Image.fromarray(arr).save(d / "a.png")  # mode I;16
     assert Image.open(d / "a.png").mode in ("I;16", "I")
     write_shards(get_source("image_folder", str(tmp_path / "root")), "scans", "train", tmp_path / "shards",
-                 ShardSettings(workers=1), progress=False)  # fmt: skip
+                 ShardConfig(workers=1), progress=False)  # fmt: skip
     as_array = lambda img: torch.from_numpy(np.asarray(img).copy())  # noqa: E731
     (_, images, _), = list(make_loader(eval_pipeline(open_shards(tmp_path / "shards"), as_array, 4), 0))
     want = torch.from_numpy(np.rint(levels / 257.0).astype(np.int64))
@@ -285,12 +285,12 @@ def test_a_damaged_shard_stops_training_and_extraction_naming_it(digits_shards, 
     """One flipped byte in a real shard: a tar header (readers used to stop there and train on the first 50 of
     ~150 samples with exit code 0) or a `.cls` label (silently another label). Both readers check every shard
     against its manifest while streaming (count, sha256) and stop, naming the shard and `esvit shard --verify`."""
-    from esvit.data.shards import ShardSettings, write_shards
+    from esvit.data.shards import ShardConfig, write_shards
     from esvit.data.sources import get_source
     from tests.conftest import TINY
 
     shards = tmp_path / "shards"  # one shard, so the resampling training reader surely reads it
-    write_shards(get_source("digits"), "digits", "train", shards, ShardSettings(max_samples=2000, workers=1), progress=False)
+    write_shards(get_source("digits"), "digits", "train", shards, ShardConfig(max_samples=2000, workers=1), progress=False)
     tar = sorted(shards.glob("*.tar"))[0]
     header, data = _member_offset(tar, ".cls", nth=50)
     if damage == "tar header":
@@ -315,7 +315,7 @@ def test_a_damaged_shard_stops_training_and_extraction_naming_it(digits_shards, 
 def test_a_corrupt_image_inside_a_consistent_shard_is_named_or_skipped(tmp_path, policy):
     """A shard set written with shard.check=none holds a JPEG cut in half (its manifest is consistent): training
     names the shard and the image's key and stops, or with data.on_bad_image=skip logs it and goes on."""
-    from esvit.data.shards import ShardSettings, write_shards
+    from esvit.data.shards import ShardConfig, write_shards
     from esvit.data.sources import get_source
     from tests.conftest import make_jpeg
     from tests.conftest import TINY
@@ -326,7 +326,7 @@ def test_a_corrupt_image_inside_a_consistent_shard_is_named_or_skipped(tmp_path,
     cut = root / "c1" / "007.jpg"
     cut.write_bytes(cut.read_bytes()[:300])
     write_shards(get_source("image_folder", str(tmp_path / "photos")), "photos", "train", tmp_path / "shards",
-                 ShardSettings(workers=1, check="none"), progress=False)  # fmt: skip
+                 ShardConfig(workers=1, check="none"), progress=False)  # fmt: skip
     proc = run_cli("pretrain", "--shards", str(tmp_path / "shards"), "--out", str(tmp_path / "run"), "--no-progress",
                    *TINY, "data.samples_per_epoch=40", "optim.batch_size_per_device=8", "optim.epochs=2",
                    "data.num_workers=0", f"data.on_bad_image={policy}")  # fmt: skip
@@ -381,7 +381,7 @@ def test_resuming_with_another_network_names_the_difference_instead_of_a_size_mi
 
 def test_a_corrupt_image_stops_extraction_naming_shard_and_key(tmp_path):
     """webdataset's decoder used to raise a DecodingError with no text; the evaluation reader names the image."""
-    from esvit.data.shards import ShardSettings, write_shards
+    from esvit.data.shards import ShardConfig, write_shards
     from esvit.data.sources import get_source
     from tests.conftest import make_jpeg
 
@@ -390,7 +390,7 @@ def test_a_corrupt_image_stops_extraction_naming_shard_and_key(tmp_path):
         make_jpeg(root / "c" / f"{i}.jpg", seed=i, size=(40, 40))
     (root / "c" / "3.jpg").write_bytes((root / "c" / "3.jpg").read_bytes()[:200])
     write_shards(get_source("image_folder", str(tmp_path / "photos")), "photos", "test", tmp_path / "shards",
-                 ShardSettings(workers=1, check="none"), progress=False)  # fmt: skip
+                 ShardConfig(workers=1, check="none"), progress=False)  # fmt: skip
     proc = run_cli("extract", "--random-init", "--arch", "swin_pico", "--shards", str(tmp_path / "shards"), "--out",
                    str(tmp_path / "f.pt"), "--image-size", "32", "--workers", "0", "--no-progress")  # fmt: skip
     err = [ln for ln in proc.stderr.splitlines() if "error:" in ln]
@@ -421,7 +421,7 @@ def test_the_workflow_dry_run_rejects_what_the_cli_rejects(tmp_path):
 def test_resume_allows_another_batch_split_of_the_same_total_and_refuses_other_shards(digits_shards, tmp_path):
     """optim.total_batch_size: the per-process batch differs with the job's shape, and the resume allows it; the
     shards may move but not change (same size, other data: refused)."""
-    from esvit.data.shards import ShardSettings, write_shards
+    from esvit.data.shards import ShardConfig, write_shards
     from esvit.data.sources import get_source
     from esvit.train.config import load_train_config, training_differences
     from tests.conftest import TINY
@@ -435,7 +435,7 @@ def test_resume_allows_another_batch_split_of_the_same_total_and_refuses_other_s
     base = ["pretrain", "--out", str(run), "--no-progress", *TINY, "data.num_workers=0", "run.checkpoint_every_steps=1"]
     assert run_cli(*base, "--shards", str(digits_shards), "run.max_steps=1").returncode == 0
     other = tmp_path / "other"  # the same number of samples, other images (the test split, repeated)
-    write_shards(get_source("digits"), "digits", "test", other, ShardSettings(workers=1), progress=False)
+    write_shards(get_source("digits"), "digits", "test", other, ShardConfig(workers=1), progress=False)
     proc = run_cli(*base, "--shards", str(other))
     err = [ln for ln in proc.stderr.splitlines() if "error:" in ln]
     assert proc.returncode == 1 and len(err) == 1 and "the run was trained on other shards (digits/train" in err[0], proc.stderr[-1500:]

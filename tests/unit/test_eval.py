@@ -161,12 +161,12 @@ def test_extract_caches_every_sample_once_resumes_after_a_kill_and_invalidates(d
 def test_cli_extract_knn_probe_write_the_metrics_contract(digits_shards, tmp_path):
     import json
 
-    from esvit.data.shards import ShardSettings, write_shards
+    from esvit.data.shards import ShardConfig, write_shards
     from esvit.data.sources import get_source
     from tests.conftest import run_cli
 
     test_shards = tmp_path / "test"
-    write_shards(get_source("digits"), "digits", "test", test_shards, ShardSettings(workers=1), progress=False)
+    write_shards(get_source("digits"), "digits", "test", test_shards, ShardConfig(workers=1), progress=False)
     for split, shards in (("train", digits_shards), ("test", test_shards)):
         proc = run_cli("extract", "--random-init", "--arch", "swin_pico", "--shards", str(shards), "--out",
                        str(tmp_path / f"{split}.pt"), "--image-size", "32", "--workers", "0", "--no-progress")  # fmt: skip

@@ -49,6 +49,21 @@ def test_checker_counts_function_level_imports_but_not_type_checking(graph_tool,
     assert graph_tool.cycles(graph) == [["pkg.a", "pkg.b"]]
 
 
+def test_checker_counts_the_package_init_an_import_runs(graph_tool, tmp_path):
+    """`import pkg.sub.m` from outside pkg.sub runs pkg/sub/__init__.py: a cycle through it is one."""
+    pkg = tmp_path / "pkg"
+    (pkg / "sub").mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    (pkg / "sub" / "__init__.py").write_text("from pkg.sub import m, n\n")
+    (pkg / "sub" / "m.py").write_text("from pkg.sub import n\n")  # inside the package: its __init__ already runs
+    (pkg / "sub" / "n.py").write_text("from pkg.config import X\n")
+    (pkg / "config.py").write_text("from pkg.sub.m import Y\n")
+    graph = graph_tool.import_graph(pkg)
+    assert graph["pkg.sub.m"] == {"pkg.sub.n"}
+    assert graph["pkg.config"] == {"pkg.sub", "pkg.sub.m"}
+    assert graph_tool.cycles(graph) == [["pkg.config", "pkg.sub", "pkg.sub.m", "pkg.sub.n"]]
+
+
 def test_command_prints_layers_and_exits_zero():
     out = subprocess.run([sys.executable, str(SCRIPT), "--layers"], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from esvit.data.pipeline import eval_pipeline, make_loader, open_shards, train_pipeline
-from esvit.data.shards import ShardError, ShardSettings, write_shards
+from esvit.data.shards import ShardError, ShardConfig, write_shards
 from esvit.data.sources import get_source
 
 
@@ -33,7 +33,7 @@ def test_eval_sees_every_key_exactly_once_across_2_ranks_x_2_workers(digits_shar
     shard_dir = digits_shards
     if shards_per_set == "one":  # fewer shards than (rank, worker) slots: samples are split instead
         shard_dir = tmp_path / "one"
-        write_shards(get_source("digits"), "digits", "train", shard_dir, ShardSettings(workers=1), progress=False)
+        write_shards(get_source("digits"), "digits", "train", shard_dir, ShardConfig(workers=1), progress=False)
     total = open_shards(shard_dir).total
     seen = eval_keys(shard_dir, world_size=2, num_workers=2)
     assert len(seen) == total and set(seen.values()) == {1}

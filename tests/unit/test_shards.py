@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from esvit.data.shards import ShardError, ShardSettings, check_image, verify_shards, write_shards
+from esvit.data.shards import ShardError, ShardConfig, check_image, verify_shards, write_shards
 from esvit.data.sources import Record, Source, get_source
 from tests.conftest import REPO, env_with_python, make_jpeg, require_fashion_mnist, run_cli
 
@@ -65,9 +65,9 @@ def test_shards_mix_classes(digits_shards):
 def test_deterministic_byte_identical_across_worker_counts(tmp_path):
     src = get_source("digits")
     a, b, c = tmp_path / "a", tmp_path / "b", tmp_path / "c"
-    write_shards(src, "digits", "test", a, ShardSettings(max_samples=100, workers=1), progress=False)
-    write_shards(src, "digits", "test", b, ShardSettings(max_samples=100, workers=2), progress=False)
-    write_shards(src, "digits", "test", c, ShardSettings(max_samples=100, workers=2, seed=1), progress=False)
+    write_shards(src, "digits", "test", a, ShardConfig(max_samples=100, workers=1), progress=False)
+    write_shards(src, "digits", "test", b, ShardConfig(max_samples=100, workers=2), progress=False)
+    write_shards(src, "digits", "test", c, ShardConfig(max_samples=100, workers=2, seed=1), progress=False)
     names = sorted(p.name for p in a.iterdir())
     assert names == sorted(p.name for p in b.iterdir())
     for n in names:
@@ -90,7 +90,7 @@ def test_jpegs_are_copied_not_reencoded_and_byte_limit_holds(tmp_path):
     by_key = {f"{i:09d}": r.ref for i, r in enumerate(src.records("train"))}
     max_bytes = 40_000
     out = tmp_path / "out"
-    manifest = write_shards(src, "toy", "train", out, ShardSettings(max_samples=100, max_mb=max_bytes / 1e6, workers=2), progress=False)
+    manifest = write_shards(src, "toy", "train", out, ShardConfig(max_samples=100, max_mb=max_bytes / 1e6, workers=2), progress=False)
     assert len(manifest["shards"]) > 1
     for s in manifest["shards"]:
         assert (out / s["name"]).stat().st_size <= max_bytes
@@ -118,9 +118,9 @@ def test_bad_images_are_skipped_counted_and_named(tmp_path):
     src = get_source("image_folder", str(tmp_path / "img"))
     out = tmp_path / "out"
     with pytest.raises(ShardError, match=r"2 of 30 images are unreadable .* max_bad_fraction"):
-        write_shards(src, "toy", "train", out, ShardSettings(workers=2), progress=False)
+        write_shards(src, "toy", "train", out, ShardConfig(workers=2), progress=False)
     assert not (out / "manifest.json").exists() and not list(out.glob("*.tar"))
-    manifest = write_shards(src, "toy", "train", out, ShardSettings(workers=2, max_bad_fraction=0.1), progress=False)
+    manifest = write_shards(src, "toy", "train", out, ShardConfig(workers=2, max_bad_fraction=0.1), progress=False)
     assert manifest["bad_count"] == 2 and manifest["total"] == 28
     named = {b["item"] for b in manifest["bad"]}
     assert named == {paths[3], paths[7]}
@@ -153,7 +153,7 @@ class _Exploding(Source):
 
 def test_interrupted_run_leaves_nothing_complete_and_rerun_finishes(tmp_path):
     inner = get_source("digits")
-    settings = ShardSettings(max_samples=100, workers=1)
+    settings = ShardConfig(max_samples=100, workers=1)
     ref, out = tmp_path / "ref", tmp_path / "out"
     write_shards(inner, "digits", "test", ref, settings, progress=False)
     with pytest.raises(KeyboardInterrupt):

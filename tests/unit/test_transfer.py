@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import scipy.io
 
-from esvit.data.shards import ShardSettings, write_shards
+from esvit.data.shards import ShardConfig, write_shards
 from esvit.data.sources import SourceError, get_source
 from esvit.data.transfer import VOC_CLASSES, decode_multilabel, kitti_distance_label, load_registry
 from tests.conftest import make_jpeg
@@ -298,7 +298,7 @@ def test_source_reads_its_real_layout(name, tmp_path, no_md5, monkeypatch):
 def test_transfer_sets_shard(name, tmp_path, no_md5):
     BUILDERS[name](tmp_path / "raw")
     src = get_source(name, str(tmp_path / "raw"), OPTIONS.get(name))
-    manifest = write_shards(src, name, "train", tmp_path / "shards", ShardSettings(workers=1), progress=False)
+    manifest = write_shards(src, name, "train", tmp_path / "shards", ShardConfig(workers=1), progress=False)
     assert manifest["total"] == len(src.records("train"))
     assert manifest["multilabel"] == (name == "voc2007")
 
