@@ -32,6 +32,7 @@ Schedules as in the project's bench (optim.epochs=1, warmup 0, 1000 iterations p
 lr = cosine(args.lr * batch / 256 -> min_lr), wd = cosine(0.04 -> 0.4), EMA momentum = cosine(0.996 -> 1),
 teacher temperature schedule of the README Swin-T command (0.04 -> 0.07 over 30 of 300 epochs), at epoch 0.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -52,7 +53,11 @@ def parse() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--official", required=True, help="checkout of microsoft/esvit")
     p.add_argument("--pydeps", default=None, help="folder holding yacs and einops, if they are not installed")
-    p.add_argument("--reuse-memory", action="store_true", help="glibc keeps freed memory for reuse, as this project's training does")
+    p.add_argument(
+        "--reuse-memory",
+        action="store_true",
+        help="glibc keeps freed memory for reuse, as this project's training does",
+    )
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
@@ -61,8 +66,11 @@ def parse() -> argparse.Namespace:
     p.add_argument("--global-size", type=int, default=224)
     p.add_argument("--local-size", type=int, default=96)
     p.add_argument("--locals", type=int, default=6)
-    p.add_argument("--cfg", default="experiments/imagenet/swin/swin_tiny_patch4_window7_224.yaml",
-                   help="official yaml, relative to --official (default %(default)s)")
+    p.add_argument(
+        "--cfg",
+        default="experiments/imagenet/swin/swin_tiny_patch4_window7_224.yaml",
+        help="official yaml, relative to --official (default %(default)s)",
+    )
     return p.parse_args()
 
 
@@ -104,7 +112,6 @@ def main() -> None:
     shims(a.official, a.pydeps)
     import torch
     import torch.distributed as dist
-    import torch.nn as nn
 
     torch.set_num_threads(a.threads)
 
@@ -125,13 +132,38 @@ def main() -> None:
     # official args: the README Swin-T V+R command, with this bench's sizes
     cfg = a.cfg if os.path.isabs(a.cfg) else os.path.join(os.path.abspath(a.official), a.cfg)
     parser = argparse.ArgumentParser("EsViT", parents=[get_args_parser()])
-    args = parser.parse_args([
-        "--arch", "swin_tiny", "--batch_size_per_gpu", str(a.batch), "--epochs", "300", "--teacher_temp", "0.07",
-        "--warmup_epochs", "10", "--warmup_teacher_temp_epochs", "30", "--norm_last_layer", "false",
-        "--use_dense_prediction", "True", "--cfg", cfg, "--out_dim", str(a.out_dim),
-        "--local_crops_number", str(a.locals), "--local_crops_size", str(a.local_size),
-        "--use_fp16", "false", "--freeze_last_layer", "0",
-    ])  # fmt: skip
+    args = parser.parse_args(
+        [
+            "--arch",
+            "swin_tiny",
+            "--batch_size_per_gpu",
+            str(a.batch),
+            "--epochs",
+            "300",
+            "--teacher_temp",
+            "0.07",
+            "--warmup_epochs",
+            "10",
+            "--warmup_teacher_temp_epochs",
+            "30",
+            "--norm_last_layer",
+            "false",
+            "--use_dense_prediction",
+            "True",
+            "--cfg",
+            cfg,
+            "--out_dim",
+            str(a.out_dim),
+            "--local_crops_number",
+            str(a.locals),
+            "--local_crops_size",
+            str(a.local_size),
+            "--use_fp16",
+            "false",
+            "--freeze_last_layer",
+            "0",
+        ]
+    )
     args.rank = 0
     assert args.clip_grad == 3.0 and args.momentum_teacher == 0.996 and args.optimizer == "adamw"
     utils.fix_random_seeds(args.seed)
@@ -141,12 +173,14 @@ def main() -> None:
     assert config.MODEL.SPEC.WINDOW_SIZE == 7 and list(config.MODEL.SPEC.DEPTHS) == [2, 2, 6, 2]
     student = build_model(config, use_dense_prediction=args.use_dense_prediction)
     teacher = build_model(config, is_teacher=True, use_dense_prediction=args.use_dense_prediction)
-    student.head = DINOHead(student.num_features, args.out_dim, use_bn=args.use_bn_in_head,
-                            norm_last_layer=args.norm_last_layer)
+    student.head = DINOHead(
+        student.num_features, args.out_dim, use_bn=args.use_bn_in_head, norm_last_layer=args.norm_last_layer
+    )
     teacher.head = DINOHead(teacher.num_features, args.out_dim, args.use_bn_in_head)
     if args.use_dense_prediction:
-        student.head_dense = DINOHead(student.num_features, args.out_dim, use_bn=args.use_bn_in_head,
-                                      norm_last_layer=args.norm_last_layer)
+        student.head_dense = DINOHead(
+            student.num_features, args.out_dim, use_bn=args.use_bn_in_head, norm_last_layer=args.norm_last_layer
+        )
         teacher.head_dense = DINOHead(teacher.num_features, args.out_dim, args.use_bn_in_head)
     assert not utils.has_batchnorms(student)
     teacher_without_ddp = teacher
@@ -154,20 +188,24 @@ def main() -> None:
     for p in teacher.parameters():
         p.requires_grad = False
     ncrops = sum(args.local_crops_number) + 2
-    dino_loss = DDINOLoss(args.out_dim, ncrops, args.warmup_teacher_temp, args.teacher_temp,
-                          args.warmup_teacher_temp_epochs, args.epochs)
+    dino_loss = DDINOLoss(
+        args.out_dim, ncrops, args.warmup_teacher_temp, args.teacher_temp, args.warmup_teacher_temp_epochs, args.epochs
+    )
     params_groups = utils.get_params_groups(student)
     optimizer = torch.optim.AdamW(params_groups)
     iters = 1000  # as the project's bench: optim.epochs=1, warmup 0, iters_per_epoch=1000
-    lr_schedule = utils.cosine_scheduler(args.lr * (args.batch_size_per_gpu * utils.get_world_size()) / 256.,
-                                         args.min_lr, 1, iters, warmup_epochs=0)
+    lr_schedule = utils.cosine_scheduler(
+        args.lr * (args.batch_size_per_gpu * utils.get_world_size()) / 256.0, args.min_lr, 1, iters, warmup_epochs=0
+    )
     wd_schedule = utils.cosine_scheduler(args.weight_decay, args.weight_decay_end, 1, iters)
     momentum_schedule = utils.cosine_scheduler(args.momentum_teacher, 1, 1, iters)
     epoch = 0
     student.train()
     teacher.train()  # the official code never calls .eval() on the teacher (no dropout/BN; drop_path 0)
 
-    autocast = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if a.precision == "bf16" else contextlib.nullcontext
+    autocast = (
+        (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if a.precision == "bf16" else contextlib.nullcontext
+    )
     check: dict = {}
 
     # ---- main_esvit.train_one_epoch, loop body (mixup_fn None, fp16_scaler None) ----
@@ -220,17 +258,31 @@ def main() -> None:
         it += 1
     dt = (time.perf_counter() - t0) / max(a.steps, 1)
     step_peak = allocator_peak_gb(lambda: official_step(it, crops))
-    print(f"[official_step] losses={[round(x, 4) for x in losses]} grad_check={check} "
-          f"center|sum|={float(dino_loss.center.abs().sum()):.4g} center_grid|sum|={float(dino_loss.center_grid.abs().sum()):.4g}"
-          f" student_params={sum(p.numel() for p in student.parameters())}", file=sys.stderr)
+    print(
+        f"[official_step] losses={[round(x, 4) for x in losses]} grad_check={check} "
+        f"center|sum|={float(dino_loss.center.abs().sum()):.4g} "
+        f"center_grid|sum|={float(dino_loss.center_grid.abs().sum()):.4g}"
+        f" student_params={sum(p.numel() for p in student.parameters())}",
+        file=sys.stderr,
+    )
     if t_before is not None:
         changed = sum(not torch.equal(t_before[k], v) for k, v in teacher.state_dict().items())
         print(f"[official_step] teacher tensors changed by EMA: {changed}/{len(t_before)}", file=sys.stderr)
     dist.destroy_process_group()
-    out = {"impl": "official", "arch": "swin_tiny_w7", "batch": a.batch, "precision": a.precision,
-           "threads": a.threads, "crops": f"2x{a.global_size}+{a.locals}x{a.local_size}", "out_dim": a.out_dim,
-           "reuse_memory": a.reuse_memory, "step_s": round(dt, 3), "img_s": round(a.batch / dt, 3), "step_peak_gb": round(step_peak, 3),
-           "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6, 2)}
+    out = {
+        "impl": "official",
+        "arch": "swin_tiny_w7",
+        "batch": a.batch,
+        "precision": a.precision,
+        "threads": a.threads,
+        "crops": f"2x{a.global_size}+{a.locals}x{a.local_size}",
+        "out_dim": a.out_dim,
+        "reuse_memory": a.reuse_memory,
+        "step_s": round(dt, 3),
+        "img_s": round(a.batch / dt, 3),
+        "step_peak_gb": round(step_peak, 3),
+        "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6, 2),
+    }
     print(json.dumps(out), file=real_stdout, flush=True)
 
 

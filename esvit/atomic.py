@@ -9,13 +9,13 @@ import contextlib
 import errno
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
+
 from esvit.errors import WriteError
 
 __all__ = ["WriteError", "atomic_path", "atomic_write_bytes", "atomic_write_json", "atomic_write_text"]
-
-
 
 
 _NO_ROOM = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
@@ -30,7 +30,11 @@ def _no_room(folder: Path, tmp: Path, exc: BaseException) -> str | None:
 
     code = getattr(exc, "errno", None)
     if code is not None:
-        return f"{os.strerror(code).lower()} ({shutil.disk_usage(folder).free / 1e6:.1f} MB free there)" if code in _NO_ROOM else None
+        return (
+            f"{os.strerror(code).lower()} ({shutil.disk_usage(folder).free / 1e6:.1f} MB free there)"
+            if code in _NO_ROOM
+            else None
+        )
     limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
     if limit != resource.RLIM_INFINITY and tmp.exists() and tmp.stat().st_size >= limit - 65536:
         return f"the file-size limit of this process is reached ({limit:,} bytes, `ulimit -f`)"
@@ -67,8 +71,9 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         why = _no_room(path.parent, tmp, exc)
         if why is None:
             raise
-        raise WriteError(f"cannot write {path}: {why}. Nothing else was touched; make room (or point the output "
-                         "elsewhere) and rerun") from None  # fmt: skip
+        raise WriteError(
+            f"cannot write {path}: {why}. Nothing else was touched; make room (or point the output elsewhere) and rerun"
+        ) from None
     finally:
         if tmp.exists():
             tmp.unlink()

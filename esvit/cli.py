@@ -11,8 +11,8 @@ import argparse
 import dataclasses
 import re
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from esvit import __version__
 from esvit.errors import EsvitError, UsageError
@@ -72,7 +72,9 @@ def _ks(text: str) -> tuple[int, ...]:
     try:
         ks = tuple(int(k) for k in text.split(","))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"must be comma-separated integers, e.g. 10,20,100,200 (got {text!r})") from None
+        raise argparse.ArgumentTypeError(
+            f"must be comma-separated integers, e.g. 10,20,100,200 (got {text!r})"
+        ) from None
     if not ks or min(ks) < 1:
         raise argparse.ArgumentTypeError(f"every k must be >= 1 (got {text})")
     return ks
@@ -85,8 +87,11 @@ def _shard_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", default="configs/config.yaml", help="workflow config (default: %(default)s)")
     p.add_argument("--dataset", help="dataset name (a key of the config's `datasets`, or any name with --source)")
     p.add_argument("--split", help="split to shard (default: every split of the dataset)")
-    p.add_argument("--out", help="output folder: the shard set with --split, else <out>/<split>/ for every split "
-                   "(default: {data_dir}/shards/{dataset}/{split})")
+    p.add_argument(
+        "--out",
+        help="output folder: the shard set with --split, else <out>/<split>/ for every split "
+        "(default: {data_dir}/shards/{dataset}/{split})",
+    )
     p.add_argument("--workers", type=_positive(int), help="worker processes (overrides shard.workers)")
     p.add_argument("--verify", metavar="DIR", help="check the shard set in DIR against its manifest and exit")
     p.add_argument("--no-progress", action="store_true", help="no progress bar or progress lines")
@@ -105,9 +110,9 @@ def run_shard(args: argparse.Namespace) -> int:
 
     from esvit.config import load_config
     from esvit.data.shards import verify_shards, write_shards
+    from esvit.data.sources import get_source
     from esvit.errors import ConfigError
     from esvit.fields import did_you_mean
-    from esvit.data.sources import get_source
     from esvit.lock import RunLock
 
     if args.verify:
@@ -115,7 +120,9 @@ def run_shard(args: argparse.Namespace) -> int:
         for line in problems:
             print(f"BAD {line}", file=sys.stderr)
         if problems:
-            print(f"esvit: error: {args.verify}: {len(problems)} problem(s); rerun `esvit shard` for it", file=sys.stderr)
+            print(
+                f"esvit: error: {args.verify}: {len(problems)} problem(s); rerun `esvit shard` for it", file=sys.stderr
+            )
             return 1
         print(f"{args.verify}: OK")
         return 0
@@ -171,17 +178,33 @@ def run_sources(args: argparse.Namespace) -> int:
 
 
 def _download_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("what", choices=["release", "dataset", "list"], help="release: a released checkpoint (esvit/resources/releases.yaml); dataset: a transfer set torchvision can fetch (esvit/resources/datasets.yaml); list: both tables")
+    p.add_argument(
+        "what",
+        choices=["release", "dataset", "list"],
+        help="release: a released checkpoint (esvit/resources/releases.yaml); dataset: a transfer set torchvision "
+        "can fetch (esvit/resources/datasets.yaml); list: both tables",
+    )
     p.add_argument("name", nargs="?", help="the release or dataset key, e.g. swin_tiny_w7_vr, cifar10")
-    p.add_argument("--out", help="release: the file to write (its size and sha256 are recorded next to it as <out>.json)")
+    p.add_argument(
+        "--out", help="release: the file to write (its size and sha256 are recorded next to it as <out>.json)"
+    )
     p.add_argument("--root", help="dataset: the folder to unpack it under (the dataset's root in the workflow config)")
-    p.add_argument("--mirror", help="a site mirror laid out as wget -x saves (<mirror>/<host>/<path>): a URL or a folder")
-    p.add_argument("--cache", help="a shared download folder (<cache>/<host>/<path>); verified files there are linked, not downloaded")
+    p.add_argument(
+        "--mirror", help="a site mirror laid out as wget -x saves (<mirror>/<host>/<path>): a URL or a folder"
+    )
+    p.add_argument(
+        "--cache",
+        help="a shared download folder (<cache>/<host>/<path>); verified files there are linked, not downloaded",
+    )
     p.add_argument("--record", help="dataset: write what was fetched (URLs, files, md5) to this JSON file when done")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
-@command("download", "download a released checkpoint or a transfer dataset (resumable, verified, mirror / cache aware)", _download_args)
+@command(
+    "download",
+    "download a released checkpoint or a transfer dataset (resumable, verified, mirror / cache aware)",
+    _download_args,
+)
 def run_download(args: argparse.Namespace) -> int:
     from esvit.download import DownloadError, fetch_dataset, fetch_release, known_entry, load_releases
 
@@ -191,7 +214,8 @@ def run_download(args: argparse.Namespace) -> int:
         for name, entry in load_releases().items():
             print(f"release  {name:22s} {entry['arch']:15s} {entry['tasks']:10s} {entry['url']}")
         for name, entry in load_registry().items():
-            print(f"dataset  {name:22s} {'torchvision ' + entry['class'] if entry.get('auto_download') else 'by hand: ' + entry['download']}")
+            how = f"torchvision {entry['class']}" if entry.get("auto_download") else f"by hand: {entry['download']}"
+            print(f"dataset  {name:22s} {how}")
         return 0
     if not args.name:
         raise UsageError(f"esvit download {args.what} needs a name (esvit download list shows them)")
@@ -221,12 +245,18 @@ def run_download(args: argparse.Namespace) -> int:
 
 
 def _status_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", default="configs/config.yaml", help="the workflow config whose runs to show (default %(default)s)")
+    p.add_argument(
+        "--config", default="configs/config.yaml", help="the workflow config whose runs to show (default %(default)s)"
+    )
     p.add_argument("--results", default="results", help="the results folder the workflow writes (default %(default)s)")
     p.add_argument("--json", action="store_true", help="one JSON object per run instead of the table")
 
 
-@command("status", "every run of a workflow config: state (Slurm job, running, done, failed), progress, ETA, collapse, results", _status_args)
+@command(
+    "status",
+    "every run of a workflow config: state (Slurm job, running, done, failed), progress, ETA, collapse, results",
+    _status_args,
+)
 def run_status_cmd(args: argparse.Namespace) -> int:
     import json
 
@@ -249,27 +279,38 @@ def _pretrain_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="training config YAML (a diff on the paper defaults); none = the defaults")
     p.add_argument("--shards", help="training shard folder (sets data.shards)")
     p.add_argument("--out", required=True, help="run folder: checkpoints, log.jsonl, config.yaml, final.pth, done.json")
-    p.add_argument("--launcher", choices=["local", "slurm"],
-                   help="local: this process (CPU or one GPU, or each torchrun process); slurm: submit a submitit job "
-                        "(launch.* settings) and follow it; default: the config's launch.launcher")  # fmt: skip
-    p.add_argument("--site", help="site file of launch settings (partition, account, ...), e.g. cluster_profiles/slurm/submitit.yaml")
-    p.add_argument("--restart", action="store_true", help="start afresh even if <out> holds a run: the old folder is "
-                   "renamed to <out>.old-<time>, never deleted (a run resumes only with its own training settings)")
+    p.add_argument(
+        "--launcher",
+        choices=["local", "slurm"],
+        help="local: this process (CPU or one GPU, or each torchrun process); slurm: submit a submitit job "
+        "(launch.* settings) and follow it; default: the config's launch.launcher",
+    )
+    p.add_argument(
+        "--site",
+        help="site file of launch settings (partition, account, ...), e.g. cluster_profiles/slurm/submitit.yaml",
+    )
+    p.add_argument(
+        "--restart",
+        action="store_true",
+        help="start afresh even if <out> holds a run: the old folder is "
+        "renamed to <out>.old-<time>, never deleted (a run resumes only with its own training settings)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar or progress lines")
     p.add_argument("overrides", nargs="*", help="training-config overrides, key.sub=value")
 
 
 def _move_aside(run: Path) -> None:
     """``--restart``: rename a run folder out of the way (refused while a process holds it)."""
+    import os
     import time
 
     from esvit.lock import RunLock
 
-    import os
-
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        raise UsageError("--restart renames the run folder, which one process must do: rename it yourself (or use "
-                         "--launcher slurm, whose launcher does it), then start the distributed run")  # fmt: skip
+        raise UsageError(
+            "--restart renames the run folder, which one process must do: rename it yourself (or use "
+            "--launcher slurm, whose launcher does it), then start the distributed run"
+        )
     if not run.exists():
         return
     with RunLock(run, "run folder"):  # nobody is training in it
@@ -313,14 +354,29 @@ def _extract_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="initialisation seed of --random-init")
     p.add_argument("--shards", required=True, help="shard folder of one split")
     p.add_argument("--out", required=True, help="feature cache file (.pt)")
-    p.add_argument("--image-size", type=_positive(int), help="eval crop size (default: the run's global crop size, else 224)")
-    p.add_argument("--batch-size", type=_positive(int), default=_default("eval", "batch_size"),
-                   help="images per batch (default %(default)s)")
-    p.add_argument("--workers", type=_non_negative_int, default=_default("eval", "workers"),
-                   help="data-loader workers, 0: in this process (default %(default)s)")
-    p.add_argument("--device", default=_default("eval", "device"),
-                   help="auto (the GPU when one is visible), cpu, cuda or cuda:N (default %(default)s)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar (or periodic progress lines off a terminal)")
+    p.add_argument(
+        "--image-size", type=_positive(int), help="eval crop size (default: the run's global crop size, else 224)"
+    )
+    p.add_argument(
+        "--batch-size",
+        type=_positive(int),
+        default=_default("eval", "batch_size"),
+        help="images per batch (default %(default)s)",
+    )
+    p.add_argument(
+        "--workers",
+        type=_non_negative_int,
+        default=_default("eval", "workers"),
+        help="data-loader workers, 0: in this process (default %(default)s)",
+    )
+    p.add_argument(
+        "--device",
+        default=_default("eval", "device"),
+        help="auto (the GPU when one is visible), cpu, cuda or cuda:N (default %(default)s)",
+    )
+    p.add_argument(
+        "--no-progress", action="store_true", help="no progress bar (or periodic progress lines off a terminal)"
+    )
 
 
 @command("extract", "cache frozen teacher features (pooled + last-4-blocks) of one shard set", _extract_args)
@@ -336,10 +392,21 @@ def run_extract(args: argparse.Namespace) -> int:
     from esvit.lock import RunLock
 
     with RunLock(args.out, "feature cache", folder=False):
-        res = extract(backbone, args.shards, args.out, meta, image_size=size, batch_size=args.batch_size,
-                      num_workers=args.workers, device=device, show_progress=not args.no_progress)  # fmt: skip
-    print(f"extract: {len(res['keys'])} samples, pooled {tuple(res['pooled'].shape)}, "
-          f"last blocks {tuple(res['last_blocks'].shape)} -> {args.out}")  # fmt: skip
+        res = extract(
+            backbone,
+            args.shards,
+            args.out,
+            meta,
+            image_size=size,
+            batch_size=args.batch_size,
+            num_workers=args.workers,
+            device=device,
+            show_progress=not args.no_progress,
+        )
+    print(
+        f"extract: {len(res['keys'])} samples, pooled {tuple(res['pooled'].shape)}, "
+        f"last blocks {tuple(res['last_blocks'].shape)} -> {args.out}"
+    )
     return 0
 
 
@@ -353,10 +420,18 @@ def _metrics_args(p: argparse.ArgumentParser) -> None:
 
 def _knn_args(p: argparse.ArgumentParser) -> None:
     _metrics_args(p)
-    p.add_argument("--ks", type=_ks, default=",".join(map(str, _default("eval", "knn_ks"))),
-                   help="k values, comma-separated (default %(default)s)")
-    p.add_argument("--temperature", type=_positive(float), default=_default("eval", "knn_temperature"),
-                   help="vote weights exp(sim / T) (default %(default)s)")
+    p.add_argument(
+        "--ks",
+        type=_ks,
+        default=",".join(map(str, _default("eval", "knn_ks"))),
+        help="k values, comma-separated (default %(default)s)",
+    )
+    p.add_argument(
+        "--temperature",
+        type=_positive(float),
+        default=_default("eval", "knn_temperature"),
+        help="vote weights exp(sim / T) (default %(default)s)",
+    )
 
 
 @command("knn", "weighted k-NN on cached features -> metrics JSON", _knn_args)
@@ -369,12 +444,19 @@ def run_knn(args: argparse.Namespace) -> int:
 
 def _probe_args(p: argparse.ArgumentParser) -> None:
     _metrics_args(p)
-    p.add_argument("--metric", default=_default("datasets", "metric"),
-                   choices=["accuracy", "mean_per_class", "11point_mAP"],
-                   help="the dataset's metric (esvit/resources/datasets.yaml; the rules pass it): %(choices)s (default %(default)s)")
+    p.add_argument(
+        "--metric",
+        default=_default("datasets", "metric"),
+        choices=["accuracy", "mean_per_class", "11point_mAP"],
+        help="the dataset's metric (esvit/resources/datasets.yaml; the rules pass it): %(choices)s (default "
+        "%(default)s)",
+    )
     p.add_argument("--val", help="validation feature cache (default: a stratified 20 %% of train)")
-    p.add_argument("--device", default=_default("eval", "device"),
-                   help="auto (the GPU when one is visible), cpu, cuda or cuda:N (default %(default)s)")
+    p.add_argument(
+        "--device",
+        default=_default("eval", "device"),
+        help="auto (the GPU when one is visible), cpu, cuda or cuda:N (default %(default)s)",
+    )
 
 
 @command("probe", "L2 logistic-regression probe with the lambda search -> metrics JSON", _probe_args)
@@ -387,30 +469,67 @@ def run_probe_cmd(args: argparse.Namespace) -> int:
 
 def _linear_args(p: argparse.ArgumentParser) -> None:
     _metrics_args(p)
-    p.add_argument("--mode", choices=["fast", "paper"], default=_default("eval", "linear_mode"),
-                   help="fast: cached centre-crop features; paper: augmented views through the frozen backbone")  # fmt: skip
+    p.add_argument(
+        "--mode",
+        choices=["fast", "paper"],
+        default=_default("eval", "linear_mode"),
+        help="fast: cached centre-crop features; paper: augmented views through the frozen backbone",
+    )
     p.add_argument("--shards", help="training shard folder (paper mode)")
-    p.add_argument("--epochs", type=_positive(int), default=_default("eval", "linear_epochs"),
-                   help="epochs (default %(default)s)")
-    p.add_argument("--batch-size", type=_positive(int), default=_default("eval", "linear_batch_size"),
-                   help="images per step (default %(default)s)")
-    p.add_argument("--lr", type=float, default=_default("eval", "linear_lr"),
-                   help="base lr, scaled by batch / 256 (default %(default)s)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the head's initialisation and the data order (default %(default)s)")
-    p.add_argument("--workers", type=_non_negative_int, default=_default("eval", "workers"),
-                   help="data-loader workers (paper mode)")
-    p.add_argument("--device", default=_default("eval", "device"),
-                   help="auto (the GPU when one is visible), cpu, cuda or cuda:N (default %(default)s)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar (or periodic progress lines off a terminal)")
+    p.add_argument(
+        "--epochs", type=_positive(int), default=_default("eval", "linear_epochs"), help="epochs (default %(default)s)"
+    )
+    p.add_argument(
+        "--batch-size",
+        type=_positive(int),
+        default=_default("eval", "linear_batch_size"),
+        help="images per step (default %(default)s)",
+    )
+    p.add_argument(
+        "--lr",
+        type=float,
+        default=_default("eval", "linear_lr"),
+        help="base lr, scaled by batch / 256 (default %(default)s)",
+    )
+    p.add_argument(
+        "--seed", type=int, default=0, help="seed of the head's initialisation and the data order (default %(default)s)"
+    )
+    p.add_argument(
+        "--workers",
+        type=_non_negative_int,
+        default=_default("eval", "workers"),
+        help="data-loader workers (paper mode)",
+    )
+    p.add_argument(
+        "--device",
+        default=_default("eval", "device"),
+        help="auto (the GPU when one is visible), cpu, cuda or cuda:N (default %(default)s)",
+    )
+    p.add_argument(
+        "--no-progress", action="store_true", help="no progress bar (or periodic progress lines off a terminal)"
+    )
 
 
 @command("linear", "the ImageNet linear protocol (SGD on the last-4-blocks features) -> metrics JSON", _linear_args)
 def run_linear(args: argparse.Namespace) -> int:
     from esvit.eval.evaluate import evaluate_linear
 
-    evaluate_linear(args.train, args.test, args.out, args.run, args.dataset, mode=args.mode, shards=args.shards,
-                    epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed, workers=args.workers,
-                    device=args.device, show_progress=not args.no_progress)
+    evaluate_linear(
+        args.train,
+        args.test,
+        args.out,
+        args.run,
+        args.dataset,
+        mode=args.mode,
+        shards=args.shards,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        seed=args.seed,
+        workers=args.workers,
+        device=args.device,
+        show_progress=not args.no_progress,
+    )
     return 0
 
 
@@ -418,22 +537,41 @@ def run_linear(args: argparse.Namespace) -> int:
 
 
 def _report_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--results", default="results", help="results folder (default %(default)s). By hand (no --metrics) "
-                   "the report reads every metrics JSON, run folder, correspondence record and bench/infer.jsonl under "
-                   "it; with --metrics it only names the folder (the default --out; recorded checkpoint paths are "
-                   "relative to its parent)")
+    p.add_argument(
+        "--results",
+        default="results",
+        help="results folder (default %(default)s). By hand (no --metrics) "
+        "the report reads every metrics JSON, run folder, correspondence record and bench/infer.jsonl under "
+        "it; with --metrics it only names the folder (the default --out; recorded checkpoint paths are "
+        "relative to its parent)",
+    )
     p.add_argument("--out", help="output folder (default <results>/report)")
-    p.add_argument("--baseline", help="run the transfer table counts wins against, as the paper counts them against the supervised Swin-T (default: a run named *supervised*, else the first *_random run)")
+    p.add_argument(
+        "--baseline",
+        help="run the transfer table counts wins against, as the paper counts them against the supervised Swin-T "
+        "(default: a run named *supervised*, else the first *_random run)",
+    )
     g = p.add_argument_group("the files to read, and nothing else (how the Snakemake rule calls it)")
-    g.add_argument("--metrics", nargs="*", metavar="JSON",
-                   help="metrics JSONs (results/{knn,probe,linear}/<model>/<dataset>/metrics.json)")
-    g.add_argument("--runs", nargs="*", default=[], metavar="PATH",
-                   help="runs pretrained here: each run's folder or its done.json (log.jsonl, config.yaml and "
-                        "checkpoints beside it)")
-    g.add_argument("--viz", nargs="*", default=[], metavar="JSON",
-                   help="correspondence.json of esvit viz (its PNG beside it)")
-    g.add_argument("--bench", nargs="*", default=[], metavar="JSONL",
-                   help="esvit bench infer records (the throughput figure)")
+    g.add_argument(
+        "--metrics",
+        nargs="*",
+        metavar="JSON",
+        help="metrics JSONs (results/{knn,probe,linear}/<model>/<dataset>/metrics.json)",
+    )
+    g.add_argument(
+        "--runs",
+        nargs="*",
+        default=[],
+        metavar="PATH",
+        help="runs pretrained here: each run's folder or its done.json (log.jsonl, config.yaml and "
+        "checkpoints beside it)",
+    )
+    g.add_argument(
+        "--viz", nargs="*", default=[], metavar="JSON", help="correspondence.json of esvit viz (its PNG beside it)"
+    )
+    g.add_argument(
+        "--bench", nargs="*", default=[], metavar="JSONL", help="esvit bench infer records (the throughput figure)"
+    )
 
 
 @command("report", "tables beside the paper, plots and report.html from every metrics JSON", _report_args)
@@ -459,7 +597,11 @@ def run_report(args: argparse.Namespace) -> int:
 
 def _viz_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", help="an esvit checkpoint; omit with --random-init")
-    p.add_argument("--random-init", action="store_true", help="the architecture at random initialisation (with --arch), the baseline")
+    p.add_argument(
+        "--random-init",
+        action="store_true",
+        help="the architecture at random initialisation (with --arch), the baseline",
+    )
     p.add_argument("--arch", help="architecture (required with --random-init)")
     p.add_argument("--shards", required=True, help="shard folder to draw images from")
     p.add_argument("--n", type=int, default=512, help="images for the correspondence accuracy (default %(default)s)")
@@ -474,8 +616,10 @@ def run_viz(args: argparse.Namespace) -> int:
     if bool(args.checkpoint) == args.random_init:
         raise UsageError("give exactly one of --checkpoint or --random-init")
     res = run_correspondence(args.checkpoint, args.arch, args.shards, args.n, args.image_size, args.out)
-    print(f"viz: correspondence accuracy {res['accuracy']:.1f} % over {res['pairs']} images "
-          f"({res['regions_per_view']} regions per view) -> {Path(args.out)}")
+    print(
+        f"viz: correspondence accuracy {res['accuracy']:.1f} % over {res['pairs']} images "
+        f"({res['regions_per_view']} regions per view) -> {Path(args.out)}"
+    )
     return 0
 
 
@@ -483,14 +627,32 @@ def run_viz(args: argparse.Namespace) -> int:
 
 
 def _import_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--official", required=True, help="the checkpoint to import: an official EsViT checkpoint.pth (microsoft/esvit), or timm weights with --format timm")
+    p.add_argument(
+        "--official",
+        required=True,
+        help="the checkpoint to import: an official EsViT checkpoint.pth (microsoft/esvit), or timm weights with "
+        "--format timm",
+    )
     p.add_argument("--arch", required=True, help="its architecture, e.g. swin_tiny_w7, swin_base_w14")
     p.add_argument("--out", required=True, help="the converted checkpoint, usable by esvit extract --checkpoint")
-    p.add_argument("--key", default="teacher", choices=["teacher", "student"], help="which network's backbone (default %(default)s, as the paper evaluates)")
-    p.add_argument("--format", default="official", choices=["official", "timm"], help="official: microsoft/esvit's checkpoint.pth; timm: a timm state dict (.safetensors or .pth), e.g. a supervised Swin (default %(default)s)")
+    p.add_argument(
+        "--key",
+        default="teacher",
+        choices=["teacher", "student"],
+        help="which network's backbone (default %(default)s, as the paper evaluates)",
+    )
+    p.add_argument(
+        "--format",
+        default="official",
+        choices=["official", "timm"],
+        help="official: microsoft/esvit's checkpoint.pth; timm: a timm state dict (.safetensors or .pth), e.g. a "
+        "supervised Swin (default %(default)s)",
+    )
 
 
-@command("import", "convert an official EsViT checkpoint (teacher backbone) or timm weights for esvit extract", _import_args)
+@command(
+    "import", "convert an official EsViT checkpoint (teacher backbone) or timm weights for esvit extract", _import_args
+)
 def run_import(args: argparse.Namespace) -> int:
     from esvit.models.checkpoint import import_official
 
@@ -501,10 +663,17 @@ def run_import(args: argparse.Namespace) -> int:
 def _export_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", required=True, help="an esvit checkpoint (final.pth)")
     p.add_argument("--out", required=True, help="backbone state dict for timm")
-    p.add_argument("--key", default="teacher", choices=["teacher", "student"], help="which network's backbone (default %(default)s, as the paper evaluates)")
+    p.add_argument(
+        "--key",
+        default="teacher",
+        choices=["teacher", "student"],
+        help="which network's backbone (default %(default)s, as the paper evaluates)",
+    )
 
 
-@command("export", "write a checkpoint's backbone as a timm state dict (timm.create_model(..., num_classes=0))", _export_args)
+@command(
+    "export", "write a checkpoint's backbone as a timm state dict (timm.create_model(..., num_classes=0))", _export_args
+)
 def run_export(args: argparse.Namespace) -> int:
     from esvit.models.checkpoint import export_backbone
 
@@ -522,7 +691,9 @@ def _bench_args(p: argparse.ArgumentParser) -> None:
     add_arguments(p)
 
 
-@command("bench", "throughput benchmarks; each prints JSON lines and appends to results/bench/<name>.jsonl", _bench_args)
+@command(
+    "bench", "throughput benchmarks; each prints JSON lines and appends to results/bench/<name>.jsonl", _bench_args
+)
 def run_bench(args: argparse.Namespace) -> int:
     from esvit.bench import run
 

@@ -16,8 +16,9 @@ from __future__ import annotations
 import dataclasses
 import re
 import typing
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal, Mapping
+from typing import Any, Literal
 
 from esvit.archs import arch_names
 from esvit.data.shards import ShardConfig
@@ -55,7 +56,6 @@ def _releases() -> tuple[str, ...]:
     return tuple(load_releases())
 
 
-
 @dataclasses.dataclass
 class DatasetConfig:
     """One dataset to shard."""
@@ -65,9 +65,15 @@ class DatasetConfig:
     splits: list[str] = option(["train", "test"], nonempty=True, help="Splits to shard.")
     options: dict[str, Any] = option({}, help="Source-specific options (see `esvit sources`).")
     metric: Literal["accuracy", "mean_per_class", "11point_mAP"] = option(
-        "accuracy", help="Metric of its linear probe (docs/datasets.md: accuracy, mean_per_class, 11point_mAP); transfer sets default to the registry's."
+        "accuracy",
+        help="Metric of its linear probe (docs/datasets.md: accuracy, mean_per_class, 11point_mAP); transfer sets "
+        "default to the registry's.",
     )
-    download: bool = option(False, help="Fetch it into root first (the download_dataset rule: torchvision's URLs and checksums; transfer sets with auto_download in esvit/resources/datasets.yaml).")
+    download: bool = option(
+        False,
+        help="Fetch it into root first (the download_dataset rule: torchvision's URLs and checksums; transfer sets "
+        "with auto_download in esvit/resources/datasets.yaml).",
+    )
 
 
 @dataclasses.dataclass
@@ -75,7 +81,9 @@ class ContinualFrom:
     """A run's starting point in continual mode: ``run``'s checkpoint after ``epoch`` epochs."""
 
     run: str = option(help="The (view-only) run to continue from, a key of `runs` with a config.")
-    epoch: int = option(gt=0, help="Epochs of that run to start from (checkpoint<epoch>.pth; the paper: 200, or 180 for Swin-S/W14).")
+    epoch: int = option(
+        gt=0, help="Epochs of that run to start from (checkpoint<epoch>.pth; the paper: 200, or 180 for Swin-S/W14)."
+    )
 
 
 @dataclasses.dataclass
@@ -83,18 +91,37 @@ class PretrainRun:
     """One run to evaluate: a pretraining (a training config, a diff on the paper defaults, and the data it
     reads), or a released checkpoint evaluated as it is (``checkpoint`` + ``arch``, no pretraining)."""
 
-    config: str | None = option(None, path="exists", help="Training config YAML (configs/pretrain/*.yaml, configs/paper/*.yaml); or give checkpoint.")
+    config: str | None = option(
+        None,
+        path="exists",
+        help="Training config YAML (configs/pretrain/*.yaml, configs/paper/*.yaml); or give checkpoint.",
+    )
     dataset: str | None = option(None, help="Dataset (a key of `datasets`) whose shards it trains on (with config).")
     split: str = option("train", help="Split of that dataset.")
     overrides: list[str] = option([], help="Training-config overrides, key.sub=value.")
-    mix: list[str] = option([], help="More datasets whose `split` shards are mixed into the training stream (drawn shard by shard).")
-    checkpoint: str | None = option(None, path="exists", help="A released checkpoint to evaluate without pretraining (instead of config).")
-    release: str | None = option(None, choices=_releases, help="A released checkpoint by name (esvit/resources/releases.yaml), downloaded by the download_release rule (instead of config or checkpoint; sets arch and checkpoint_format).")
-    checkpoint_format: Literal["official", "esvit", "timm"] = option("official", help="official: microsoft/esvit checkpoint.pth (imported with `esvit import`); esvit: this project's; timm: a timm state dict (e.g. a supervised Swin).")
+    mix: list[str] = option(
+        [], help="More datasets whose `split` shards are mixed into the training stream (drawn shard by shard)."
+    )
+    checkpoint: str | None = option(
+        None, path="exists", help="A released checkpoint to evaluate without pretraining (instead of config)."
+    )
+    release: str | None = option(
+        None,
+        choices=_releases,
+        help="A released checkpoint by name (esvit/resources/releases.yaml), downloaded by the download_release rule "
+        "(instead of config or checkpoint; sets arch and checkpoint_format).",
+    )
+    checkpoint_format: Literal["official", "esvit", "timm"] = option(
+        "official",
+        help="official: microsoft/esvit checkpoint.pth (imported with `esvit import`); esvit: this project's; timm: "
+        "a timm state dict (e.g. a supervised Swin).",
+    )
     arch: str | None = option(None, choices=arch_names, help="Architecture of checkpoint (esvit.models.ARCHS).")
     image_size: int = option(224, gt=0, help="Evaluation crop size of checkpoint.")
     continual_from: ContinualFrom | None = option(
-        None, help="Start from another run's checkpoint after `epoch` epochs (continual mode: how most released V+R models were made); that run is planned first and keeps that checkpoint."
+        None,
+        help="Start from another run's checkpoint after `epoch` epochs (continual mode: how most released V+R models "
+        "were made); that run is planned first and keeps that checkpoint.",
     )
 
 
@@ -103,20 +130,35 @@ class EvalConfig:
     """Evaluation of every run on held-out datasets: cached features, k-NN and the linear probe."""
 
     datasets: list[str] = option([], help="Datasets (keys of `datasets`, with train and test splits) to evaluate on.")
-    random_init_baseline: bool = option(True, help="Also evaluate the runs' architectures at random initialisation ({run}_random, once per architecture and image size).")
+    random_init_baseline: bool = option(
+        True,
+        help="Also evaluate the runs' architectures at random initialisation ({run}_random, once per architecture "
+        "and image size).",
+    )
     batch_size: int = option(256, gt=0, help="Images per extraction batch.")
     workers: int = option(2, min=0, help="Data-loader workers per extraction job.")
-    device: str = option("auto", help="Device of extraction, probes and the linear protocol: auto (the GPU when the job sees one), cpu, cuda or cuda:N.")
+    device: str = option(
+        "auto",
+        help="Device of extraction, probes and the linear protocol: auto (the GPU when the job sees one), cpu, cuda "
+        "or cuda:N.",
+    )
     knn_ks: list[int] = option([10, 20, 100, 200], nonempty=True, help="k values of the k-NN (k=20 is reported).")
     knn_temperature: float = option(0.07, gt=0, help="Temperature of the k-NN vote weights.")
-    linear_datasets: list[str] = option([], help="Datasets (keys of `datasets`) for the ImageNet linear protocol on the last-4-blocks features, and its k-NN.")
-    linear_mode: Literal["fast", "paper"] = option("fast", help="fast: cached centre-crop features; paper: augmented views through the frozen backbone.")
+    linear_datasets: list[str] = option(
+        [],
+        help="Datasets (keys of `datasets`) for the ImageNet linear protocol on the last-4-blocks features, and its "
+        "k-NN.",
+    )
+    linear_mode: Literal["fast", "paper"] = option(
+        "fast", help="fast: cached centre-crop features; paper: augmented views through the frozen backbone."
+    )
     linear_epochs: int = option(100, gt=0, help="Epochs of the linear protocol (paper: 100).")
     linear_lr: float = option(1e-3, gt=0, help="Base learning rate of the linear protocol, scaled by batch / 256.")
     linear_batch_size: int = option(256, gt=0, help="Batch size of the linear protocol.")
     correspondence_dataset: str | None = option(
-        None, help="Dataset (a key of `datasets`) whose held-out images the region correspondence diagnostic (esvit viz) "
-        "uses; null: the first of datasets, else of linear_datasets."
+        None,
+        help="Dataset (a key of `datasets`) whose held-out images the region correspondence diagnostic (esvit viz) "
+        "uses; null: the first of datasets, else of linear_datasets.",
     )
 
 
@@ -124,9 +166,19 @@ class EvalConfig:
 class DownloadConfig:
     """Where downloads come from and are kept (released checkpoints, transfer datasets)."""
 
-    mirror: str | None = option(None, help="A site mirror laid out as `wget -x` saves (<mirror>/<host>/<path>): an http(s):// or file:// URL, or a folder.")
-    cache: str | None = option(None, help="A shared download folder (<cache>/<host>/<path>): verified files there are linked instead of downloaded; new downloads land there.")
-    folder: str = option("{data_dir}/downloads", help="Where downloaded checkpoints are written ({data_dir} is replaced).")
+    mirror: str | None = option(
+        None,
+        help="A site mirror laid out as `wget -x` saves (<mirror>/<host>/<path>): an http(s):// or file:// URL, or a "
+        "folder.",
+    )
+    cache: str | None = option(
+        None,
+        help="A shared download folder (<cache>/<host>/<path>): verified files there are linked instead of "
+        "downloaded; new downloads land there.",
+    )
+    folder: str = option(
+        "{data_dir}/downloads", help="Where downloaded checkpoints are written ({data_dir} is replaced)."
+    )
 
     def path(self, data_dir: str) -> str:
         """The download folder with ``{data_dir}`` filled in."""
@@ -142,16 +194,27 @@ class PipelineConfig:
     """The workflow config: what Snakemake and the CLI read."""
 
     data_dir: str = option("data", help="Where shards and prepared raw data are written.")
-    launcher: Literal["local", "slurm"] = option("local", help="How the pretrain rule runs `esvit pretrain`: local (here) or slurm (a submitit job it follows; cluster_profiles/slurm sets it).")
-    launch_site: str = option("cluster_profiles/slurm/submitit.yaml", help="Site file of Slurm launch settings (partition, account, nodes, GPUs) used with launcher: slurm.")
-    datasets: dict[str, DatasetConfig] = option({}, nonempty=True, help="Datasets to shard, by name (lower-case letters, digits and '_').")
+    launcher: Literal["local", "slurm"] = option(
+        "local",
+        help="How the pretrain rule runs `esvit pretrain`: local (here) or slurm (a submitit job it follows; "
+        "cluster_profiles/slurm sets it).",
+    )
+    launch_site: str = option(
+        "cluster_profiles/slurm/submitit.yaml",
+        help="Site file of Slurm launch settings (partition, account, nodes, GPUs) used with launcher: slurm.",
+    )
+    datasets: dict[str, DatasetConfig] = option(
+        {}, nonempty=True, help="Datasets to shard, by name (lower-case letters, digits and '_')."
+    )
     shard: ShardConfig = option(factory=ShardConfig, help="The sharding stage.")
     runs: dict[str, PretrainRun] = option({}, help="Pretraining runs, by name (lower-case letters, digits and '_').")
     eval: EvalConfig = option(factory=EvalConfig, help="Evaluation of the runs.")
     download: DownloadConfig = option(factory=DownloadConfig, help="Downloads: site mirror and cache.")
 
 
-def load_config(source: str | Path | Mapping, overrides: typing.Iterable[str] = (), check_paths: bool = True) -> PipelineConfig:
+def load_config(
+    source: str | Path | Mapping, overrides: typing.Iterable[str] = (), check_paths: bool = True
+) -> PipelineConfig:
     """Load and validate the workflow config.
 
     Args:
@@ -197,11 +260,15 @@ def _load_config(source: str | Path | Mapping, overrides: typing.Iterable[str]) 
         if ds.download:
             if not (entry or {}).get("auto_download"):
                 how = f"download: {entry['download']}" if entry else "put its files under root"
-                raise ConfigError(f"datasets.{name}.download: source {ds.source!r} cannot be downloaded automatically "
-                                  f"({how}); set download: false and put it under root by hand")  # fmt: skip
-    for i, name in [(f"datasets[{i}]", n) for i, n in enumerate(cfg.eval.datasets)] + [
-            (f"linear_datasets[{i}]", n) for i, n in enumerate(cfg.eval.linear_datasets)] + [
-            ("correspondence_dataset", n) for n in [cfg.eval.correspondence_dataset] if n is not None]:  # fmt: skip
+                raise ConfigError(
+                    f"datasets.{name}.download: source {ds.source!r} cannot be downloaded automatically "
+                    f"({how}); set download: false and put it under root by hand"
+                )
+    for i, name in (
+        [(f"datasets[{i}]", n) for i, n in enumerate(cfg.eval.datasets)]
+        + [(f"linear_datasets[{i}]", n) for i, n in enumerate(cfg.eval.linear_datasets)]
+        + [("correspondence_dataset", n) for n in [cfg.eval.correspondence_dataset] if n is not None]
+    ):
         if name not in cfg.datasets:
             raise ConfigError(
                 f"eval.{i}: unknown dataset {name!r}; known: {', '.join(cfg.datasets)}."
@@ -209,20 +276,26 @@ def _load_config(source: str | Path | Mapping, overrides: typing.Iterable[str]) 
             )
         splits = set(cfg.datasets[name].splits)
         if "train" not in splits or not splits & {"test", "val"}:
-            raise ConfigError(f"eval.{i}: {name!r} needs a train and a test (or val) split (has {cfg.datasets[name].splits})")
+            raise ConfigError(
+                f"eval.{i}: {name!r} needs a train and a test (or val) split (has {cfg.datasets[name].splits})"
+            )
     for name, run in cfg.runs.items():
         key = f"runs.{name}"
         given = [k for k in ("config", "checkpoint", "release") if getattr(run, k) is not None]
         if len(given) != 1:
             found = f" (it has {' and '.join(given)})" if given else ""
-            raise ConfigError(f"{key}: give one of config (+ dataset) to pretrain, checkpoint (+ arch) or release (a name "
-                              f"in esvit/resources/releases.yaml) to evaluate a released one{found}")  # fmt: skip
+            raise ConfigError(
+                f"{key}: give one of config (+ dataset) to pretrain, checkpoint (+ arch) or release (a name "
+                f"in esvit/resources/releases.yaml) to evaluate a released one{found}"
+            )
         if run.release is not None:
             entry = load_releases()[run.release]
             given = data["runs"][name] or {}
             for field_, value in (("arch", entry["arch"]), ("checkpoint_format", entry["format"])):
                 if field_ in given and given[field_] != value:
-                    raise ConfigError(f"{key}.{field_}: {given[field_]!r}, but release {run.release!r} is {value!r}; leave it out")
+                    raise ConfigError(
+                        f"{key}.{field_}: {given[field_]!r}, but release {run.release!r} is {value!r}; leave it out"
+                    )
                 setattr(run, field_, value)
             continue
         if run.checkpoint is not None:
@@ -238,7 +311,10 @@ def _load_config(source: str | Path | Mapping, overrides: typing.Iterable[str]) 
             raise ConfigError(f"{key}.split: {run.split!r} is not among datasets.{run.dataset}.splits")
         for j, extra in enumerate(run.mix):
             if extra not in cfg.datasets:
-                raise ConfigError(f"{key}.mix[{j}]: unknown dataset {extra!r}; known: {', '.join(cfg.datasets)}.{did_you_mean(extra, cfg.datasets)}")
+                raise ConfigError(
+                    f"{key}.mix[{j}]: unknown dataset {extra!r}; known: "
+                    f"{', '.join(cfg.datasets)}.{did_you_mean(extra, cfg.datasets)}"
+                )
             if run.split not in cfg.datasets[extra].splits:
                 raise ConfigError(f"{key}.mix[{j}]: {extra!r} has no {run.split!r} split to mix in")
         try:
@@ -279,7 +355,9 @@ def pretrain_overrides(cfg: PipelineConfig, name: str) -> list[str]:
     extra = []
     if run.continual_from is not None:
         extra.append(f"run.continual_from={continual_checkpoint(run.continual_from)}")
-    keep = sorted({r.continual_from.epoch for r in cfg.runs.values() if r.continual_from and r.continual_from.run == name})
+    keep = sorted(
+        {r.continual_from.epoch for r in cfg.runs.values() if r.continual_from and r.continual_from.run == name}
+    )
     if keep:
         extra.append(f"run.keep_epochs={keep}")
     return [*run.overrides, *extra]

@@ -10,11 +10,10 @@ from __future__ import annotations
 import os
 
 import torch
+
 from esvit.errors import DeviceError
 
 __all__ = ["DeviceError", "resolve_device", "describe_device"]
-
-
 
 
 def resolve_device(want: str = "auto") -> torch.device:
@@ -29,8 +28,10 @@ def resolve_device(want: str = "auto") -> torch.device:
     if want not in ("auto", "cuda") and not want.startswith("cuda:"):
         raise DeviceError(f"device {want!r}: use auto, cpu, cuda or cuda:N")
     if not torch.cuda.is_available():
-        raise DeviceError(f"device {want!r} asked for, but no CUDA device is visible (torch.cuda.is_available() is "
-                          "False); use auto or cpu")  # fmt: skip
+        raise DeviceError(
+            f"device {want!r} asked for, but no CUDA device is visible (torch.cuda.is_available() is "
+            "False); use auto or cpu"
+        )
     count = torch.cuda.device_count()
     if want.startswith("cuda:"):
         if not want[5:].isdigit():

@@ -31,12 +31,14 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 from urllib.parse import urlsplit
 
 import yaml
+
 from esvit.errors import DownloadError
 from esvit.fields import did_you_mean
 from esvit.resources import resource_path
@@ -59,9 +61,7 @@ CHUNK = 1 << 20
 USER_AGENT = "esvit-pipeline"
 
 
-
-
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def load_releases(path: str | Path = RELEASES_PATH) -> dict[str, dict[str, Any]]:
     """The released checkpoints a run can name: key -> {url, arch, format, tasks, linear, knn, sha256, size}."""
     return yaml.safe_load(Path(path).read_text())
@@ -70,7 +70,6 @@ def load_releases(path: str | Path = RELEASES_PATH) -> dict[str, dict[str, Any]]
 def known_entry(table: dict[str, dict], name: str, what: str) -> dict:
     """``table[name]``, or a DownloadError naming the close matches and the known names."""
     if name not in table:
-
         raise DownloadError(f"unknown {what} {name!r}.{did_you_mean(name, table)} Known: {', '.join(table)}")
     return table[name]
 
@@ -153,17 +152,29 @@ def _check_record(path: Path, url: str, expected: Expected) -> Expected:
     if data is None:
         return expected
     if url != "?" and data.get("url") not in (None, url):
-        raise DownloadError(f"{path}: holds the download of {data['url']}, not of {url}; give another path, or delete "
-                            f"it and {_record_path(path).name} to download {url} there")  # fmt: skip
-    return Expected(md5=expected.md5, sha256=expected.sha256 or data.get("sha256"),
-                    size=expected.size if expected.size is not None else data.get("size"))  # fmt: skip
+        raise DownloadError(
+            f"{path}: holds the download of {data['url']}, not of {url}; give another path, or delete "
+            f"it and {_record_path(path).name} to download {url} there"
+        )
+    return Expected(
+        md5=expected.md5,
+        sha256=expected.sha256 or data.get("sha256"),
+        size=expected.size if expected.size is not None else data.get("size"),
+    )
 
 
 def _write_record(path: Path, url: str) -> None:
     from esvit.atomic import atomic_write_json
 
-    atomic_write_json(_record_path(path), {"url": url, "size": path.stat().st_size, "sha256": _digest(path, "sha256"),
-                                           "downloaded": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})  # fmt: skip
+    atomic_write_json(
+        _record_path(path),
+        {
+            "url": url,
+            "size": path.stat().st_size,
+            "sha256": _digest(path, "sha256"),
+            "downloaded": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        },
+    )
 
 
 def _verify_existing(path: Path, url: str, expected: Expected) -> None:
@@ -224,21 +235,31 @@ def _transfer(source: str, part: Path, desc: str, progress: bool, checked: bool)
             if total.isdigit() and int(total) == offset:
                 return
             part.unlink()
-            raise DownloadError(f"{source}: the partial download {part.name} does not fit the file on the server "
-                                "(it changed); it was removed, rerun to download it again") from None  # fmt: skip
+            raise DownloadError(
+                f"{source}: the partial download {part.name} does not fit the file on the server "
+                "(it changed); it was removed, rerun to download it again"
+            ) from None
         raise DownloadError(f"{source}: HTTP {exc.code} {exc.reason}; check the URL or download.mirror") from None
     except urllib.error.URLError as exc:
         if isinstance(exc.reason, FileNotFoundError) or (not http_source and isinstance(exc.reason, OSError)):
-            raise DownloadError(f"{source}: not found (is it in the mirror, laid out as <mirror>/<host>/<path>?)") from None
-        raise DownloadError(f"{source}: cannot connect ({exc.reason}); check the network, or set download.mirror / "
-                            "download.cache to a copy reachable from here") from None  # fmt: skip
+            raise DownloadError(
+                f"{source}: not found (is it in the mirror, laid out as <mirror>/<host>/<path>?)"
+            ) from None
+        raise DownloadError(
+            f"{source}: cannot connect ({exc.reason}); check the network, or set download.mirror / "
+            "download.cache to a copy reachable from here"
+        ) from None
     except (OSError, http.client.HTTPException) as exc:
-        raise DownloadError(f"{source}: cannot connect ({exc}); check the network, or set download.mirror / "
-                            "download.cache to a copy reachable from here") from None  # fmt: skip
+        raise DownloadError(
+            f"{source}: cannot connect ({exc}); check the network, or set download.mirror / "
+            "download.cache to a copy reachable from here"
+        ) from None
     with response:
         if "text/html" in (response.headers.get("Content-Type") or ""):
-            raise DownloadError(f"{source}: the server answered with a web page, not the file (an error or login "
-                                "page?); check the URL or download.mirror")  # fmt: skip
+            raise DownloadError(
+                f"{source}: the server answered with a web page, not the file (an error or login "
+                "page?); check the URL or download.mirror"
+            )
         status = getattr(response, "status", None)
         resumed = bool(offset) and status == 206
         if resumed:
@@ -256,24 +277,40 @@ def _transfer(source: str, part: Path, desc: str, progress: bool, checked: bool)
         length = response.headers.get("Content-Length")
         total = offset + int(length) if length is not None else None
         if total is None and not checked and http_source:
-            raise DownloadError(f"{source}: the server does not say the file's size and no checksum is known, so a "
-                                "cut connection could not be told from a whole file; use a mirror that does, or "
-                                "put the file's sha256 in esvit/resources/releases.yaml")  # fmt: skip
-        with open(part, "ab" if resumed else "wb") as f, tqdm(
-            total=total, initial=offset, unit="B", unit_scale=True, unit_divisor=1024, desc=desc,
-            disable=not progress, file=sys.stderr, mininterval=1.0,
-        ) as bar:  # fmt: skip
+            raise DownloadError(
+                f"{source}: the server does not say the file's size and no checksum is known, so a "
+                "cut connection could not be told from a whole file; use a mirror that does, or "
+                "put the file's sha256 in esvit/resources/releases.yaml"
+            )
+        with (
+            open(part, "ab" if resumed else "wb") as f,
+            tqdm(
+                total=total,
+                initial=offset,
+                unit="B",
+                unit_scale=True,
+                unit_divisor=1024,
+                desc=desc,
+                disable=not progress,
+                file=sys.stderr,
+                mininterval=1.0,
+            ) as bar,
+        ):
             try:
                 while chunk := response.read(CHUNK):
                     f.write(chunk)
                     bar.update(len(chunk))
             except (OSError, urllib.error.URLError, http.client.HTTPException) as exc:
                 f.flush()
-                raise DownloadError(f"{source}: the connection broke after {f.tell():,} bytes ({type(exc).__name__}); "
-                                    "rerun to continue from there") from None  # fmt: skip
+                raise DownloadError(
+                    f"{source}: the connection broke after {f.tell():,} bytes ({type(exc).__name__}); "
+                    "rerun to continue from there"
+                ) from None
         if total is not None and part.stat().st_size < total:
-            raise DownloadError(f"{source}: the connection closed after {part.stat().st_size:,} of {total:,} bytes; "
-                                "rerun to continue from there")  # fmt: skip
+            raise DownloadError(
+                f"{source}: the connection closed after {part.stat().st_size:,} of {total:,} bytes; "
+                "rerun to continue from there"
+            )
 
 
 def _download_to(path: Path, url: str, expected: Expected, mirror: str | None, progress: bool) -> None:
@@ -318,8 +355,17 @@ def _place(src: Path, dest: Path) -> None:
         shutil.copyfile(_record_path(src), _record_path(dest))
 
 
-def fetch(url: str, dest: str | Path, *, md5: str | None = None, sha256: str | None = None, size: int | None = None,
-          mirror: str | None = None, cache: str | Path | None = None, progress: bool = True) -> Path:  # fmt: skip
+def fetch(
+    url: str,
+    dest: str | Path,
+    *,
+    md5: str | None = None,
+    sha256: str | None = None,
+    size: int | None = None,
+    mirror: str | None = None,
+    cache: str | Path | None = None,
+    progress: bool = True,
+) -> Path:
     """Make ``dest`` the verified file of ``url``.
 
     An existing ``dest`` is checked (against the checksums given, else its record) and used; otherwise the file
@@ -349,19 +395,29 @@ def fetch(url: str, dest: str | Path, *, md5: str | None = None, sha256: str | N
         _download_to(dest, url, expected, mirror, progress)
     except OSError as exc:  # a read-only folder, a path through a file, a full disk
         where = exc.filename or dest
-        raise DownloadError(f"cannot write {where} ({exc.strerror or exc}); choose a writable place with room") from None
+        raise DownloadError(
+            f"cannot write {where} ({exc.strerror or exc}); choose a writable place with room"
+        ) from None
     return dest
 
 
 # ---------------------------------------------------------------------------------------- releases, datasets
 
 
-def fetch_release(name: str, dest: str | Path, *, mirror: str | None = None, cache: str | Path | None = None,
-                  progress: bool = True) -> Path:  # fmt: skip
+def fetch_release(
+    name: str, dest: str | Path, *, mirror: str | None = None, cache: str | Path | None = None, progress: bool = True
+) -> Path:
     """Download the released checkpoint ``name`` (a key of ``esvit/resources/releases.yaml``) to ``dest``."""
     entry = known_entry(load_releases(), name, "release")
-    return fetch(entry["url"], dest, sha256=entry.get("sha256"), size=entry.get("size"), mirror=mirror, cache=cache,
-                 progress=progress)  # fmt: skip
+    return fetch(
+        entry["url"],
+        dest,
+        sha256=entry.get("sha256"),
+        size=entry.get("size"),
+        mirror=mirror,
+        cache=cache,
+        progress=progress,
+    )
 
 
 def _archive_errors() -> tuple[type[BaseException], ...]:
@@ -380,13 +436,16 @@ def _unpack(extract, archive: str, to: str | None, *args: Any, **kwargs: Any) ->
     except _archive_errors() as exc:
         Path(archive).unlink(missing_ok=True)
         _record_path(Path(archive)).unlink(missing_ok=True)
-        raise DownloadError(f"{archive}: damaged archive ({type(exc).__name__}: {exc}); it was removed, rerun to "
-                            "download it again (or check download.mirror)") from None  # fmt: skip
+        raise DownloadError(
+            f"{archive}: damaged archive ({type(exc).__name__}: {exc}); it was removed, rerun to "
+            "download it again (or check download.mirror)"
+        ) from None
 
 
 @contextlib.contextmanager
-def _torchvision_through_fetch(mirror: str | None, cache: str | Path | None, progress: bool, fetched: list,
-                               unpacking: Path) -> Iterator[None]:  # fmt: skip
+def _torchvision_through_fetch(
+    mirror: str | None, cache: str | Path | None, progress: bool, fetched: list, unpacking: Path
+) -> Iterator[None]:
     """Route torchvision's ``download_url`` (what its ``download=True`` calls for every file) through
     :func:`fetch`, and its ``extract_archive`` through a journal (``unpacking``: every archive is listed there
     before it is unpacked, so an interrupted unpacking is redone), in every dataset module that imported them."""
@@ -395,7 +454,9 @@ def _torchvision_through_fetch(mirror: str | None, cache: str | Path | None, pro
 
     originals = {"download_url": tvu.download_url, "extract_archive": tvu.extract_archive}
 
-    def download_url(url: str, root: str | Path, filename: str | None = None, md5: str | None = None, *a: Any, **k: Any) -> None:
+    def download_url(
+        url: str, root: str | Path, filename: str | None = None, md5: str | None = None, *a: Any, **k: Any
+    ) -> None:
         dest = Path(root).expanduser() / (filename or os.path.basename(urlsplit(url).path))
         fetch(url, dest, md5=md5, mirror=mirror, cache=cache, progress=progress)
         fetched.append({"url": url, "file": str(dest), "md5": md5})
@@ -410,8 +471,13 @@ def _torchvision_through_fetch(mirror: str | None, cache: str | Path | None, pro
         return _unpack(originals["extract_archive"], str(from_path), entry["to"], *a, **k)
 
     replacements = {"download_url": download_url, "extract_archive": extract_archive}
-    patched = [(m, name) for mod_name, m in list(sys.modules.items()) if mod_name.startswith("torchvision.datasets")
-               for name, original in originals.items() if getattr(m, name, None) is original]  # fmt: skip
+    patched = [
+        (m, name)
+        for mod_name, m in list(sys.modules.items())
+        if mod_name.startswith("torchvision.datasets")
+        for name, original in originals.items()
+        if getattr(m, name, None) is original
+    ]
     for module, name in patched:
         setattr(module, name, replacements[name])
     try:
@@ -421,8 +487,9 @@ def _torchvision_through_fetch(mirror: str | None, cache: str | Path | None, pro
             setattr(module, name, originals[name])
 
 
-def fetch_dataset(name: str, root: str | Path, *, mirror: str | None = None, cache: str | Path | None = None,
-                  progress: bool = True) -> list[dict]:  # fmt: skip
+def fetch_dataset(
+    name: str, root: str | Path, *, mirror: str | None = None, cache: str | Path | None = None, progress: bool = True
+) -> list[dict]:
     """Download and unpack the transfer dataset ``name`` (a key of ``esvit/resources/datasets.yaml``) under ``root``,
     as its torchvision class lays it out, and open every split once to check it.
 
@@ -438,8 +505,10 @@ def fetch_dataset(name: str, root: str | Path, *, mirror: str | None = None, cac
 
     entry = known_entry(load_registry(), name, "dataset")
     if not entry.get("auto_download"):
-        raise DownloadError(f"{name} cannot be downloaded automatically. Download: {entry['download']}. Unpack it under "
-                            f"the dataset's root so that it holds {entry['layout']}, and set download: false for it")  # fmt: skip
+        raise DownloadError(
+            f"{name} cannot be downloaded automatically. Download: {entry['download']}. Unpack it under "
+            f"the dataset's root so that it holds {entry['layout']}, and set download: false for it"
+        )
     import torchvision.datasets as tvd
     import torchvision.datasets.utils as tvu
 
@@ -459,16 +528,19 @@ def fetch_dataset(name: str, root: str | Path, *, mirror: str | None = None, cac
                 if Path(job["archive"]).is_file():
                     _unpack(tvu.extract_archive, job["archive"], job["to"])
         with _torchvision_through_fetch(mirror, cache, progress, fetched, unpacking):
-            for split, kwargs in entry["splits"].items():
+            for kwargs in entry["splits"].values():
                 cls(root=str(root), download=True, **kwargs)
-        for split, kwargs in entry["splits"].items():  # each split opens as the shard step will open it
+        for kwargs in entry["splits"].values():  # each split opens as the shard step will open it
             cls(root=str(root), **({**kwargs, "download": False} if "download" in _params(cls) else kwargs))
     except DownloadError:
         raise
     except (RuntimeError, OSError, ValueError, KeyError) as exc:
-        raise DownloadError(f"{name}: torchvision {entry['class']} could not be fetched or opened under {str(root)!r}: "
-                            f"{exc}") from None  # fmt: skip
-    atomic_write_json(complete, {"dataset": name, "files": fetched, "complete": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
+        raise DownloadError(
+            f"{name}: torchvision {entry['class']} could not be fetched or opened under {str(root)!r}: {exc}"
+        ) from None
+    atomic_write_json(
+        complete, {"dataset": name, "files": fetched, "complete": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    )
     unpacking.unlink(missing_ok=True)
     return fetched
 

@@ -9,9 +9,21 @@ catch those keep working. This module imports nothing: every layer of the packag
 from __future__ import annotations
 
 __all__ = [
-    "EsvitError", "ConfigError", "UsageError", "SourceError", "ShardError", "CheckpointError", "TrainingError",
-    "FeatureError", "LockError", "DeviceError", "WriteError", "DownloadError", "LaunchError", "ReportError",
-]  # fmt: skip
+    "EsvitError",
+    "ConfigError",
+    "UsageError",
+    "SourceError",
+    "ShardError",
+    "CheckpointError",
+    "TrainingError",
+    "FeatureError",
+    "LockError",
+    "DeviceError",
+    "WriteError",
+    "DownloadError",
+    "LaunchError",
+    "ReportError",
+]
 
 
 class EsvitError(Exception):

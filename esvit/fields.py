@@ -22,16 +22,24 @@ import difflib
 import re
 import types
 import typing
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal, Mapping
+from typing import Any, Literal
 
 import yaml
 
 from esvit.errors import ConfigError
 
 __all__ = [
-    "NAME_RE", "CHECK_PATHS", "option", "did_you_mean", "from_dict", "to_dict", "load_yaml", "apply_overrides",
-]  # fmt: skip
+    "NAME_RE",
+    "CHECK_PATHS",
+    "option",
+    "did_you_mean",
+    "from_dict",
+    "to_dict",
+    "load_yaml",
+    "apply_overrides",
+]
 
 NAME_RE = re.compile(r"^[a-z][a-z0-9_]*$")
 # False while a workflow is planned: paths that jobs will create or that only the jobs read (data roots,
@@ -48,8 +56,6 @@ def option(default: Any = dataclasses.MISSING, *, factory: Any = None, help: str
         value = default
         return dataclasses.field(default_factory=lambda: type(value)(value), metadata=meta)
     return dataclasses.field(default=default, metadata=meta)
-
-
 
 
 def _type_name(tp: Any) -> str:
@@ -91,14 +97,13 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
                 return _convert(value, arg, key)
             except ConfigError as exc:
                 errors.append(exc)
-        raise errors[0] if len(errors) == 1 else ConfigError(
-            f"{key} must be {_type_name(tp)} (got {value!r})"
-        )
+        raise errors[0] if len(errors) == 1 else ConfigError(f"{key} must be {_type_name(tp)} (got {value!r})")
     if origin is Literal:
         allowed = typing.get_args(tp)
         if value not in allowed:
             raise ConfigError(
-                f"{key} must be one of {', '.join(map(repr, allowed))} (got {value!r}).{did_you_mean(value, map(str, allowed))}"
+                f"{key} must be one of {', '.join(map(repr, allowed))} (got "
+                f"{value!r}).{did_you_mean(value, map(str, allowed))}"
             )
         return value
     if origin is list:
@@ -183,9 +188,7 @@ def from_dict(cls: type, data: Any, prefix: str = "") -> Any:
     fields = {f.name: f for f in dataclasses.fields(cls)}
     for k in data:
         if k not in fields:
-            raise ConfigError(
-                f"{where}: unknown key {k!r}.{did_you_mean(k, fields)} Allowed: {', '.join(fields)}"
-            )
+            raise ConfigError(f"{where}: unknown key {k!r}.{did_you_mean(k, fields)} Allowed: {', '.join(fields)}")
     kwargs = {}
     for name, f in fields.items():
         key = f"{prefix}.{name}" if prefix else name

@@ -17,13 +17,12 @@ import os
 import socket
 import time
 from pathlib import Path
+
 from esvit.errors import LockError
 
 __all__ = ["LockError", "RunLock"]
 
 log = logging.getLogger("esvit")
-
-
 
 
 class RunLock:
@@ -35,7 +34,7 @@ class RunLock:
         self.path = target / ".lock" if folder else target.with_name(target.name + ".lock")
         self.target, self.what, self._fd = target, what, None
 
-    def __enter__(self) -> "RunLock":
+    def __enter__(self) -> RunLock:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
@@ -51,10 +50,16 @@ class RunLock:
                 self._fd = fd
                 return self
             os.close(fd)
-            raise LockError(f"{self.what} {str(self.target)!r} is in use by {_describe(holder)}; wait for it to finish or "
-                            "stop it (a crashed holder releases the lock by itself)") from None  # fmt: skip
-        me = {"pid": os.getpid(), "host": socket.gethostname(), "slurm_job": os.environ.get("SLURM_JOB_ID"),
-              "since": time.strftime("%Y-%m-%dT%H:%M:%S")}  # fmt: skip
+            raise LockError(
+                f"{self.what} {str(self.target)!r} is in use by {_describe(holder)}; wait for it to finish or "
+                "stop it (a crashed holder releases the lock by itself)"
+            ) from None
+        me = {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "slurm_job": os.environ.get("SLURM_JOB_ID"),
+            "since": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        }
         os.ftruncate(fd, 0)
         os.pwrite(fd, json.dumps(me).encode(), 0)
         self._fd = fd

@@ -35,14 +35,16 @@ class _Lines:
     def close(self) -> None:
         self._print(time.perf_counter())
 
-    def __enter__(self) -> "_Lines":
+    def __enter__(self) -> _Lines:
         return self
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
 
 
-def progress(total: int | None, desc: str, unit: str = "it", initial: int = 0, enabled: bool = True, interval: float = 30.0):
+def progress(
+    total: int | None, desc: str, unit: str = "it", initial: int = 0, enabled: bool = True, interval: float = 30.0
+):
     """A progress reporter: tqdm when stderr is a terminal, periodic log lines when not, nothing if disabled."""
     from tqdm import tqdm
 

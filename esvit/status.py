@@ -379,7 +379,9 @@ def _pretrain_state(name: str, run_dir: Path, results: Path, st: RunStatus) -> N
             st.state = "queued"
         elif state in ("RUNNING", "COMPLETING", "SUSPENDED", "STAGE_OUT", "RESIZING"):
             st.state = "running"
-        elif state.startswith(("FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "PREEMPTED", "BOOT_FAIL", "DEADLINE")):
+        elif state.startswith(
+            ("FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "PREEMPTED", "BOOT_FAIL", "DEADLINE")
+        ):
             from esvit.launch.submit import _job_error
 
             st.state, st.error = "failed", f"{state}: {_job_error(run_dir / 'slurm', job_id)}"
@@ -402,8 +404,11 @@ def run_status(cfg: PipelineConfig, results: str | Path = "results") -> list[Run
 
     results = Path(results)
     if not results.is_dir():
-        print(f"esvit: warning: results folder {str(results)!r} does not exist: nothing has run here yet (or check "
-              "--results)", file=sys.stderr)  # fmt: skip
+        print(
+            f"esvit: warning: results folder {str(results)!r} does not exist: nothing has run here yet (or check "
+            "--results)",
+            file=sys.stderr,
+        )
     expected = eval_results(cfg)
     metrics = _metrics(results)
     out = []
@@ -419,7 +424,12 @@ def run_status(cfg: PipelineConfig, results: str | Path = "results") -> list[Run
                 st.epochs = None
             if records:
                 last = records[-1]
-                st.epoch, st.step, st.loss, st.img_s = last.get("epoch"), last.get("step"), last.get("loss"), last.get("img_s")
+                st.epoch, st.step, st.loss, st.img_s = (
+                    last.get("epoch"),
+                    last.get("step"),
+                    last.get("loss"),
+                    last.get("img_s"),
+                )
                 st.collapse = last.get("collapse")
                 per_epoch = _steps_per_epoch(records)
                 if st.state in ("running", "queued", "submitted") and per_epoch and st.epochs and last.get("img_s"):
@@ -490,11 +500,26 @@ def status_table(rows: list[RunStatus]) -> str:
     lines = []
     for r in rows:
         # the log's epoch counts from 0: the table shows the epoch being trained, 1-based, of how many
-        epoch = f"{r.epoch + 1}/{r.epochs}" if r.epoch is not None and r.epochs else (str(r.epoch + 1) if r.epoch is not None else "—")
+        epoch = (
+            f"{r.epoch + 1}/{r.epochs}"
+            if r.epoch is not None and r.epochs
+            else (str(r.epoch + 1) if r.epoch is not None else "—")
+        )
         state = r.state + (" (COLLAPSE?)" if r.collapse else "")
-        lines.append([r.run, state, r.where or "—", epoch, str(r.step) if r.step is not None else "—",
-                      f"{r.loss:.4f}" if r.loss is not None else "—", f"{r.img_s:.1f}" if r.img_s is not None else "—",
-                      _fmt_eta(r.eta_s), f"{r.results_done}/{r.results_total}", str(len(r.stale))])  # fmt: skip
+        lines.append(
+            [
+                r.run,
+                state,
+                r.where or "—",
+                epoch,
+                str(r.step) if r.step is not None else "—",
+                f"{r.loss:.4f}" if r.loss is not None else "—",
+                f"{r.img_s:.1f}" if r.img_s is not None else "—",
+                _fmt_eta(r.eta_s),
+                f"{r.results_done}/{r.results_total}",
+                str(len(r.stale)),
+            ]
+        )
     widths = [max(len(h), *(len(line[i]) for line in lines)) if lines else len(h) for i, h in enumerate(head)]
     text = ["  ".join(h.ljust(w) for h, w in zip(head, widths))]
     text += ["  ".join(c.ljust(w) for c, w in zip(line, widths)) for line in lines]

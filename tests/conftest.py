@@ -17,12 +17,26 @@ FASHION_ROOT = Path("/usr/share/datasets/fashion-mnist")
 OFFICIAL_FIXTURES = REPO / "tests" / "fixtures" / "official"
 # A training config small enough for a CPU test: swin_pico at 32 / 16 px, 48 samples per epoch, two epochs.
 TINY = [
-    "model.arch=swin_pico", "model.out_dim=256", "model.hidden_dim=64", "model.bottleneck_dim=32",
-    "model.drop_path_rate=0.1", "crops.global_size=32", "crops.local_size=[16]", "crops.local_number=[2]",
-    "optim.batch_size_per_device=8", "optim.epochs=2", "optim.warmup_epochs=1", "optim.lr=0.002",
-    "data.samples_per_epoch=48", "data.num_workers=2", "data.shuffle_buffer=64", "run.threads=2",
-    "run.tensorboard=false", "run.log_every_steps=2", "loss.warmup_teacher_temp_epochs=1",
-]  # fmt: skip
+    "model.arch=swin_pico",
+    "model.out_dim=256",
+    "model.hidden_dim=64",
+    "model.bottleneck_dim=32",
+    "model.drop_path_rate=0.1",
+    "crops.global_size=32",
+    "crops.local_size=[16]",
+    "crops.local_number=[2]",
+    "optim.batch_size_per_device=8",
+    "optim.epochs=2",
+    "optim.warmup_epochs=1",
+    "optim.lr=0.002",
+    "data.samples_per_epoch=48",
+    "data.num_workers=2",
+    "data.shuffle_buffer=64",
+    "run.threads=2",
+    "run.tensorboard=false",
+    "run.log_every_steps=2",
+    "loss.warmup_teacher_temp_epochs=1",
+]
 
 
 # A sitecustomize.py for one rank of a distributed run (RANK 1, or Slurm task 1 with SLURM_PROCID): its loss
@@ -63,11 +77,17 @@ def env_with_python() -> dict[str, str]:
     return env
 
 
-def run_cli(*args: str, cwd: Path | None = None, check: bool = False, timeout: float = 600) -> subprocess.CompletedProcess:
+def run_cli(
+    *args: str, cwd: Path | None = None, check: bool = False, timeout: float = 600
+) -> subprocess.CompletedProcess:
     proc = subprocess.run(
-        [sys.executable, "-m", "esvit", *args], cwd=cwd or REPO, env=env_with_python(),
-        capture_output=True, text=True, timeout=timeout,
-    )  # fmt: skip
+        [sys.executable, "-m", "esvit", *args],
+        cwd=cwd or REPO,
+        env=env_with_python(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     if check and proc.returncode != 0:
         raise AssertionError(f"esvit {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
     return proc
@@ -200,17 +220,33 @@ def tiny_cfg(shards, *extra):
 # ------------------------------------------------------------------------- a results tree for the report
 
 
-def write_metrics(results: Path, ev: str, run: str, dataset: str, value: float, ckpt: Path | None, metric="top1", sha=None):
+def write_metrics(
+    results: Path, ev: str, run: str, dataset: str, value: float, ckpt: Path | None, metric="top1", sha=None
+):
     """One metrics record as the evaluation commands write it, at results/<ev>/<run>/<dataset>/metrics.json."""
     from esvit.data.shards import file_sha256
 
     path = results / ev / run / dataset / "metrics.json"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({
-        "run": run, "arch": "swin_tiny_w7", "dataset": dataset, "eval": ev, "metric_name": metric, "value": value,
-        "metrics": {}, "n_train": 100, "n_test": 50, "hparams": {}, "checkpoint": str(ckpt) if ckpt else None,
-        "checkpoint_sha256": sha or (file_sha256(ckpt) if ckpt else "random-init-seed0"), "wall_s": 1.0,
-    }))  # fmt: skip
+    path.write_text(
+        json.dumps(
+            {
+                "run": run,
+                "arch": "swin_tiny_w7",
+                "dataset": dataset,
+                "eval": ev,
+                "metric_name": metric,
+                "value": value,
+                "metrics": {},
+                "n_train": 100,
+                "n_test": 50,
+                "hparams": {},
+                "checkpoint": str(ckpt) if ckpt else None,
+                "checkpoint_sha256": sha or (file_sha256(ckpt) if ckpt else "random-init-seed0"),
+                "wall_s": 1.0,
+            }
+        )
+    )
 
 
 @pytest.fixture
@@ -220,10 +256,28 @@ def results(tmp_path) -> Path:
     res = tmp_path / "results"
     run_dir = res / "pretrain" / "tiny"
     run_dir.mkdir(parents=True)
-    (run_dir / "config.yaml").write_text(yaml.safe_dump({"model": {"arch": "swin_tiny_w7"}, "loss": {"region_loss_weight": 0.5}, "optim": {"epochs": 300}}))
+    (run_dir / "config.yaml").write_text(
+        yaml.safe_dump(
+            {"model": {"arch": "swin_tiny_w7"}, "loss": {"region_loss_weight": 0.5}, "optim": {"epochs": 300}}
+        )
+    )
     (run_dir / "final.pth").write_bytes(b"weights")
-    (run_dir / "log.jsonl").write_text("".join(json.dumps({"step": s, "loss": 8 - s / 10, "loss_view": 8.2 - s / 10, "loss_region": 7.8 - s / 10,
-                                                            "lr": 1e-4 * s, "teacher_temp": 0.04}) + "\n" for s in range(1, 11)))  # fmt: skip
+    (run_dir / "log.jsonl").write_text(
+        "".join(
+            json.dumps(
+                {
+                    "step": s,
+                    "loss": 8 - s / 10,
+                    "loss_view": 8.2 - s / 10,
+                    "loss_region": 7.8 - s / 10,
+                    "lr": 1e-4 * s,
+                    "teacher_temp": 0.04,
+                }
+            )
+            + "\n"
+            for s in range(1, 11)
+        )
+    )
     ck = run_dir / "final.pth"
     write_metrics(res, "linear", "tiny", "imagenet", 77.0, ck)
     write_metrics(res, "knn", "tiny", "imagenet", 74.0, ck)

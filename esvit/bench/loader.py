@@ -45,8 +45,8 @@ def photographs(n: int, seed: int = 0) -> list[bytes]:
         a = photos[i % len(photos)]
         h, w = a.shape[:2]
         ch, cw = int(h * rng.uniform(0.6, 1.0)), int(w * rng.uniform(0.6, 1.0))
-        t, l = rng.integers(0, h - ch + 1), rng.integers(0, w - cw + 1)
-        img = Image.fromarray(a[t : t + ch, l : l + cw])
+        top, left = rng.integers(0, h - ch + 1), rng.integers(0, w - cw + 1)
+        img = Image.fromarray(a[top : top + ch, left : left + cw])
         if rng.random() < 0.5:
             img = img.transpose(Image.FLIP_LEFT_RIGHT)
         size = [(500, 375), (375, 500), (500, 333), (500, 400), (400, 500)][rng.integers(0, 5)]
@@ -78,16 +78,30 @@ def bench_loader(args: argparse.Namespace) -> dict:
             folder.mkdir(parents=True, exist_ok=True)
             for i, data in enumerate(photographs(args.images)):
                 (folder / f"{i:06d}.jpg").write_bytes(data)
-            write_shards(ImageFolderSource(str(tmp / "images")), "photos", "train", shards,
-                         ShardConfig(max_samples=200, workers=1), progress=False)  # fmt: skip
+            write_shards(
+                ImageFolderSource(str(tmp / "images")),
+                "photos",
+                "train",
+                shards,
+                ShardConfig(max_samples=200, workers=1),
+                progress=False,
+            )
         shard_set = open_shards(shards)
         mean_kb = sum(s["bytes"] for s in shard_set.manifest["shards"]) / shard_set.total / 1e3
-        crops = dict(global_size=args.global_size, global_scale=(0.4, 1.0), local_number=[args.locals],
-                     local_size=[args.local_size], local_scale=(0.05, 0.4))  # fmt: skip
+        crops = dict(
+            global_size=args.global_size,
+            global_scale=(0.4, 1.0),
+            local_number=[args.locals],
+            local_size=[args.local_size],
+            local_scale=(0.05, 0.4),
+        )
         fast = FastMultiCrop(**crops)
         # name: (augmentation, shard check); "fast, count only" prices the sha256 the readers compute while streaming
-        contenders = {"reference": (MultiCropAugmentation(**crops), "sha256"), "fast": (fast, "sha256"),
-                      "fast, count only": (fast, "count")}  # fmt: skip
+        contenders = {
+            "reference": (MultiCropAugmentation(**crops), "sha256"),
+            "fast": (fast, "sha256"),
+            "fast, count only": (fast, "count"),
+        }
         cpu = torch.device("cpu")
 
         def timed(augment, verify: str) -> float:
@@ -107,12 +121,18 @@ def bench_loader(args: argparse.Namespace) -> dict:
                 best[name] = max(best[name], timed(augment, verify))
         per = "core" if args.workers == 0 else f"{args.workers} workers"
         return {
-            "images": shard_set.total, "mean_kb": round(mean_kb, 1), "crops": f"2x{args.global_size}+{args.locals}x{args.local_size}",
-            "batch": args.batch, "workers": args.workers, "per": per, "reference_img_s": round(best["reference"], 2),
-            "fast_img_s": round(best["fast"], 2), "ratio": round(best["fast"] / best["reference"], 3),
+            "images": shard_set.total,
+            "mean_kb": round(mean_kb, 1),
+            "crops": f"2x{args.global_size}+{args.locals}x{args.local_size}",
+            "batch": args.batch,
+            "workers": args.workers,
+            "per": per,
+            "reference_img_s": round(best["reference"], 2),
+            "fast_img_s": round(best["fast"], 2),
+            "ratio": round(best["fast"] / best["reference"], 3),
             "fast_count_only_img_s": round(best["fast, count only"], 2),
             "sha256_cost": round(1 - best["fast"] / best["fast, count only"], 4),
-        }  # fmt: skip
+        }
     finally:
         if not args.workdir:
             shutil.rmtree(tmp, ignore_errors=True)

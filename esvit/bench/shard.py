@@ -16,13 +16,14 @@ import numpy as np
 
 from esvit.bench.registry import benchmark
 
-
 # ----------------------------------------------------------------------------------------------- shard
 
 
 def _shard_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--images", type=int, default=20000, help="JPEG files to shard (default %(default)s)")
-    p.add_argument("--kb", type=float, default=110, help="target JPEG size in KB, ImageNet's mean (default %(default)s)")
+    p.add_argument(
+        "--kb", type=float, default=110, help="target JPEG size in KB, ImageNet's mean (default %(default)s)"
+    )
     p.add_argument("--workers", type=int, default=2, help="esvit shard worker processes (default %(default)s)")
     p.add_argument("--repeats", type=int, default=2, help="alternating timed runs of each; best is kept")
     p.add_argument("--workdir", help="folder for the images and outputs (default: a temp dir, removed after)")
@@ -127,5 +128,3 @@ def bench_shard(args: argparse.Namespace) -> dict:
     finally:
         if not args.workdir:
             shutil.rmtree(tmp, ignore_errors=True)
-
-

@@ -10,35 +10,59 @@ from typing import Any
 
 from esvit.bench.registry import benchmark
 
-
 # ----------------------------------------------------------------------------------------------- train
 
 
 def _train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--arch", default="swin_tiny_w7", help="backbone (default %(default)s)")
-    p.add_argument("--batch", default="4", help="images per step (default %(default)s); auto: the largest of --max-batch, "
-                   "--max-batch / 2, ... whose steps fit in the device's memory")
+    p.add_argument(
+        "--batch",
+        default="4",
+        help="images per step (default %(default)s); auto: the largest of --max-batch, "
+        "--max-batch / 2, ... whose steps fit in the device's memory",
+    )
     p.add_argument("--max-batch", type=int, default=512, help="upper end of --batch auto (default %(default)s)")
     p.add_argument("--global-size", type=int, default=224, help="side of the 2 global crops (default %(default)s)")
     p.add_argument("--local-size", type=int, default=96, help="side of the local crops (default %(default)s)")
     p.add_argument("--locals", type=int, default=6, help="local crops (default %(default)s)")
     p.add_argument("--out-dim", type=int, default=65536, help="prototypes K of both heads (default %(default)s)")
     p.add_argument("--region-weight", type=float, default=0.5, help="0 = view loss only (DINO)")
-    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"], help="run.precision: fp32, or the networks under bf16 / fp16 autocast (default %(default)s)")
+    p.add_argument(
+        "--precision",
+        default="fp32",
+        choices=["fp32", "bf16", "fp16"],
+        help="run.precision: fp32, or the networks under bf16 / fp16 autocast (default %(default)s)",
+    )
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="run.device (default %(default)s)")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads (default %(default)s)")
     p.add_argument("--steps", type=int, default=5, help="timed steps (after 2 warm-up steps)")
-    p.add_argument("--swin-block", default="official", choices=["official", "timm"],
-                   help="official: the EsViT block order (pad, then shift; the default everywhere); timm: timm's own "
-                   "shift-then-pad block, to measure what the official order costs (default %(default)s)")
-    p.add_argument("--deterministic", action="store_true", help="deterministic GPU kernels (run.deterministic): measure their cost")
-    p.add_argument("--no-reuse-memory", action="store_true", help="leave glibc's malloc settings alone (run.reuse_memory=false)")
-    p.add_argument("--no-chunked-heads", action="store_true",
-                   help="the heads' last layers as whole [tokens, K] logits (run.chunked_heads=false), to compare")
-    p.add_argument("--chunk-rows", type=int, default=None, help="rows per chunk of the chunked heads (run.head_chunk_rows)")
-    p.add_argument("--breakdown", action="store_true",
-                   help="also time the parts of the step (backbone / heads / loss forward and backward, optimizer, EMA) "
-                   "over 2 more steps, synchronising between parts")
+    p.add_argument(
+        "--swin-block",
+        default="official",
+        choices=["official", "timm"],
+        help="official: the EsViT block order (pad, then shift; the default everywhere); timm: timm's own "
+        "shift-then-pad block, to measure what the official order costs (default %(default)s)",
+    )
+    p.add_argument(
+        "--deterministic", action="store_true", help="deterministic GPU kernels (run.deterministic): measure their cost"
+    )
+    p.add_argument(
+        "--no-reuse-memory", action="store_true", help="leave glibc's malloc settings alone (run.reuse_memory=false)"
+    )
+    p.add_argument(
+        "--no-chunked-heads",
+        action="store_true",
+        help="the heads' last layers as whole [tokens, K] logits (run.chunked_heads=false), to compare",
+    )
+    p.add_argument(
+        "--chunk-rows", type=int, default=None, help="rows per chunk of the chunked heads (run.head_chunk_rows)"
+    )
+    p.add_argument(
+        "--breakdown",
+        action="store_true",
+        help="also time the parts of the step (backbone / heads / loss forward and backward, optimizer, EMA) "
+        "over 2 more steps, synchronising between parts",
+    )
 
 
 def matmul_peak(device: str, dtype: Any, n: int = 2048, repeats: int = 10) -> float:
@@ -200,14 +224,28 @@ def bench_train(args: argparse.Namespace) -> dict:
     torch.set_num_threads(args.threads)
     if args.batch != "auto" and not (args.batch.isdigit() and int(args.batch) > 0):
         raise SystemExit(f"bench train: --batch must be a positive integer or auto (got {args.batch!r})")
-    cfg = load_train_config(None, [  # with --batch auto the batch in the config only scales the (unused) lr
-        f"model.arch={args.arch}", f"model.out_dim={args.out_dim}", f"loss.region_loss_weight={args.region_weight}",
-        f"optim.batch_size_per_device={1 if args.batch == 'auto' else args.batch}", f"crops.global_size={args.global_size}",
-        f"crops.local_size=[{args.local_size}]", f"crops.local_number=[{args.locals}]", f"run.precision={args.precision}",
-        f"run.device={args.device}", f"run.threads={args.threads}", "optim.warmup_epochs=0", "optim.epochs=1",
-        "optim.freeze_last_layer=0", f"run.reuse_memory={not args.no_reuse_memory}", f"run.deterministic={args.deterministic}",
-        f"run.chunked_heads={not args.no_chunked_heads}",
-    ] + ([f"run.head_chunk_rows={args.chunk_rows}"] if args.chunk_rows else []))  # fmt: skip
+    cfg = load_train_config(
+        None,
+        [  # with --batch auto the batch in the config only scales the (unused) lr
+            f"model.arch={args.arch}",
+            f"model.out_dim={args.out_dim}",
+            f"loss.region_loss_weight={args.region_weight}",
+            f"optim.batch_size_per_device={1 if args.batch == 'auto' else args.batch}",
+            f"crops.global_size={args.global_size}",
+            f"crops.local_size=[{args.local_size}]",
+            f"crops.local_number=[{args.locals}]",
+            f"run.precision={args.precision}",
+            f"run.device={args.device}",
+            f"run.threads={args.threads}",
+            "optim.warmup_epochs=0",
+            "optim.epochs=1",
+            "optim.freeze_last_layer=0",
+            f"run.reuse_memory={not args.no_reuse_memory}",
+            f"run.deterministic={args.deterministic}",
+            f"run.chunked_heads={not args.no_chunked_heads}",
+        ]
+        + ([f"run.head_chunk_rows={args.chunk_rows}"] if args.chunk_rows else []),
+    )
     tr = Trainer(cfg, Path(tempfile.gettempdir()), iters_per_epoch=1000)
     rss_before = _rss_gb()
     if args.swin_block == "timm":
@@ -222,7 +260,9 @@ def bench_train(args: argparse.Namespace) -> dict:
     def make_crops(batch: int) -> list:
         gen = torch.Generator().manual_seed(0)
         crops = [torch.randn(batch, 3, args.global_size, args.global_size, generator=gen) for _ in range(2)]
-        return crops + [torch.randn(batch, 3, args.local_size, args.local_size, generator=gen) for _ in range(args.locals)]
+        return crops + [
+            torch.randn(batch, 3, args.local_size, args.local_size, generator=gen) for _ in range(args.locals)
+        ]
 
     if args.batch == "auto":
 
@@ -252,22 +292,38 @@ def bench_train(args: argparse.Namespace) -> dict:
     sync()
     dt = (time.perf_counter() - t0) / args.steps
     parts = step_breakdown(tr, crops, sync) if args.breakdown else None
-    peak_gpu = torch.cuda.max_memory_allocated() / 1e9 if args.device == "cuda" else None  # before the memory step resets it
+    peak_gpu = (
+        torch.cuda.max_memory_allocated() / 1e9 if args.device == "cuda" else None
+    )  # before the memory step resets it
     step_gb = step_memory(tr, crops, args.device)
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[args.precision]
     peak = matmul_peak(args.device, dtype, n=2048 if args.device == "cpu" else 8192)
     achieved = flops / dt / 1e9
     return {
-        "arch": args.arch, "batch": batch, "crops": f"2x{args.global_size}+{args.locals}x{args.local_size}",
-        "out_dim": args.out_dim, "region_weight": args.region_weight, "precision": args.precision, "device": args.device,
-        "threads": args.threads, "swin_block": args.swin_block, "deterministic": args.deterministic, "reuse_memory": not args.no_reuse_memory,
-        "chunked_heads": not args.no_chunked_heads, "chunk_rows": None if args.no_chunked_heads else tr.loss.chunk_rows or default_chunk_rows(args.out_dim, args.device),
-        "step_s": round(dt, 3), "img_s": round(batch / dt, 3),
-        "gflop_per_step": round(flops / 1e9, 1), "gflop_s": round(achieved, 1), "matmul_peak_gflop_s": round(peak, 1),
-        "fraction_of_peak": round(achieved / peak, 3), "peak_rss_gb": round(_peak_rss_gb(), 2), "rss_before_steps_gb": round(rss_before, 2),
+        "arch": args.arch,
+        "batch": batch,
+        "crops": f"2x{args.global_size}+{args.locals}x{args.local_size}",
+        "out_dim": args.out_dim,
+        "region_weight": args.region_weight,
+        "precision": args.precision,
+        "device": args.device,
+        "threads": args.threads,
+        "swin_block": args.swin_block,
+        "deterministic": args.deterministic,
+        "reuse_memory": not args.no_reuse_memory,
+        "chunked_heads": not args.no_chunked_heads,
+        "chunk_rows": None
+        if args.no_chunked_heads
+        else tr.loss.chunk_rows or default_chunk_rows(args.out_dim, args.device),
+        "step_s": round(dt, 3),
+        "img_s": round(batch / dt, 3),
+        "gflop_per_step": round(flops / 1e9, 1),
+        "gflop_s": round(achieved, 1),
+        "matmul_peak_gflop_s": round(peak, 1),
+        "fraction_of_peak": round(achieved / peak, 3),
+        "peak_rss_gb": round(_peak_rss_gb(), 2),
+        "rss_before_steps_gb": round(rss_before, 2),
         "step_peak_gb": round(step_gb, 3),
         "peak_gpu_gb": round(peak_gpu, 2) if peak_gpu is not None else None,
         **({"parts_s": parts} if parts else {}),
-    }  # fmt: skip
-
-
+    }

@@ -24,7 +24,7 @@ from __future__ import annotations
 import io
 import math
 import random
-from typing import Sequence
+from collections.abc import Sequence
 
 import cv2
 import numpy as np
@@ -38,8 +38,21 @@ from esvit.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 
 __all__ = ["FastMultiCrop", "PARAMS", "draw_params", "photometric", "normalize", "decode_scale", "apply_ops_uint8"]
 
-PARAMS = ("flip", "jitter", "order0", "order1", "order2", "order3", "brightness", "contrast", "saturation", "hue",
-          "gray", "blur_sigma", "solarize")  # fmt: skip
+PARAMS = (
+    "flip",
+    "jitter",
+    "order0",
+    "order1",
+    "order2",
+    "order3",
+    "brightness",
+    "contrast",
+    "saturation",
+    "hue",
+    "gray",
+    "blur_sigma",
+    "solarize",
+)
 _P = {name: i for i, name in enumerate(PARAMS)}
 RATIO = (3 / 4, 4 / 3)
 JITTER = (0.4, 0.4, 0.2, 0.1)  # brightness, contrast, saturation, hue (ColorJitter(0.4, 0.4, 0.2, 0.1))
@@ -90,11 +103,20 @@ class FastMultiCrop:
 
     takes_bytes = True  # the training pipeline hands over the undecoded image
 
-    def __init__(self, global_size: int = 224, global_scale: Sequence[float] = (0.4, 1.0),
-                 local_number: Sequence[int] = (8,), local_size: Sequence[int] = (96,),
-                 local_scale: Sequence[float] = (0.05, 0.4), photometric_on: str = "loader", draft: bool = True):  # fmt: skip
+    def __init__(
+        self,
+        global_size: int = 224,
+        global_scale: Sequence[float] = (0.4, 1.0),
+        local_number: Sequence[int] = (8,),
+        local_size: Sequence[int] = (96,),
+        local_scale: Sequence[float] = (0.05, 0.4),
+        photometric_on: str = "loader",
+        draft: bool = True,
+    ):
         if len(local_number) != len(local_size):
-            raise ValueError(f"local_number {list(local_number)} and local_size {list(local_size)} must have equal lengths")
+            raise ValueError(
+                f"local_number {list(local_number)} and local_size {list(local_size)} must have equal lengths"
+            )
         if photometric_on not in ("loader", "device"):
             raise ValueError(f"photometric_on must be 'loader' or 'device' (got {photometric_on!r})")
         # (output side, scale range, blur p, solarize p) per crop, in the loss's order

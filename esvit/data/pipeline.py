@@ -20,10 +20,11 @@ import io
 import logging
 import random
 import tarfile
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import torch
 import webdataset as wds
@@ -31,7 +32,16 @@ import webdataset as wds
 from esvit.data.images import decode_rgb
 from esvit.data.shards import ShardError, load_manifest
 
-__all__ = ["ShardSet", "EpochCursor", "checked_samples", "open_shards", "train_pipeline", "eval_pipeline", "make_loader", "IMAGE_KEYS"]
+__all__ = [
+    "ShardSet",
+    "EpochCursor",
+    "checked_samples",
+    "open_shards",
+    "train_pipeline",
+    "eval_pipeline",
+    "make_loader",
+    "IMAGE_KEYS",
+]
 
 IMAGE_KEYS = "jpg;png;jpeg;ppm;bmp;webp;tif;gif"
 log = logging.getLogger("esvit")
@@ -72,8 +82,12 @@ def open_shards(directory: str | Path) -> ShardSet:
     """
     if "," in str(directory):
         parts = [open_shards(d.strip()) for d in str(directory).split(",") if d.strip()]
-        manifest = {"total": sum(p.total for p in parts), "classes": [], "shards": sum((p.manifest["shards"] for p in parts), []),
-                    "mix": [str(p.directory) for p in parts]}  # fmt: skip
+        manifest = {
+            "total": sum(p.total for p in parts),
+            "classes": [],
+            "shards": sum((p.manifest["shards"] for p in parts), []),
+            "mix": [str(p.directory) for p in parts],
+        }
         return ShardSet(parts[0].directory, manifest, sum((p.urls for p in parts), []))
     directory = Path(directory)
     manifest = load_manifest(directory)
@@ -81,7 +95,9 @@ def open_shards(directory: str | Path) -> ShardSet:
     for s in manifest["shards"]:
         path = directory / s["name"]
         if not path.is_file() or path.stat().st_size != s["bytes"]:
-            raise ShardError(f"shard {str(path)!r} is missing or has the wrong size; run `esvit shard --verify {directory}`")
+            raise ShardError(
+                f"shard {str(path)!r} is missing or has the wrong size; run `esvit shard --verify {directory}`"
+            )
         urls.append(str(path))
     if not urls:
         raise ShardError(f"{directory}: the manifest lists no shards")
@@ -120,7 +136,9 @@ def checked_samples(expected: dict[str, dict], verify: str = "sha256") -> Callab
     once)."""
 
     def fail(url: str, problem: str) -> None:
-        raise ShardError(f"shard {url} is damaged: {problem}; run `esvit shard --verify {expected[url]['dir']}` and rewrite it")
+        raise ShardError(
+            f"shard {url} is damaged: {problem}; run `esvit shard --verify {expected[url]['dir']}` and rewrite it"
+        )
 
     def stage(src: Iterator[dict]) -> Iterator[dict]:
         for item in src:
@@ -210,7 +228,9 @@ def _skip_for_resume(cursor: EpochCursor, batch_size: int) -> Callable:
     return stage
 
 
-def _seeded_transform(transform: Callable, seed: int, rank: int, cursor: EpochCursor, on_bad_image: str = "stop") -> Callable:
+def _seeded_transform(
+    transform: Callable, seed: int, rank: int, cursor: EpochCursor, on_bad_image: str = "stop"
+) -> Callable:
     """Apply ``transform`` with Python's and torch's RNGs seeded per sample from (seed, epoch, rank, role,
     sample number), restoring the process RNGs afterwards: augmentations are the same whether an epoch runs
     straight through or resumes, and the training process's own RNG stream is untouched."""
@@ -227,11 +247,16 @@ def _seeded_transform(transform: Callable, seed: int, rank: int, cursor: EpochCu
                     torch.default_generator.manual_seed(s)  # the CPU generator only: torch.manual_seed would
                     out = transform(sample["__image__"])  # reseed the GPUs' too, every sample, in-process
             except Exception as exc:  # a corrupt image: PIL / OpenCV raise many types
-                bad = f"image {sample['__key__']} in shard {sample['__url__']} does not decode ({type(exc).__name__}: {exc})"
+                bad = (
+                    f"image {sample['__key__']} in shard {sample['__url__']} does not decode "
+                    f"({type(exc).__name__}: {exc})"
+                )
                 if on_bad_image == "skip":
                     log.warning("skipped: %s (data.on_bad_image=skip)", bad)
                     continue
-                raise ShardError(f"{bad}; rewrite the shard set (`esvit shard`), or set data.on_bad_image=skip") from None
+                raise ShardError(
+                    f"{bad}; rewrite the shard set (`esvit shard`), or set data.on_bad_image=skip"
+                ) from None
             finally:
                 random.setstate(py_state)
             yield out, sample["__label__"]
@@ -247,10 +272,17 @@ def _pick(sample: dict) -> dict:
     try:
         label = int(sample["cls"])
     except (KeyError, ValueError):
-        raise ShardError(f"sample {sample.get('__key__')} in {sample.get('__url__')} has no readable label (.cls); "
-                         f"run `esvit shard --verify {Path(str(sample.get('__url__'))).parent}`") from None  # fmt: skip
-    return {"__image__": image, "__label__": label, "__index__": sample["__index__"],
-            "__key__": sample.get("__key__"), "__url__": sample.get("__url__")}  # fmt: skip
+        raise ShardError(
+            f"sample {sample.get('__key__')} in {sample.get('__url__')} has no readable label (.cls); "
+            f"run `esvit shard --verify {Path(str(sample.get('__url__'))).parent}`"
+        ) from None
+    return {
+        "__image__": image,
+        "__label__": label,
+        "__index__": sample["__index__"],
+        "__key__": sample.get("__key__"),
+        "__url__": sample.get("__url__"),
+    }
 
 
 def _decode_image(sample: dict) -> dict:
@@ -327,8 +359,13 @@ def train_pipeline(
     )
 
 
-def make_loader(pipeline: wds.DataPipeline, num_workers: int, batches_per_epoch: int | None = None,
-                persistent: bool = False, **kw: Any) -> wds.WebLoader:  # fmt: skip
+def make_loader(
+    pipeline: wds.DataPipeline,
+    num_workers: int,
+    batches_per_epoch: int | None = None,
+    persistent: bool = False,
+    **kw: Any,
+) -> wds.WebLoader:
     """Wrap a pipeline that already yields batches in a ``WebLoader``; ``batches_per_epoch`` fixes the epoch;
     ``persistent``: the workers outlive an iteration (move the pipeline's :class:`EpochCursor` between them)."""
     kw.setdefault("generator", torch.Generator())  # never draw worker seeds from the global RNG (exact resume)

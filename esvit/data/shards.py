@@ -32,9 +32,9 @@ import numpy as np
 
 from esvit import __version__
 from esvit.atomic import atomic_write_json
-from esvit.fields import option
 from esvit.data.sources import Record, Source
 from esvit.errors import ShardError
+from esvit.fields import option
 
 __all__ = ["ShardError", "ShardConfig", "write_shards", "verify_shards", "shard_pattern", "check_image", "file_sha256"]
 
@@ -204,7 +204,14 @@ def _write_chunk(job: tuple[int, list[int]]) -> dict:
         state["writer"].close()
         state["file"].close()
         os.replace(work / (state["name"] + ".part"), work / state["name"])
-        parts.append({"part": state["name"], "count": state["count"], "bytes": state["hw"].n, "sha256": state["hw"].h.hexdigest()})
+        parts.append(
+            {
+                "part": state["name"],
+                "count": state["count"],
+                "bytes": state["hw"].n,
+                "sha256": state["hw"].h.hexdigest(),
+            }
+        )
 
     pending = 0
     for idx in order:
@@ -311,7 +318,9 @@ def write_shards(
     atomic_write_json(plan_path, plan)
 
     order = np.random.default_rng(settings.seed).permutation(n)
-    chunks = [(c, order[s : s + settings.max_samples].tolist()) for c, s in enumerate(range(0, n, settings.max_samples))]
+    chunks = [
+        (c, order[s : s + settings.max_samples].tolist()) for c, s in enumerate(range(0, n, settings.max_samples))
+    ]
     results: dict[int, dict] = {}
     todo = []
     for c, idx in chunks:

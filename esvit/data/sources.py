@@ -20,10 +20,12 @@ import dataclasses
 import gzip
 import os
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
+
 from esvit.errors import ConfigError, SourceError
 from esvit.fields import CHECK_PATHS, did_you_mean
 
@@ -35,8 +37,6 @@ __all__ = ["SOURCES", "Source", "SourceError", "Record", "get_source", "register
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp", ".gif")
 
 
-
-
 @dataclasses.dataclass(frozen=True)
 class Record:
     """One sample before reading: a reference the source understands, and the integer label."""
@@ -45,10 +45,10 @@ class Record:
     label: int
 
 
-SOURCES: dict[str, type["Source"]] = {}
+SOURCES: dict[str, type[Source]] = {}
 
 
-def register_source(cls: type["Source"]) -> type["Source"]:
+def register_source(cls: type[Source]) -> type[Source]:
     SOURCES[cls.name] = cls
     return cls
 
@@ -147,7 +147,9 @@ class Source:
 class ImageFolderSource(Source):
     name = "image_folder"
     doc = "<root>/<split>/<class>/<image> (the ImageNet train/val layout); files are copied as they are."
-    missing_hint = "Point it at a folder holding one sub-folder per split (train/, val/), each with one folder per class."
+    missing_hint = (
+        "Point it at a folder holding one sub-folder per split (train/, val/), each with one folder per class."
+    )
 
     @classmethod
     def split_names(cls, ds: Any) -> list[str] | None:
@@ -213,9 +215,7 @@ class TorchvisionSource(Source):
         name = ds.options.get("class")
         known = sorted(n for n in tvd.__all__ if n[0].isupper())
         if name not in known:
-            raise ConfigError(
-                f"{key}.options.class: unknown torchvision dataset {name!r}.{did_you_mean(name, known)}"
-            )
+            raise ConfigError(f"{key}.options.class: unknown torchvision dataset {name!r}.{did_you_mean(name, known)}")
         super().check_config(ds, key)
 
     @classmethod
@@ -223,9 +223,9 @@ class TorchvisionSource(Source):
         return sorted(ds.options.get("splits", {})) or None
 
     def _dataset(self, split: str):
-        import torchvision.datasets as tvd
-
         import inspect
+
+        import torchvision.datasets as tvd
 
         kwargs = dict(self.opts["splits"].get(split, {}))
         cls = getattr(tvd, self.opts["class"])
@@ -235,8 +235,7 @@ class TorchvisionSource(Source):
             return cls(root=str(self.root), **kwargs)
         except (RuntimeError, FileNotFoundError) as exc:
             raise SourceError(
-                f"torchvision {self.opts['class']} not found under {str(self.root)!r} ({exc}). "
-                f"{self.missing_hint}"
+                f"torchvision {self.opts['class']} not found under {str(self.root)!r} ({exc}). {self.missing_hint}"
             ) from None
 
     def classes(self) -> list[str]:
@@ -337,8 +336,17 @@ class FashionMNISTSource(_ArraySource):
         "lays it out."
     )
     class_names = [
-        "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
-    ]  # fmt: skip
+        "T-shirt/top",
+        "Trouser",
+        "Pullover",
+        "Dress",
+        "Coat",
+        "Sandal",
+        "Shirt",
+        "Sneaker",
+        "Bag",
+        "Ankle boot",
+    ]
 
     @classmethod
     def check_config(cls, ds: DatasetConfig, key: str) -> None:

@@ -25,19 +25,47 @@ from typing import Any, ClassVar
 import numpy as np
 import yaml
 
-from esvit.data.sources import IMAGE_EXTENSIONS, Record, Source, SourceError, TorchvisionSource, register_source, stratified_split
+from esvit.data.sources import (
+    IMAGE_EXTENSIONS,
+    Record,
+    Source,
+    SourceError,
+    TorchvisionSource,
+    register_source,
+    stratified_split,
+)
 from esvit.resources import resource_path
 
 __all__ = ["REGISTRY_PATH", "load_registry", "VOC_CLASSES", "decode_multilabel", "kitti_distance_label"]
 
 REGISTRY_PATH = resource_path("datasets.yaml")
-VOC_CLASSES = ("aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow", "diningtable",
-               "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor")  # fmt: skip
+VOC_CLASSES = (
+    "aeroplane",
+    "bicycle",
+    "bird",
+    "boat",
+    "bottle",
+    "bus",
+    "car",
+    "cat",
+    "chair",
+    "cow",
+    "diningtable",
+    "dog",
+    "horse",
+    "motorbike",
+    "person",
+    "pottedplant",
+    "sheep",
+    "sofa",
+    "train",
+    "tvmonitor",
+)
 KITTI_BINS = ("closest vehicle < 8 m", "closest vehicle 8-20 m", "closest vehicle > 20 m", "no vehicle")
 KITTI_TEST_FRACTION = 711 / 7481  # of the labelled KITTI training images, VTAB / CLIP test on 711
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def load_registry(path: str | Path = REGISTRY_PATH) -> dict[str, dict]:
     """The registry: dataset name -> entry (class, classes, metric, splits, layout, download, ...)."""
     return yaml.safe_load(Path(path).read_text())
@@ -91,7 +119,9 @@ class TransferSource(Source):
         if not hasattr(self, "_tv_source"):
             if self.root is None or not self.root.is_dir():
                 raise SourceError(f"{self.name}: root {str(self.root)!r} does not exist. {self.missing_hint}")
-            self._tv_source = TorchvisionSource(str(self.root), {"class": self.entry["class"], "splits": self.entry["splits"]})
+            self._tv_source = TorchvisionSource(
+                str(self.root), {"class": self.entry["class"], "splits": self.entry["splits"]}
+            )
             self._tv_source.missing_hint = self.missing_hint
         return self._tv_source
 
@@ -115,8 +145,11 @@ class TransferSource(Source):
             sizes = self.opts["sample_sizes"] or e["sample_split"]
             need = sizes["train"] + sizes["test"]
             if len(recs) < need:
-                raise SourceError(f"{self.name}: found {len(recs)} images under {str(self.root)!r}, the protocol samples "
-                                  f"{need}; is the download complete? {self.missing_hint}")  # fmt: skip
+                raise SourceError(
+                    f"{self.name}: found {len(recs)} images under {str(self.root)!r}, the protocol "
+                    "samples "
+                    f"{need}; is the download complete? {self.missing_hint}"
+                )
             order = np.random.default_rng(seed).permutation(len(recs))
             pick = order[: sizes["train"]] if split == "train" else order[sizes["train"] : need]
             return [recs[i] for i in sorted(pick)]
@@ -145,7 +178,10 @@ class TransferSource(Source):
     def _caltech_files(self) -> list[Record]:
         ds = self._tv()._dataset("all")
         base = Path(ds.root) / "101_ObjectCategories"
-        return [Record(("file", "all", str(base / ds.categories[y] / f"image_{i:04d}.jpg")), int(y)) for i, y in zip(ds.index, ds.y)]
+        return [
+            Record(("file", "all", str(base / ds.categories[y] / f"image_{i:04d}.jpg")), int(y))
+            for i, y in zip(ds.index, ds.y)
+        ]
 
     def read(self, record: Record) -> tuple[bytes | np.ndarray, str]:
         return self._tv().read(record)
@@ -184,10 +220,15 @@ def _register_all() -> None:
     for name, entry in load_registry().items():
         base = FolderTransferSource if entry.get("class") is None else TransferSource
         hint = f"Download: {entry['download']}. Unpack it under the dataset's root so that it holds {entry['layout']}"
-        hint += (f"; or set download: true on the dataset to fetch it there (esvit download dataset {name} --root DIR)."
-                 if entry.get("auto_download") else " (configs/datasets.yaml).")  # fmt: skip
+        hint += (
+            f"; or set download: true on the dataset to fetch it there (esvit download dataset {name} --root DIR)."
+            if entry.get("auto_download")
+            else " (configs/datasets.yaml)."
+        )
         doc = f"transfer set: {entry.get('class') or 'image folder'}, {entry['classes']} classes, {entry['metric']}."
-        register_source(type(f"{name}_source", (base,), {"name": name, "entry": entry, "missing_hint": hint, "doc": doc}))
+        register_source(
+            type(f"{name}_source", (base,), {"name": name, "entry": entry, "missing_hint": hint, "doc": doc})
+        )
 
 
 _register_all()

@@ -9,7 +9,7 @@ the loss expects: the two globals, then the locals grouped by size (largest firs
 from __future__ import annotations
 
 import random
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from PIL import Image, ImageFilter, ImageOps
@@ -52,21 +52,32 @@ class MultiCropAugmentation:
         local_scale: scale range of local crops.
     """
 
-    def __init__(self, global_size: int = 224, global_scale: Sequence[float] = (0.4, 1.0),
-                 local_number: Sequence[int] = (8,), local_size: Sequence[int] = (96,),
-                 local_scale: Sequence[float] = (0.05, 0.4)):  # fmt: skip
+    def __init__(
+        self,
+        global_size: int = 224,
+        global_scale: Sequence[float] = (0.4, 1.0),
+        local_number: Sequence[int] = (8,),
+        local_size: Sequence[int] = (96,),
+        local_scale: Sequence[float] = (0.05, 0.4),
+    ):
         if len(local_number) != len(local_size):
-            raise ValueError(f"local_number {list(local_number)} and local_size {list(local_size)} must have equal lengths")
-        flip_color = T.Compose([
-            T.RandomHorizontalFlip(p=0.5),
-            T.RandomApply([T.ColorJitter(brightness=0.4, contrast=0.4, saturation=0.2, hue=0.1)], p=0.8),
-            T.RandomGrayscale(p=0.2),
-        ])  # fmt: skip
+            raise ValueError(
+                f"local_number {list(local_number)} and local_size {list(local_size)} must have equal lengths"
+            )
+        flip_color = T.Compose(
+            [
+                T.RandomHorizontalFlip(p=0.5),
+                T.RandomApply([T.ColorJitter(brightness=0.4, contrast=0.4, saturation=0.2, hue=0.1)], p=0.8),
+                T.RandomGrayscale(p=0.2),
+            ]
+        )
         normalize = T.Compose([T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
         bicubic = T.InterpolationMode.BICUBIC
         rrc = lambda size, scale: T.RandomResizedCrop(size, scale=tuple(scale), interpolation=bicubic)  # noqa: E731
         self.global1 = T.Compose([rrc(global_size, global_scale), flip_color, GaussianBlur(1.0), normalize])
-        self.global2 = T.Compose([rrc(global_size, global_scale), flip_color, GaussianBlur(0.1), Solarization(0.2), normalize])
+        self.global2 = T.Compose(
+            [rrc(global_size, global_scale), flip_color, GaussianBlur(0.1), Solarization(0.2), normalize]
+        )
         order = sorted(zip(local_size, local_number), key=lambda p: -p[0])
         self.locals = [
             (T.Compose([rrc(size, local_scale), flip_color, GaussianBlur(0.5), normalize]), n) for size, n in order
@@ -87,9 +98,11 @@ class MultiCropAugmentation:
 def eval_transform(size: int = 224, resize: int | None = None) -> T.Compose:
     """Resize (bicubic) to ``resize`` (default size * 256/224) + center crop ``size`` + normalise."""
     resize = resize or int(round(size * 256 / 224))
-    return T.Compose([
-        T.Resize(resize, interpolation=T.InterpolationMode.BICUBIC),
-        T.CenterCrop(size),
-        T.ToTensor(),
-        T.Normalize(IMAGENET_MEAN, IMAGENET_STD),
-    ])  # fmt: skip
+    return T.Compose(
+        [
+            T.Resize(resize, interpolation=T.InterpolationMode.BICUBIC),
+            T.CenterCrop(size),
+            T.ToTensor(),
+            T.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+        ]
+    )

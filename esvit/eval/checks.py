@@ -9,11 +9,10 @@ protocol) calls :func:`check_features` first.
 from __future__ import annotations
 
 import torch
+
 from esvit.errors import FeatureError
 
 __all__ = ["FeatureError", "check_features", "first_non_finite"]
-
-
 
 
 def first_non_finite(x: torch.Tensor, chunk: int = 65536) -> int | None:
@@ -27,9 +26,14 @@ def first_non_finite(x: torch.Tensor, chunk: int = 65536) -> int | None:
     return None
 
 
-def check_features(train: tuple[torch.Tensor, torch.Tensor], test: tuple[torch.Tensor, torch.Tensor],
-                   val: tuple[torch.Tensor, torch.Tensor] | None = None, *, names: dict[str, str] | None = None,
-                   keys: dict[str, list] | None = None) -> None:  # fmt: skip
+def check_features(
+    train: tuple[torch.Tensor, torch.Tensor],
+    test: tuple[torch.Tensor, torch.Tensor],
+    val: tuple[torch.Tensor, torch.Tensor] | None = None,
+    *,
+    names: dict[str, str] | None = None,
+    keys: dict[str, list] | None = None,
+) -> None:
     """Raise :class:`FeatureError` naming the first problem: an empty set, features and labels of different
     lengths, non-finite features (with the first bad sample), train / test / val of different widths, or fewer
     than two classes to train on.
@@ -64,4 +68,7 @@ def check_features(train: tuple[torch.Tensor, torch.Tensor], test: tuple[torch.T
     y = train[1]
     classes = int((y.sum(0) > 0).sum()) if y.ndim == 2 else int(torch.unique(y).numel())
     if classes < 2:
-        raise FeatureError(f"{names.get('train', 'the train features')}: labels of only {classes} class; a classifier needs two or more")
+        raise FeatureError(
+            f"{names.get('train', 'the train features')}: labels of only {classes} class; a classifier needs two or "
+            "more"
+        )

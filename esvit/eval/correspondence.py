@@ -25,8 +25,15 @@ import torchvision.transforms as T
 
 from esvit.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 
-__all__ = ["view_pair", "match_regions", "correct_partner", "correspondence_accuracy", "draw_correspondence",
-           "CROP_SCALE", "run_correspondence"]
+__all__ = [
+    "view_pair",
+    "match_regions",
+    "correct_partner",
+    "correspondence_accuracy",
+    "draw_correspondence",
+    "CROP_SCALE",
+    "run_correspondence",
+]
 
 CROP_SCALE = (0.4, 1.0)  # area of view B within view A: the global crops' RandomResizedCrop scale
 
@@ -76,14 +83,22 @@ def correspondence_accuracy(student, teacher, images, size: int, batch: int = 64
     side = 0
     for i in range(0, len(images), batch):
         pairs = [view_pair(im, size, seed=i + j, jitter=jitter) for j, im in enumerate(images[i : i + batch])]
-        match, side = match_regions(student, teacher, torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs]))
+        match, side = match_regions(
+            student, teacher, torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs])
+        )
         truth = torch.stack([correct_partner(p[2], size, side) for p in pairs])
         hits += int((match == truth).sum())
         total += match.numel()
-    return {"accuracy": 100.0 * hits / max(total, 1), "pairs": len(images), "regions_per_view": side * side,
-            "chance": 100.0 / max(side * side, 1), "image_size": size,
-            "protocol": f"view B = a square crop of {CROP_SCALE[0]:g}-{CROP_SCALE[1]:g} of view A's area, resized and colour-jittered; "
-                        "partner = the region of A holding the B region's centre"}  # fmt: skip
+    return {
+        "accuracy": 100.0 * hits / max(total, 1),
+        "pairs": len(images),
+        "regions_per_view": side * side,
+        "chance": 100.0 / max(side * side, 1),
+        "image_size": size,
+        "protocol": f"view B = a square crop of {CROP_SCALE[0]:g}-{CROP_SCALE[1]:g} of view A's area, resized and "
+        "colour-jittered; "
+        "partner = the region of A holding the B region's centre",
+    }
 
 
 def draw_correspondence(student, teacher, image, size: int, path: str | Path, seed: int = 0) -> Path:
@@ -112,11 +127,21 @@ def draw_correspondence(student, teacher, image, size: int, path: str | Path, se
     for s, t in enumerate(match[0].tolist()):
         (rb, cb), (ra, ca) = divmod(s, side), divmod(t, side)
         ok = t == int(good[s])
-        ax.plot([offset + (cb + 0.5) * cell - 0.5, (ca + 0.5) * cell - 0.5], [(rb + 0.5) * cell - 0.5, (ra + 0.5) * cell - 0.5],
-                color="limegreen" if ok else "red", lw=1.0, alpha=0.8, marker="o", ms=2)  # fmt: skip
+        ax.plot(
+            [offset + (cb + 0.5) * cell - 0.5, (ca + 0.5) * cell - 0.5],
+            [(rb + 0.5) * cell - 0.5, (ra + 0.5) * cell - 0.5],
+            color="limegreen" if ok else "red",
+            lw=1.0,
+            alpha=0.8,
+            marker="o",
+            ms=2,
+        )
     acc = 100.0 * float((match[0] == good).float().mean())
-    ax.set_title(f"view B (student, right: the dashed crop of A, jittered) -> view A (teacher, left): "
-                 f"{acc:.0f} % of {side} x {side} regions correct", fontsize=8)  # fmt: skip
+    ax.set_title(
+        f"view B (student, right: the dashed crop of A, jittered) -> view A (teacher, left): "
+        f"{acc:.0f} % of {side} x {side} regions correct",
+        fontsize=8,
+    )
     ax.set_axis_off()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -126,8 +151,9 @@ def draw_correspondence(student, teacher, image, size: int, path: str | Path, se
     return path
 
 
-def run_correspondence(checkpoint: str | Path | None, arch: str | None, shards: str | Path, n: int, size: int,
-                       out: str | Path) -> dict:
+def run_correspondence(
+    checkpoint: str | Path | None, arch: str | None, shards: str | Path, n: int, size: int, out: str | Path
+) -> dict:
     """``esvit viz``: the correspondence accuracy over the first ``n`` images of ``shards`` and the figure of the
     first, written as ``out/correspondence.json`` and ``out/correspondence.png``; returns the JSON record.
 
@@ -154,8 +180,9 @@ def run_correspondence(checkpoint: str | Path | None, arch: str | None, shards: 
     pipe = eval_pipeline(open_shards(shards), lambda im: im, 1, collate=lambda batch: batch)
     images = [sample[1] for batch in islice(make_loader(pipe, 0), n) for sample in batch]
     res = correspondence_accuracy(student, teacher, images, size)
-    res.update(checkpoint=checkpoint, arch=meta["arch"],
-               student="student" if has_student else "teacher (no student stored)")
+    res.update(
+        checkpoint=checkpoint, arch=meta["arch"], student="student" if has_student else "teacher (no student stored)"
+    )
     out = Path(out)
     draw_correspondence(student, teacher, images[0], size, out / "correspondence.png")
     atomic_write_json(out / "correspondence.json", res)

@@ -60,19 +60,45 @@ def check_caches(caches: dict[str, Cache], files: dict[str, str | Path], feature
         if feature not in cache:
             raise UsageError(f"{files[role]} holds no {feature} features; re-extract it with `esvit extract`")
     sets = {role: (c[feature], targets(c)) for role, c in caches.items()}
-    check_features(sets["train"], sets["test"], sets.get("val"), names={role: str(files[role]) for role in caches},
-                   keys={role: c.get("keys", []) for role, c in caches.items()})
+    check_features(
+        sets["train"],
+        sets["test"],
+        sets.get("val"),
+        names={role: str(files[role]) for role in caches},
+        keys={role: c.get("keys", []) for role, c in caches.items()},
+    )
 
 
-def _finish(out: str | Path, run: str, dataset: str, eval_name: str, metric: str, value: float,
-            metrics: dict[str, Any], hparams: dict[str, Any], train: Cache, test: Cache, wall: float,
-            device: torch.device | str = "cpu") -> MetricsRecord:
+def _finish(
+    out: str | Path,
+    run: str,
+    dataset: str,
+    eval_name: str,
+    metric: str,
+    value: float,
+    metrics: dict[str, Any],
+    hparams: dict[str, Any],
+    train: Cache,
+    test: Cache,
+    wall: float,
+    device: torch.device | str = "cpu",
+) -> MetricsRecord:
     """Write the metrics record to ``out`` and say the score."""
     meta = train["meta"]
     record = MetricsRecord(
-        run=run, arch=meta.get("arch"), dataset=dataset, eval=eval_name, metric_name=metric, value=round(value, 4),
-        metrics=metrics, n_train=len(train["labels"]), n_test=len(test["labels"]), hparams=hparams,
-        checkpoint=meta.get("checkpoint"), checkpoint_sha256=meta.get("checkpoint_sha256"), wall_s=round(wall, 3),
+        run=run,
+        arch=meta.get("arch"),
+        dataset=dataset,
+        eval=eval_name,
+        metric_name=metric,
+        value=round(value, 4),
+        metrics=metrics,
+        n_train=len(train["labels"]),
+        n_test=len(test["labels"]),
+        hparams=hparams,
+        checkpoint=meta.get("checkpoint"),
+        checkpoint_sha256=meta.get("checkpoint_sha256"),
+        wall_s=round(wall, 3),
         device=str(device),
     )
     record.write(out)
@@ -80,8 +106,15 @@ def _finish(out: str | Path, run: str, dataset: str, eval_name: str, metric: str
     return record
 
 
-def evaluate_knn(train_file: str | Path, test_file: str | Path, out: str | Path, run: str, dataset: str,
-                 ks: tuple[int, ...], temperature: float) -> MetricsRecord:
+def evaluate_knn(
+    train_file: str | Path,
+    test_file: str | Path,
+    out: str | Path,
+    run: str,
+    dataset: str,
+    ks: tuple[int, ...],
+    temperature: float,
+) -> MetricsRecord:
     """Weighted k-NN on the pooled features (:func:`esvit.eval.knn.knn_classify`); the headline is k = 20
     when it is among ``ks``, else the first k."""
     from esvit.eval.knn import knn_classify
@@ -90,18 +123,39 @@ def evaluate_knn(train_file: str | Path, test_file: str | Path, out: str | Path,
     train, test = load_features(train_file), load_features(test_file)
     check_same_checkpoint(train, test)
     if train["meta"].get("multilabel"):
-        raise UsageError(f"{train_file} is multi-label (a VOC-style set); k-NN classification does not apply, "
-                         "use `esvit probe`")
+        raise UsageError(
+            f"{train_file} is multi-label (a VOC-style set); k-NN classification does not apply, use `esvit probe`"
+        )
     check_caches({"train": train, "test": test}, {"train": train_file, "test": test_file})
-    acc = knn_classify(train["pooled"], train["labels"], test["pooled"], test["labels"], ks, temperature,
-                       show_progress=True)
+    acc = knn_classify(
+        train["pooled"], train["labels"], test["pooled"], test["labels"], ks, temperature, show_progress=True
+    )
     best_k = 20 if 20 in acc else ks[0]
-    return _finish(out, run, dataset, "knn", "top1", acc[best_k], {f"top1_k{k}": v for k, v in acc.items()},
-                   {"k": best_k, "temperature": temperature}, train, test, time.perf_counter() - t0)
+    return _finish(
+        out,
+        run,
+        dataset,
+        "knn",
+        "top1",
+        acc[best_k],
+        {f"top1_k{k}": v for k, v in acc.items()},
+        {"k": best_k, "temperature": temperature},
+        train,
+        test,
+        time.perf_counter() - t0,
+    )
 
 
-def evaluate_probe(train_file: str | Path, test_file: str | Path, out: str | Path, run: str, dataset: str,
-                   metric: str = "accuracy", val_file: str | Path | None = None, device: str = "auto") -> MetricsRecord:
+def evaluate_probe(
+    train_file: str | Path,
+    test_file: str | Path,
+    out: str | Path,
+    run: str,
+    dataset: str,
+    metric: str = "accuracy",
+    val_file: str | Path | None = None,
+    device: str = "auto",
+) -> MetricsRecord:
     """The transfer linear probe with its lambda search (:func:`esvit.eval.probe.run_probe`) on the pooled
     features; ``val_file``: the validation split's cache (default: a stratified 20 % of train)."""
     from esvit.eval.probe import run_probe
@@ -114,17 +168,39 @@ def evaluate_probe(train_file: str | Path, test_file: str | Path, out: str | Pat
     caches = {"train": train, "test": test, **({"val": val} if val else {})}
     check_caches(caches, {"train": train_file, "test": test_file, "val": val_file})
     where = pick_device(device, "probe")
-    res = run_probe(train["pooled"], targets(train), test["pooled"], targets(test), metric,
-                    val["pooled"] if val else None, targets(val) if val else None, device=where, show_progress=True)
+    res = run_probe(
+        train["pooled"],
+        targets(train),
+        test["pooled"],
+        targets(test),
+        metric,
+        val["pooled"] if val else None,
+        targets(val) if val else None,
+        device=where,
+        show_progress=True,
+    )
     hparams = {"lambda": res.best_lambda, "val_scores": res.val_scores, "n_fit": res.n_train, "n_val": res.n_val}
-    return _finish(out, run, dataset, "probe", metric, res.value, {metric: res.value}, hparams, train, test,
-                   res.wall_s, where)
+    return _finish(
+        out, run, dataset, "probe", metric, res.value, {metric: res.value}, hparams, train, test, res.wall_s, where
+    )
 
 
-def evaluate_linear(train_file: str | Path, test_file: str | Path, out: str | Path, run: str, dataset: str,
-                    mode: str = "fast", shards: str | Path | None = None, epochs: int = 100, batch_size: int = 256,
-                    lr: float = 1e-3, seed: int = 0, workers: int = 2, device: str = "auto",
-                    show_progress: bool = True) -> MetricsRecord:
+def evaluate_linear(
+    train_file: str | Path,
+    test_file: str | Path,
+    out: str | Path,
+    run: str,
+    dataset: str,
+    mode: str = "fast",
+    shards: str | Path | None = None,
+    epochs: int = 100,
+    batch_size: int = 256,
+    lr: float = 1e-3,
+    seed: int = 0,
+    workers: int = 2,
+    device: str = "auto",
+    show_progress: bool = True,
+) -> MetricsRecord:
     """The ImageNet linear protocol on the last-4-blocks features: ``fast`` trains on the cached centre-crop
     features, ``paper`` on augmented views of ``shards`` through the frozen backbone the features came from."""
     from esvit.eval.features import load_backbone
@@ -144,10 +220,24 @@ def evaluate_linear(train_file: str | Path, test_file: str | Path, out: str | Pa
         backbone, now = load_backbone(meta.get("checkpoint"), meta["arch"], seed=meta.get("seed", 0))
         if now["checkpoint_sha256"] != meta["checkpoint_sha256"]:
             raise UsageError(f"{meta['checkpoint']} changed since {train_file} was extracted; re-extract the features")
-        res = linear_paper(backbone, shards, test["last_blocks"], test["labels"], image_size=meta["image_size"],
-                           n_blocks=meta["n_blocks"], num_workers=workers, **kw)
+        res = linear_paper(
+            backbone,
+            shards,
+            test["last_blocks"],
+            test["labels"],
+            image_size=meta["image_size"],
+            n_blocks=meta["n_blocks"],
+            num_workers=workers,
+            **kw,
+        )
     metrics = {"top1": res.top1, "best_top1": res.best_top1, "best_epoch": res.best_epoch, "history": res.history}
-    hparams = {"mode": mode, "epochs": res.epochs, "batch_size": batch_size, "lr": res.lr,
-               "n_blocks": train["meta"].get("n_blocks")}
-    return _finish(out, run, dataset, f"linear_{mode}", "top1", res.top1, metrics, hparams, train, test, res.wall_s,
-                   where)
+    hparams = {
+        "mode": mode,
+        "epochs": res.epochs,
+        "batch_size": batch_size,
+        "lr": res.lr,
+        "n_blocks": train["meta"].get("n_blocks"),
+    }
+    return _finish(
+        out, run, dataset, f"linear_{mode}", "top1", res.top1, metrics, hparams, train, test, res.wall_s, where
+    )

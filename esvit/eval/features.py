@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from esvit.atomic import atomic_path
+from esvit.checkpoint_file import CheckpointError, load_checkpoint
 from esvit.config import EvalConfig
 from esvit.data.pipeline import eval_pipeline, make_loader, open_shards
 from esvit.data.shards import file_sha256
@@ -22,9 +23,8 @@ from esvit.data.transforms import eval_transform
 from esvit.defaults import field_default
 from esvit.eval.checks import FeatureError, first_non_finite
 from esvit.models import Backbone
-from esvit.progress import progress
 from esvit.models.checkpoint import backbone_state
-from esvit.checkpoint_file import CheckpointError, load_checkpoint
+from esvit.progress import progress
 
 __all__ = ["load_backbone", "extract", "load_features", "targets"]
 
@@ -33,7 +33,9 @@ BATCH_SIZE: int = field_default(EvalConfig, "batch_size")
 WORKERS: int = field_default(EvalConfig, "workers")
 
 
-def load_backbone(checkpoint: str | Path | None, arch: str | None = None, key: str = "teacher", seed: int = 0) -> tuple[Backbone, dict[str, Any]]:
+def load_backbone(
+    checkpoint: str | Path | None, arch: str | None = None, key: str = "teacher", seed: int = 0
+) -> tuple[Backbone, dict[str, Any]]:
     """The frozen backbone to evaluate, and what identifies it.
 
     Args:
@@ -47,7 +49,12 @@ def load_backbone(checkpoint: str | Path | None, arch: str | None = None, key: s
         if not arch:
             raise FeatureError("a random-init baseline needs --arch (e.g. --arch swin_tiny_w7)")
         torch.manual_seed(seed)
-        return Backbone(arch).eval(), {"checkpoint": None, "checkpoint_sha256": f"random-init-seed{seed}", "arch": arch, "seed": seed}
+        return Backbone(arch).eval(), {
+            "checkpoint": None,
+            "checkpoint_sha256": f"random-init-seed{seed}",
+            "arch": arch,
+            "seed": seed,
+        }
     ckpt = load_checkpoint(checkpoint)
     state = backbone_state(ckpt, key, checkpoint)
     ck_arch = ckpt["config"]["model"]["arch"]
@@ -55,8 +62,13 @@ def load_backbone(checkpoint: str | Path | None, arch: str | None = None, key: s
         raise CheckpointError(f"{checkpoint}: holds a {ck_arch}, not a {arch}")
     net = Backbone(ck_arch)
     net.net.load_state_dict(state, strict=True)
-    meta = {"checkpoint": str(checkpoint), "checkpoint_sha256": file_sha256(checkpoint), "arch": ck_arch,
-            "global_step": ckpt.get("global_step"), "key": key}  # fmt: skip
+    meta = {
+        "checkpoint": str(checkpoint),
+        "checkpoint_sha256": file_sha256(checkpoint),
+        "arch": ck_arch,
+        "global_step": ckpt.get("global_step"),
+        "key": key,
+    }
     crop = ckpt["config"].get("crops", {}).get("global_size")
     if crop:
         meta["train_crop_size"] = int(crop)  # the default evaluation size
@@ -84,9 +96,16 @@ def extract(
     """
     out = Path(out)
     shards = open_shards(shard_dir)
-    meta = {**meta, "shards": str(shard_dir), "shards_total": shards.total, "num_classes": shards.manifest.get("num_classes"),
-            "multilabel": bool(shards.manifest.get("multilabel", False)), "image_size": image_size,
-            "n_blocks": n_blocks, "transform": f"resize {round(image_size * 256 / 224)} bicubic + center crop {image_size}"}  # fmt: skip
+    meta = {
+        **meta,
+        "shards": str(shard_dir),
+        "shards_total": shards.total,
+        "num_classes": shards.manifest.get("num_classes"),
+        "multilabel": bool(shards.manifest.get("multilabel", False)),
+        "image_size": image_size,
+        "n_blocks": n_blocks,
+        "transform": f"resize {round(image_size * 256 / 224)} bicubic + center crop {image_size}",
+    }
     if out.exists():
         cached = load_features(out)
         if cached["meta"] == meta:
@@ -102,15 +121,25 @@ def extract(
     backbone = backbone.to(device).eval()
     pipe = eval_pipeline(shards, eval_transform(image_size), batch_size)
     # counted in images: with workers, each worker's last batch may be short, so batches have no exact total
-    bar = progress(shards.total, f"extract {Path(shard_dir).name}", unit="img", initial=min(done_batches * batch_size, shards.total),
-                   enabled=show_progress)  # fmt: skip
+    bar = progress(
+        shards.total,
+        f"extract {Path(shard_dir).name}",
+        unit="img",
+        initial=min(done_batches * batch_size, shards.total),
+        enabled=show_progress,
+    )
     buf: dict[str, list] = {"pooled": [], "last_blocks": [], "labels": [], "keys": []}
 
     def flush() -> None:
         if not buf["keys"]:
             return
-        part = {"pooled": torch.cat(buf["pooled"]), "last_blocks": torch.cat(buf["last_blocks"]),
-                "labels": torch.cat(buf["labels"]), "keys": sum(buf["keys"], []), "meta": part_meta}  # fmt: skip
+        part = {
+            "pooled": torch.cat(buf["pooled"]),
+            "last_blocks": torch.cat(buf["last_blocks"]),
+            "labels": torch.cat(buf["labels"]),
+            "keys": sum(buf["keys"], []),
+            "meta": part_meta,
+        }
         with atomic_path(parts_dir / f"part-{len(list(parts_dir.glob('part-*.pt'))):05d}.pt") as tmp:
             torch.save(part, tmp)
         for v in buf.values():
@@ -161,7 +190,9 @@ def load_features(path: str | Path) -> dict[str, Any]:
     try:
         data = torch.load(path, weights_only=True)
     except Exception as exc:
-        raise FeatureError(f"cannot read feature cache {str(path)!r} ({type(exc).__name__}); delete it and run `esvit extract` again") from None
+        raise FeatureError(
+            f"cannot read feature cache {str(path)!r} ({type(exc).__name__}); delete it and run `esvit extract` again"
+        ) from None
     if not isinstance(data, dict) or not {"pooled", "labels", "meta"} <= set(data):
         raise FeatureError(f"{path}: not an esvit feature cache; run `esvit extract` for it")
     return data

@@ -24,10 +24,19 @@ TEMPERATURE: float = field_default(EvalConfig, "knn_temperature")
 
 
 @torch.no_grad()
-def knn_classify(train: torch.Tensor, train_labels: torch.Tensor, test: torch.Tensor, test_labels: torch.Tensor,
-                 ks: tuple[int, ...] = KS, temperature: float = TEMPERATURE, n_classes: int | None = None,
-                 query_chunk: int = 1024, bank_chunk: int = 65536, device: str = "cpu",
-                 show_progress: bool = False) -> dict[int, float]:  # fmt: skip
+def knn_classify(
+    train: torch.Tensor,
+    train_labels: torch.Tensor,
+    test: torch.Tensor,
+    test_labels: torch.Tensor,
+    ks: tuple[int, ...] = KS,
+    temperature: float = TEMPERATURE,
+    n_classes: int | None = None,
+    query_chunk: int = 1024,
+    bank_chunk: int = 65536,
+    device: str = "cpu",
+    show_progress: bool = False,
+) -> dict[int, float]:
     """Top-1 accuracy (percent) of weighted k-NN for each k.
 
     Args:
@@ -38,7 +47,9 @@ def knn_classify(train: torch.Tensor, train_labels: torch.Tensor, test: torch.Te
     """
     check_features((train, train_labels), (test, test_labels))
     if any(k < 1 for k in ks) or temperature <= 0:
-        raise FeatureError(f"k-NN needs every k >= 1 and a temperature > 0 (got ks {tuple(ks)}, temperature {temperature})")
+        raise FeatureError(
+            f"k-NN needs every k >= 1 and a temperature > 0 (got ks {tuple(ks)}, temperature {temperature})"
+        )
     n_classes = n_classes or int(train_labels.max()) + 1
     k_max = min(max(ks), len(train))
     bank_labels = train_labels.to(device)

@@ -66,8 +66,16 @@ def _top1(head: nn.Linear, x: torch.Tensor, y: torch.Tensor, batch: int = 4096) 
     return 100.0 * correct / max(len(x), 1)
 
 
-def _train(make_epoch, head: nn.Linear, epochs: int, lr: float, val_x: torch.Tensor, val_y: torch.Tensor, desc: str,
-           show_progress: bool) -> LinearResult:  # fmt: skip
+def _train(
+    make_epoch,
+    head: nn.Linear,
+    epochs: int,
+    lr: float,
+    val_x: torch.Tensor,
+    val_y: torch.Tensor,
+    desc: str,
+    show_progress: bool,
+) -> LinearResult:
     t0 = time.perf_counter()
     opt = torch.optim.SGD(head.parameters(), lr=lr, momentum=0.9, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, epochs, eta_min=0)  # per epoch, as eval_linear.py
@@ -116,8 +124,9 @@ def linear_fast(
             yield train_x[idx], train_y[idx]
 
     lr = base_lr * batch_size / 256
-    return _train(make_epoch, head, epochs, lr, val_x.to(device), val_y.long().to(device),
-                  "linear (cached)", show_progress)  # fmt: skip
+    return _train(
+        make_epoch, head, epochs, lr, val_x.to(device), val_y.long().to(device), "linear (cached)", show_progress
+    )
 
 
 def augment_transform(size: int = 224):
@@ -126,10 +135,14 @@ def augment_transform(size: int = 224):
 
     from esvit.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 
-    return T.Compose([
-        T.RandomResizedCrop(size, interpolation=T.InterpolationMode.BICUBIC), T.RandomHorizontalFlip(),
-        T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD),
-    ])  # fmt: skip
+    return T.Compose(
+        [
+            T.RandomResizedCrop(size, interpolation=T.InterpolationMode.BICUBIC),
+            T.RandomHorizontalFlip(),
+            T.ToTensor(),
+            T.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+        ]
+    )
 
 
 def linear_paper(
@@ -170,5 +183,4 @@ def linear_paper(
             yield feats, labels.long().to(device)
 
     lr = base_lr * batch_size / 256
-    return _train(make_epoch, head, epochs, lr, val_x.to(device), val_y.to(device),
-                  "linear (augmented)", show_progress)  # fmt: skip
+    return _train(make_epoch, head, epochs, lr, val_x.to(device), val_y.to(device), "linear (augmented)", show_progress)

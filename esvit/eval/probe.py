@@ -17,8 +17,8 @@ dataset's metric.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 import torch
@@ -49,8 +49,15 @@ class LogReg:
         return x @ self.weight.T + self.bias
 
 
-def fit_logreg(x: torch.Tensor, y: torch.Tensor, n_classes: int, lam: float, init: LogReg | None = None,
-               max_iter: int = 1000, tol: float = 1e-4) -> LogReg:  # fmt: skip
+def fit_logreg(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    n_classes: int,
+    lam: float,
+    init: LogReg | None = None,
+    max_iter: int = 1000,
+    tol: float = 1e-4,
+) -> LogReg:
     """Minimise mean CE + lam/(2N) ||W||^2 (scikit-learn's objective, scaled by 1/N) with scipy's L-BFGS-B.
 
     Args:
@@ -95,8 +102,13 @@ def fit_logreg(x: torch.Tensor, y: torch.Tensor, n_classes: int, lam: float, ini
 
     # scipy's BLAS threads would spin against torch's on the same cores; its vector updates need one
     with threadpool_limits(1, user_api="blas"):
-        res = minimize(loss_and_grad, theta0, jac=True, method="L-BFGS-B",
-                       options={"maxiter": max_iter, "gtol": tol, "ftol": 64 * np.finfo(float).eps, "maxls": 50})  # fmt: skip
+        res = minimize(
+            loss_and_grad,
+            theta0,
+            jac=True,
+            method="L-BFGS-B",
+            options={"maxiter": max_iter, "gtol": tol, "ftol": 64 * np.finfo(float).eps, "maxls": 50},
+        )
     t = torch.from_numpy(res.x).to(device=x.device, dtype=x.dtype)
     return LogReg(t[:nw].view(n_classes, d).clone(), t[nw:].clone())
 
@@ -149,10 +161,21 @@ class ProbeResult:
     wall_s: float = 0.0
 
 
-def run_probe(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor, test_y: torch.Tensor,
-              metric: str = "accuracy", val_x: torch.Tensor | None = None, val_y: torch.Tensor | None = None,
-              val_fraction: float = 0.2, seed: int = 0, device: str = "cpu", search_tol: float = 1e-4,
-              search_max_iter: int = 300, show_progress: bool = False) -> ProbeResult:  # fmt: skip
+def run_probe(
+    train_x: torch.Tensor,
+    train_y: torch.Tensor,
+    test_x: torch.Tensor,
+    test_y: torch.Tensor,
+    metric: str = "accuracy",
+    val_x: torch.Tensor | None = None,
+    val_y: torch.Tensor | None = None,
+    val_fraction: float = 0.2,
+    seed: int = 0,
+    device: str = "cpu",
+    search_tol: float = 1e-4,
+    search_max_iter: int = 300,
+    show_progress: bool = False,
+) -> ProbeResult:
     """The whole protocol: split (if no val), standardise, search lambda, refit on train + val, score test.
 
     Labels are [N] class indices, or [N, C] multi-hot targets for multi-label sets (metric 11point_mAP).
@@ -175,7 +198,10 @@ def run_probe(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor
 
         if multilabel:  # no single class to stratify on: a seeded random fraction
             perm = torch.from_numpy(np.random.default_rng(seed).permutation(len(train_y)))
-            va, tr = perm[: round(val_fraction * len(perm))].sort().values, perm[round(val_fraction * len(perm)) :].sort().values
+            va, tr = (
+                perm[: round(val_fraction * len(perm))].sort().values,
+                perm[round(val_fraction * len(perm)) :].sort().values,
+            )
         else:
             parts = stratified_split(train_y.numpy(), val_fraction, seed)
             tr, va = torch.from_numpy(parts["train"]), torch.from_numpy(parts["test"])
@@ -190,11 +216,14 @@ def run_probe(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor
     fy, vy = fit_y.to(device), val_y.to(device)
     models: dict[int, LogReg] = {}
     n_coarse = len(range(0, len(LAMBDA_GRID), 16))
-    bar = progress(n_coarse + 2 * 4 + 1, f"probe {metric}", unit="fit", enabled=show_progress)  # 2 per halving step (8, 4, 2, 1)
+    bar = progress(
+        n_coarse + 2 * 4 + 1, f"probe {metric}", unit="fit", enabled=show_progress
+    )  # 2 per halving step (8, 4, 2, 1)
 
     def evaluate(i: int) -> float:
-        models[i] = fit_logreg(fx, fy, n_classes, float(LAMBDA_GRID[i]), init=_start(models, i), max_iter=search_max_iter,
-                               tol=search_tol)  # fmt: skip
+        models[i] = fit_logreg(
+            fx, fy, n_classes, float(LAMBDA_GRID[i]), init=_start(models, i), max_iter=search_max_iter, tol=search_tol
+        )
         pred = models[i].logits(vx)
         value = score(pred.cpu(), vy.cpu())
         bar.set_postfix(lam=f"{float(LAMBDA_GRID[i]):.2e}", val=f"{value:.2f}")
@@ -210,5 +239,13 @@ def run_probe(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor
     bar.update(1)
     bar.close()
     value = score(final.logits(tx).cpu(), test_y)
-    return ProbeResult(metric, value, float(LAMBDA_GRID[best]), {float(LAMBDA_GRID[i]): s for i, s in sorted(scores.items())},
-                       len(fit_x), len(val_x), len(test_x), round(time.perf_counter() - t0, 3))  # fmt: skip
+    return ProbeResult(
+        metric,
+        value,
+        float(LAMBDA_GRID[best]),
+        {float(LAMBDA_GRID[i]): s for i, s in sorted(scores.items())},
+        len(fit_x),
+        len(val_x),
+        len(test_x),
+        round(time.perf_counter() - t0, 3),
+    )

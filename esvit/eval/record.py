@@ -88,8 +88,9 @@ def read_record(path: str | os.PathLike) -> MetricsRecord:
     missing = [k for k in REQUIRED_KEYS if k not in data]
     if missing:
         keys = ", ".join(repr(k) for k in missing)
-        raise RecordError(path, f"not a metrics record: no {keys}; rerun the evaluation that writes it (esvit knn, "
-                                "probe or linear)")
+        raise RecordError(
+            path, f"not a metrics record: no {keys}; rerun the evaluation that writes it (esvit knn, probe or linear)"
+        )
     for key in _NUMBERS:
         if isinstance(data[key], bool) or not isinstance(data[key], (int, float)):
             raise RecordError(path, f"{key!r} is {data[key]!r}, not a number; rerun the evaluation that writes it")

@@ -13,7 +13,6 @@ import logging
 import signal
 from types import FrameType
 
-
 __all__ = ["GracefulStop"]
 
 log = logging.getLogger("esvit")
@@ -26,7 +25,7 @@ class GracefulStop:
         self.signals = signals
         self.caught: signal.Signals | None = None
 
-    def install(self) -> "GracefulStop":
+    def install(self) -> GracefulStop:
         for s in self.signals:
             signal.signal(s, self._handle)
         return self

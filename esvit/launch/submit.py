@@ -34,16 +34,26 @@ from typing import TextIO
 import submitit
 
 from esvit.atomic import atomic_write_json, atomic_write_text
-from esvit.train.config import LaunchConfig, TrainConfig, dump_train_config, load_train_config, per_device_batch
 from esvit.errors import LaunchError
+from esvit.train.config import LaunchConfig, TrainConfig, dump_train_config, load_train_config, per_device_batch
 
 __all__ = ["LaunchError", "PretrainJob", "preflight", "submit_or_reattach", "follow", "launch_slurm", "job_state"]
 
-ACTIVE = {"PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED",
-          "RESIZING", "SUSPENDED", "STAGE_OUT", "SIGNALING", "RESV_DEL_HOLD"}  # fmt: skip
+ACTIVE = {
+    "PENDING",
+    "CONFIGURING",
+    "RUNNING",
+    "COMPLETING",
+    "REQUEUED",
+    "REQUEUE_HOLD",
+    "REQUEUE_FED",
+    "RESIZING",
+    "SUSPENDED",
+    "STAGE_OUT",
+    "SIGNALING",
+    "RESV_DEL_HOLD",
+}
 SETTLE_S = 20.0  # how long an end state must hold before the client believes it (requeues flicker through FAILED)
-
-
 
 
 # --------------------------------------------------------------------------------------------- the job side
@@ -70,8 +80,11 @@ class PretrainJob(submitit.helpers.Checkpointable):
         stop = GracefulStop().install()  # replaces submitit's handlers: stop at a step boundary, all ranks together
         cfg = load_train_config(self.config_path)
         restarts = int(os.environ.get("SLURM_RESTART_COUNT", "0"))
-        print(f"esvit job: rank {env.rank}/{env.world_size} on {os.environ.get('SLURMD_NODENAME', socket.gethostname())}"
-              f", master {os.environ['MASTER_ADDR']}:{env.master_port}, restart {restarts}", flush=True)  # fmt: skip
+        print(
+            f"esvit job: rank {env.rank}/{env.world_size} on {os.environ.get('SLURMD_NODENAME', socket.gethostname())}"
+            f", master {os.environ['MASTER_ADDR']}:{env.master_port}, restart {restarts}",
+            flush=True,
+        )
         final = train(cfg, self.run_dir, should_stop=stop, show_progress=env.rank == 0)
         if stop.caught is None:
             return str(final)
@@ -83,7 +96,10 @@ class PretrainJob(submitit.helpers.Checkpointable):
                     f"checkpoint in {self.run_dir} is kept: rerun to resume, or raise launch.timeout_min"
                 )
             job_id = os.environ["SLURM_JOB_ID"]
-            print(f"esvit job: checkpointed at {final}; requeueing job {job_id} ({restarts + 1}/{self.max_requeues})", flush=True)
+            print(
+                f"esvit job: checkpointed at {final}; requeueing job {job_id} ({restarts + 1}/{self.max_requeues})",
+                flush=True,
+            )
             subprocess.run(["scontrol", "requeue", job_id], check=True)
         print(f"esvit job: stopped by {stop.caught.name} after checkpointing", flush=True)
         raise SystemExit(0 if stop.caught == signal.SIGUSR2 else 143)  # no result file: the job is not over
@@ -134,43 +150,60 @@ def preflight(lc: LaunchConfig) -> str:
     """
     site = "set it in cluster_profiles/slurm/submitit.yaml (or launch.<key>=... on the command line)"
     if not shutil.which("sbatch"):
-        raise LaunchError("launch.launcher is slurm but `sbatch` is not on PATH: run on a Slurm login node, or use "
-                          "--launcher local")  # fmt: skip
+        raise LaunchError(
+            "launch.launcher is slurm but `sbatch` is not on PATH: run on a Slurm login node, or use --launcher local"
+        )
     rows = [ln.split("|") for ln in _run(["sinfo", "-h", "-o", "%P|%D|%G|%c"]).splitlines() if ln.strip()]
     default = next((r[0].rstrip("*") for r in rows if r[0].endswith("*")), None)  # sinfo marks it with *
     rows = [[r[0].rstrip("*"), *r[1:]] for r in rows]
     names = sorted({r[0] for r in rows})
     partition = lc.partition or default
     if partition is None:
-        raise LaunchError(f"launch.partition is not set and the cluster has no default partition ({', '.join(names)}); {site}")
+        raise LaunchError(
+            f"launch.partition is not set and the cluster has no default partition ({', '.join(names)}); {site}"
+        )
     if partition not in names:
-        raise LaunchError(f"launch.partition {partition!r} is not a partition of this cluster (it has: "
-                          f"{', '.join(names) or 'none'}); {site}")  # fmt: skip
+        raise LaunchError(
+            f"launch.partition {partition!r} is not a partition of this cluster (it has: "
+            f"{', '.join(names) or 'none'}); {site}"
+        )
     mine = [r for r in rows if r[0] == partition]
     nodes = sum(int(r[1]) for r in mine)
     if lc.nodes > nodes:
-        raise LaunchError(f"launch.nodes={lc.nodes} but partition {partition!r} has {nodes} node(s); lower launch.nodes")
+        raise LaunchError(
+            f"launch.nodes={lc.nodes} but partition {partition!r} has {nodes} node(s); lower launch.nodes"
+        )
     gpus = max(_gpus(r[2]) for r in mine)
     if lc.gpus_per_node > gpus:
-        raise LaunchError(f"launch.gpus_per_node={lc.gpus_per_node} but partition {partition!r} has at most {gpus} "
-                          f"GPU(s) per node (sinfo gres: {', '.join(sorted({r[2] for r in mine}))}); lower it or "
-                          "pick a GPU partition")  # fmt: skip
+        raise LaunchError(
+            f"launch.gpus_per_node={lc.gpus_per_node} but partition {partition!r} has at most {gpus} "
+            f"GPU(s) per node (sinfo gres: {', '.join(sorted({r[2] for r in mine}))}); lower it or "
+            "pick a GPU partition"
+        )
     cpus = max(int(r[3].rstrip("+")) for r in mine)
     if lc.cpus_per_task * lc.tasks() > cpus:
-        raise LaunchError(f"launch.cpus_per_task={lc.cpus_per_task} x {lc.tasks()} task(s) per node needs "
-                          f"{lc.cpus_per_task * lc.tasks()} CPUs but nodes of {partition!r} have {cpus}; lower "
-                          "launch.cpus_per_task")  # fmt: skip
+        raise LaunchError(
+            f"launch.cpus_per_task={lc.cpus_per_task} x {lc.tasks()} task(s) per node needs "
+            f"{lc.cpus_per_task * lc.tasks()} CPUs but nodes of {partition!r} have {cpus}; lower "
+            "launch.cpus_per_task"
+        )
     for key, value, fmt in (("account", lc.account, "an account"), ("qos", lc.qos, "a QoS")):
         if value is None:
             continue
-        what = ["show", "assoc", f"user={_user()}", "format=account"] if key == "account" else ["show", "qos", "format=name"]
+        what = (
+            ["show", "assoc", f"user={_user()}", "format=account"]
+            if key == "account"
+            else ["show", "qos", "format=name"]
+        )
         proc = subprocess.run(["sacctmgr", "-n", "-P", *what], capture_output=True, text=True)
         if proc.returncode != 0:  # no accounting database to ask: let sbatch judge
             continue
         known = sorted({ln.strip() for ln in proc.stdout.splitlines() if ln.strip()})
         if value not in known:
-            raise LaunchError(f"launch.{key} {value!r} is not {fmt} you can use here (sacctmgr lists: "
-                              f"{', '.join(known) or 'none'}); {site}")  # fmt: skip
+            raise LaunchError(
+                f"launch.{key} {value!r} is not {fmt} you can use here (sacctmgr lists: "
+                f"{', '.join(known) or 'none'}); {site}"
+            )
     return partition
 
 
@@ -197,10 +230,15 @@ def executor_for(lc: LaunchConfig, folder: Path, partition: str, run_dir: Path) 
     extra = dict(lc.sbatch)
     extra.setdefault("requeue", True)
     params = dict(
-        nodes=lc.nodes, tasks_per_node=lc.tasks(), cpus_per_task=lc.cpus_per_task, timeout_min=lc.timeout_min,
-        name=lc.job_name or f"esvit-{run_dir.name}", slurm_partition=partition, slurm_signal_delay_s=lc.signal_delay_s,
+        nodes=lc.nodes,
+        tasks_per_node=lc.tasks(),
+        cpus_per_task=lc.cpus_per_task,
+        timeout_min=lc.timeout_min,
+        name=lc.job_name or f"esvit-{run_dir.name}",
+        slurm_partition=partition,
+        slurm_signal_delay_s=lc.signal_delay_s,
         slurm_additional_parameters=extra,
-    )  # fmt: skip
+    )
     if lc.gpus_per_node:
         params["gpus_per_node"] = lc.gpus_per_node
     if lc.mem_gb:
@@ -227,23 +265,46 @@ def submit_or_reattach(cfg: TrainConfig, run_dir: Path, out: TextIO = sys.stdout
             print(f"pretrain: re-attaching to Slurm job {old['job_id']} ({state}) of {run_dir}", file=out, flush=True)
             config_now = folder / "train_config.yaml"
             if config_now.exists() and config_now.read_text() != resolved:
-                print("pretrain: warning: the config changed since that job was submitted; it runs the old one "
-                      f"(scancel {old['job_id']} and rerun to use the new one)", file=out, flush=True)  # fmt: skip
+                print(
+                    "pretrain: warning: the config changed since that job was submitted; it runs the old one "
+                    f"(scancel {old['job_id']} and rerun to use the new one)",
+                    file=out,
+                    flush=True,
+                )
             return old["job_id"]
-        print(f"pretrain: earlier job {old['job_id']} is {state or 'gone'}; submitting a new one (it resumes from "
-              "the run's checkpoint)", file=out, flush=True)  # fmt: skip
-    per_device_batch(cfg.optim, lc.nodes * lc.tasks())  # a total batch this shape cannot split: refused before submitting
+        print(
+            f"pretrain: earlier job {old['job_id']} is {state or 'gone'}; submitting a new one (it resumes from "
+            "the run's checkpoint)",
+            file=out,
+            flush=True,
+        )
+    per_device_batch(
+        cfg.optim, lc.nodes * lc.tasks()
+    )  # a total batch this shape cannot split: refused before submitting
     partition = preflight(lc)
     folder.mkdir(parents=True, exist_ok=True)
     config_path = folder / "train_config.yaml"
     atomic_write_text(config_path, resolved)
     job = executor_for(lc, folder, partition, run_dir).submit(
-        PretrainJob(str(config_path.resolve()), str(run_dir.resolve()), lc.max_requeues))  # fmt: skip
-    atomic_write_json(record, {"job_id": job.job_id, "submitted": time.strftime("%Y-%m-%dT%H:%M:%S"),
-                               "partition": partition, "nodes": lc.nodes, "tasks_per_node": lc.tasks(),
-                               "gpus_per_node": lc.gpus_per_node})  # fmt: skip
-    print(f"pretrain: submitted Slurm job {job.job_id} ({lc.nodes} node(s) x {lc.tasks()} task(s), partition "
-          f"{partition}); logs in {folder}", file=out, flush=True)  # fmt: skip
+        PretrainJob(str(config_path.resolve()), str(run_dir.resolve()), lc.max_requeues)
+    )
+    atomic_write_json(
+        record,
+        {
+            "job_id": job.job_id,
+            "submitted": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            "partition": partition,
+            "nodes": lc.nodes,
+            "tasks_per_node": lc.tasks(),
+            "gpus_per_node": lc.gpus_per_node,
+        },
+    )
+    print(
+        f"pretrain: submitted Slurm job {job.job_id} ({lc.nodes} node(s) x {lc.tasks()} task(s), partition "
+        f"{partition}); logs in {folder}",
+        file=out,
+        flush=True,
+    )
     return job.job_id
 
 
@@ -268,9 +329,13 @@ class _Tail:
 
 
 def follow(
-    job_id: str, run_dir: Path, poll_s: float, cancel_on_interrupt: bool = True, out: TextIO = sys.stdout,
+    job_id: str,
+    run_dir: Path,
+    poll_s: float,
+    cancel_on_interrupt: bool = True,
+    out: TextIO = sys.stdout,
     settle_s: float = SETTLE_S,
-) -> Path:  # fmt: skip
+) -> Path:
     """Wait for the job, streaming rank 0's stdout and stderr; return ``final.pth`` or raise the job's error.
 
     An end state counts once it has held for ``settle_s``: while a job requeues itself Slurm can report it
@@ -284,10 +349,13 @@ def follow(
     def interrupted(signum, frame):
         if cancel_on_interrupt:
             subprocess.run(["scancel", job_id], capture_output=True)
-            raise LaunchError(f"interrupted: cancelled Slurm job {job_id} (its last checkpoint in {run_dir} is kept; "
-                              "rerun to resume)")  # fmt: skip
-        raise LaunchError(f"interrupted: Slurm job {job_id} keeps running (launch.cancel_on_interrupt is false); rerun "
-                          "to re-attach, or scancel it")  # fmt: skip
+            raise LaunchError(
+                f"interrupted: cancelled Slurm job {job_id} (its last checkpoint in {run_dir} is kept; rerun to resume)"
+            )
+        raise LaunchError(
+            f"interrupted: Slurm job {job_id} keeps running (launch.cancel_on_interrupt is false); rerun "
+            "to re-attach, or scancel it"
+        )
 
     old = {s: signal.signal(s, interrupted) for s in (signal.SIGINT, signal.SIGTERM)}
     try:

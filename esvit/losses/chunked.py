@@ -57,8 +57,22 @@ def _chunks(n: int, rows: int):
 
 class _FusedCrossEntropy(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, z_s, w_s, z_t, w_t, center, student_rows, teacher_rows, pair_weights, inv_tau_s, inv_tau_t,
-                dtype, rows, grads):  # fmt: skip
+    def forward(
+        ctx,
+        z_s,
+        w_s,
+        z_t,
+        w_t,
+        center,
+        student_rows,
+        teacher_rows,
+        pair_weights,
+        inv_tau_s,
+        inv_tau_t,
+        dtype,
+        rows,
+        grads,
+    ):
         acc = torch.promote_types(z_s.dtype, torch.float32)  # fp32, or fp64 when given
         # the gradient products: in fp16 they would underflow (a softmax row / tau_s times a pair weight is far
         # below fp16's range, and no loss scale has been applied yet), so they run in fp32 there
@@ -104,7 +118,9 @@ class _FusedCrossEntropy(torch.autograd.Function):
             e.sub_(m).mul_(inv_tau_s).exp_()
             total = e.sum(dim=-1, keepdim=True)
             loss = loss + (coef[r] * (total.log().squeeze(-1) + m.squeeze(-1) * inv_tau_s)).sum()
-            if grad_z_needed or grad_w_needed:  # d/ds_i of A_i logsumexp(s_i / tau_s) = A_i softmax(s_i / tau_s) / tau_s
+            if (
+                grad_z_needed or grad_w_needed
+            ):  # d/ds_i of A_i logsumexp(s_i / tau_s) = A_i softmax(s_i / tau_s) / tau_s
                 g = e.mul_((coef[r] * inv_tau_s)[:, None] / total).to(gdtype)
                 if grad_z_needed:
                     grad_z[r] += g @ wg
@@ -126,10 +142,20 @@ class _FusedCrossEntropy(torch.autograd.Function):
         return gz, gw, None, None, None, None, None, None, None, None, None, None, None
 
 
-def fused_cross_entropy(z_s: torch.Tensor, w_s: torch.Tensor, z_t: torch.Tensor, w_t: torch.Tensor,
-                        center: torch.Tensor, student_rows: torch.Tensor, teacher_rows: torch.Tensor,
-                        pair_weights: torch.Tensor, student_temp: float, teacher_temp: float,
-                        dtype: torch.dtype | None = None, rows: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+def fused_cross_entropy(
+    z_s: torch.Tensor,
+    w_s: torch.Tensor,
+    z_t: torch.Tensor,
+    w_t: torch.Tensor,
+    center: torch.Tensor,
+    student_rows: torch.Tensor,
+    teacher_rows: torch.Tensor,
+    pair_weights: torch.Tensor,
+    student_temp: float,
+    teacher_temp: float,
+    dtype: torch.dtype | None = None,
+    rows: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """``sum_p a_p CE(q_{j_p}, s_{i_p})`` and the sum of the teacher's raw logits over its rows (for its centre).
 
     Args:
@@ -148,5 +174,18 @@ def fused_cross_entropy(z_s: torch.Tensor, w_s: torch.Tensor, z_t: torch.Tensor,
     dtype = dtype or z_s.dtype
     rows = rows or default_chunk_rows(w_s.shape[0], z_s.device)
     grads = torch.is_grad_enabled() and (z_s.requires_grad or w_s.requires_grad)  # none formed under no_grad
-    return _FusedCrossEntropy.apply(z_s, w_s, z_t.detach(), w_t.detach(), center.detach(), student_rows, teacher_rows,
-                                    pair_weights, 1.0 / student_temp, 1.0 / teacher_temp, dtype, rows, grads)  # fmt: skip
+    return _FusedCrossEntropy.apply(
+        z_s,
+        w_s,
+        z_t.detach(),
+        w_t.detach(),
+        center.detach(),
+        student_rows,
+        teacher_rows,
+        pair_weights,
+        1.0 / student_temp,
+        1.0 / teacher_temp,
+        dtype,
+        rows,
+        grads,
+    )

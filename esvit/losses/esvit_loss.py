@@ -31,7 +31,9 @@ def _full(x: torch.Tensor) -> torch.Tensor:
 
 def teacher_temp_schedule(warmup_temp: float, temp: float, warmup_epochs: int, epochs: int) -> np.ndarray:
     """Linear warm-up from ``warmup_temp`` to ``temp`` over ``warmup_epochs`` (inclusive), then constant."""
-    return np.concatenate((np.linspace(warmup_temp, temp, warmup_epochs), np.ones(max(epochs - warmup_epochs, 0)) * temp))
+    return np.concatenate(
+        (np.linspace(warmup_temp, temp, warmup_epochs), np.ones(max(epochs - warmup_epochs, 0)) * temp)
+    )
 
 
 @dataclass
@@ -63,9 +65,19 @@ class EsViTLoss(nn.Module):
     inputs and weights; the two give the same loss, gradients and centres up to float rounding.
     """
 
-    def __init__(self, out_dim: int, epochs: int, region_loss_weight: float = 0.5, student_temp: float = 0.1,
-                 teacher_temp: float = 0.07, warmup_teacher_temp: float = 0.04, warmup_teacher_temp_epochs: int = 30,
-                 center_momentum: float = 0.9, n_teacher_crops: int = 2, chunk_rows: int | None = None):  # fmt: skip
+    def __init__(
+        self,
+        out_dim: int,
+        epochs: int,
+        region_loss_weight: float = 0.5,
+        student_temp: float = 0.1,
+        teacher_temp: float = 0.07,
+        warmup_teacher_temp: float = 0.04,
+        warmup_teacher_temp_epochs: int = 30,
+        center_momentum: float = 0.9,
+        n_teacher_crops: int = 2,
+        chunk_rows: int | None = None,
+    ):
         super().__init__()
         self.chunk_rows = chunk_rows
         self.w = region_loss_weight
@@ -74,7 +86,9 @@ class EsViTLoss(nn.Module):
         self.n_teacher_crops = n_teacher_crops
         self.register_buffer("center", torch.zeros(1, out_dim))
         self.register_buffer("center_grid", torch.zeros(1, out_dim))
-        self.teacher_temps = teacher_temp_schedule(warmup_teacher_temp, teacher_temp, warmup_teacher_temp_epochs, epochs)
+        self.teacher_temps = teacher_temp_schedule(
+            warmup_teacher_temp, teacher_temp, warmup_teacher_temp_epochs, epochs
+        )
 
     def teacher_temp(self, epoch: int) -> float:
         return float(self.teacher_temps[min(epoch, len(self.teacher_temps) - 1)])
@@ -85,7 +99,11 @@ class EsViTLoss(nn.Module):
         Always in fp32 (fp64 inputs stay fp64), also when called inside an autocast region: the K-wide products
         and the region matching's similarities would otherwise run in half precision again."""
         device = teacher.view.device.type
-        off = torch.autocast(device, enabled=False) if device in ("cpu", "cuda", "xpu", "mps") else contextlib.nullcontext()
+        off = (
+            torch.autocast(device, enabled=False)
+            if device in ("cpu", "cuda", "xpu", "mps")
+            else contextlib.nullcontext()
+        )
         with off:
             if teacher.last_layers is not None:
                 return self._forward_chunked(student, teacher, epoch)
@@ -105,8 +123,9 @@ class EsViTLoss(nn.Module):
             views.append(view_loss(q_view, _full(group.view), self.student_temp).flatten())
             if use_region:
                 regions.append(
-                    region_loss(q_region, teacher.features.detach(), _full(group.region), group.features,
-                                self.student_temp).flatten()  # fmt: skip
+                    region_loss(
+                        q_region, teacher.features.detach(), _full(group.region), group.features, self.student_temp
+                    ).flatten()
                 )
             first += group.n_crops
         keep = torch.cat(keep).nonzero().squeeze(1).to(q_view.device)  # built on the CPU: no device sync
@@ -118,7 +137,9 @@ class EsViTLoss(nn.Module):
             l_region, total = None, l_view
         sums = [("center", t_view.reshape(-1, t_view.shape[-1]).sum(0, keepdim=True), t_view[..., 0].numel())]
         if use_region:
-            sums.append(("center_grid", t_region.reshape(-1, t_region.shape[-1]).sum(0, keepdim=True), t_region[..., 0].numel()))
+            sums.append(
+                ("center_grid", t_region.reshape(-1, t_region.shape[-1]).sum(0, keepdim=True), t_region[..., 0].numel())
+            )
         entropy = _entropy(q_view.reshape(-1, q_view.shape[-1])[:ENTROPY_ROWS])
         self.update_centers(sums)
         return LossParts(total, l_view.detach(), l_region.detach() if l_region is not None else None, entropy)
@@ -145,8 +166,9 @@ class EsViTLoss(nn.Module):
         z_view = torch.cat([g.view.flatten(0, 1) for g in student])
         acc = torch.promote_types(teacher.view.dtype, torch.float32)
         weights = torch.full(s_rows.shape, 1.0 / (n_pairs * batch), device=device, dtype=acc)
-        l_view, view_sum = fused_cross_entropy(z_view, s_last.view(), teacher.view.flatten(0, 1), t_last.view(), self.center,
-                                               s_rows, t_rows, weights, **kw)  # fmt: skip
+        l_view, view_sum = fused_cross_entropy(
+            z_view, s_last.view(), teacher.view.flatten(0, 1), t_last.view(), self.center, s_rows, t_rows, weights, **kw
+        )
         sums = [("center", view_sum, teacher.view.shape[0] * batch)]
         l_region = None
         if use_region:
@@ -181,9 +203,17 @@ class EsViTLoss(nn.Module):
             weights.append(torch.full((j.numel(),), 1.0 / (n_pairs * batch * t_s), device=device, dtype=acc))
             offset += group.region[..., 0].numel()
         z_region = torch.cat([g.region.flatten(0, 2) for g in student])
-        return fused_cross_entropy(z_region, student[0].last_layers.region(), teacher.region.flatten(0, 2),
-                                   teacher.last_layers.region(), self.center_grid, torch.cat(s_rows), torch.cat(t_rows),
-                                   torch.cat(weights), **kw)  # fmt: skip
+        return fused_cross_entropy(
+            z_region,
+            student[0].last_layers.region(),
+            teacher.region.flatten(0, 2),
+            teacher.last_layers.region(),
+            self.center_grid,
+            torch.cat(s_rows),
+            torch.cat(t_rows),
+            torch.cat(weights),
+            **kw,
+        )
 
     @torch.no_grad()
     def update_centers(self, sums: list[tuple[str, torch.Tensor, int]]) -> None:

@@ -38,8 +38,13 @@ def match_regions(student_features: torch.Tensor, teacher_features: torch.Tensor
     return torch.einsum("bsic,btjc->tsbij", s, t).argmax(-1)
 
 
-def region_loss(teacher_probs: torch.Tensor, teacher_features: torch.Tensor, student_region: torch.Tensor,
-                student_features: torch.Tensor, student_temp: float) -> torch.Tensor:  # fmt: skip
+def region_loss(
+    teacher_probs: torch.Tensor,
+    teacher_features: torch.Tensor,
+    student_region: torch.Tensor,
+    student_features: torch.Tensor,
+    student_temp: float,
+) -> torch.Tensor:
     """Per-pair region losses for one group of same-size student crops (all tensors batch-major).
 
     Args:
@@ -57,7 +62,9 @@ def region_loss(teacher_probs: torch.Tensor, teacher_features: torch.Tensor, stu
     idx = match_regions(student_features, teacher_features)  # [n_t, n_s, B, T_s]
     inv = 1.0 / student_temp
     lse = scaled_logsumexp(student_region, inv)  # [B, n_s, T_s]
-    dots = torch.bmm(student_region.reshape(batch, n_s * t_s, k), teacher_probs.reshape(batch, n_t * t_t, k).transpose(1, 2))
+    dots = torch.bmm(
+        student_region.reshape(batch, n_s * t_s, k), teacher_probs.reshape(batch, n_t * t_t, k).transpose(1, 2)
+    )
     dots = dots.view(batch, n_s, t_s, n_t, t_t).permute(3, 1, 0, 2, 4)  # [n_t, n_s, B, T_s, T_t]
     matched = dots.gather(-1, idx.unsqueeze(-1)).squeeze(-1)  # [n_t, n_s, B, T_s]
     return (lse.permute(1, 0, 2).unsqueeze(0) - inv * matched).mean(dim=(-1, -2))

@@ -23,13 +23,20 @@ import numpy as np
 import torch
 
 from esvit.atomic import atomic_path
-from esvit.models.backbones import ARCHS, Backbone
 from esvit.checkpoint_file import CheckpointError, load_checkpoint, save_checkpoint
+from esvit.models.backbones import ARCHS, Backbone
 
 __all__ = [
-    "filter_state_dict", "import_official", "load_timm_weights", "export_backbone", "backbone_state", "load_official_checkpoint",
-    "is_official", "official_to_esvit", "OFFICIAL_SAFE_GLOBALS",
-]  # fmt: skip
+    "filter_state_dict",
+    "import_official",
+    "load_timm_weights",
+    "export_backbone",
+    "backbone_state",
+    "load_official_checkpoint",
+    "is_official",
+    "official_to_esvit",
+    "OFFICIAL_SAFE_GLOBALS",
+]
 
 _PREFIXES = ("module.", "backbone.")
 _HEADS = ("head.", "head_dense.")
@@ -62,7 +69,8 @@ def load_official_checkpoint(path: str | Path) -> dict[str, Any]:
         msg = (lines[0] if lines else str(exc).splitlines()[0] if str(exc) else "").split(" was not an allowed")[0]
         raise CheckpointError(
             f"cannot load {str(path)!r} safely ({type(exc).__name__}: {msg[:200]}); an official EsViT checkpoint holds "
-            "only tensors, containers, argparse.Namespace and numpy scalars: is the file complete and from microsoft/esvit?"
+            "only tensors, containers, argparse.Namespace and numpy scalars: is the file complete and from "
+            "microsoft/esvit?"
         ) from None
     if not isinstance(ckpt, dict):
         raise CheckpointError(f"{path}: holds a {type(ckpt).__name__}, not a checkpoint dict")
@@ -153,8 +161,9 @@ def load_timm_weights(path: str | Path) -> dict[str, Any]:
             return load_file(str(path))
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise CheckpointError(f"cannot load {str(path)!r} as timm weights ({type(exc).__name__}: {str(exc)[:200]}); "
-                              "is the file complete?") from None  # fmt: skip
+        raise CheckpointError(
+            f"cannot load {str(path)!r} as timm weights ({type(exc).__name__}: {str(exc)[:200]}); is the file complete?"
+        ) from None
     if not isinstance(ckpt, dict):
         raise CheckpointError(f"{path}: holds a {type(ckpt).__name__}, not a state dict")
     return ckpt
@@ -177,10 +186,14 @@ def import_official(path: str | Path, arch: str, out: str | Path, key: str = "te
     check_recorded(path)  # a downloaded file: still the file its first download recorded
     ckpt = load_official_checkpoint(path) if fmt == "official" else load_timm_weights(path)
     if "config" in ckpt and "esvit_version" in ckpt:
-        raise CheckpointError(f"{path}: already one of this project's checkpoints; give it to `esvit extract --checkpoint` as it is")
+        raise CheckpointError(
+            f"{path}: already one of this project's checkpoints; give it to `esvit extract --checkpoint` as it is"
+        )
     if fmt == "official" and key not in ckpt and any(k.startswith("layers.") or k.startswith("model") for k in ckpt):
-        raise CheckpointError(f"{path}: a plain backbone state dict, not an official EsViT checkpoint (no {key!r}); "
-                              "import it with --format timm")  # fmt: skip
+        raise CheckpointError(
+            f"{path}: a plain backbone state dict, not an official EsViT checkpoint (no {key!r}); "
+            "import it with --format timm"
+        )
     state = ckpt.get(key, ckpt) if fmt == "official" else ckpt.get("model", ckpt.get("state_dict", ckpt))
     if not isinstance(state, dict) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise CheckpointError(f"{path}: no {key!r} state dict inside (keys: {sorted(map(str, ckpt))[:8]})")

@@ -11,8 +11,8 @@ a chunk of rows at a time (:mod:`esvit.losses.chunked`), so no [tokens, K] logit
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 import torch.nn as nn
@@ -56,14 +56,24 @@ class EsViTNet(nn.Module):
 
     ``chunked_heads``: return the last layers' inputs and weights instead of K-wide logits (see the module)."""
 
-    def __init__(self, backbone: Backbone, out_dim: int = 65536, region: bool = True, norm_last_layer: bool = False,
-                 hidden_dim: int = 2048, bottleneck_dim: int = 256, chunked_heads: bool = False):  # fmt: skip
+    def __init__(
+        self,
+        backbone: Backbone,
+        out_dim: int = 65536,
+        region: bool = True,
+        norm_last_layer: bool = False,
+        hidden_dim: int = 2048,
+        bottleneck_dim: int = 256,
+        chunked_heads: bool = False,
+    ):
         super().__init__()
         self.chunked_heads = chunked_heads
         self.backbone = backbone
         c = backbone.num_features
         self.head = DINOHead(c, out_dim, hidden_dim, bottleneck_dim, norm_last_layer=norm_last_layer)
-        self.head_dense = DINOHead(c, out_dim, hidden_dim, bottleneck_dim, norm_last_layer=norm_last_layer) if region else None
+        self.head_dense = (
+            DINOHead(c, out_dim, hidden_dim, bottleneck_dim, norm_last_layer=norm_last_layer) if region else None
+        )
 
     def forward(self, crops: list[torch.Tensor]) -> list[GroupOutput]:
         sizes = torch.tensor([c.shape[-1] for c in crops])

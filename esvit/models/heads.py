@@ -40,8 +40,15 @@ class DINOHead(nn.Module):
     norm_last_layer: freeze weight_g at 1 (the README commands use False).
     """
 
-    def __init__(self, in_dim: int, out_dim: int = 65536, hidden_dim: int = 2048, bottleneck_dim: int = 256,
-                 nlayers: int = 3, norm_last_layer: bool = False):  # fmt: skip
+    def __init__(
+        self,
+        in_dim: int,
+        out_dim: int = 65536,
+        hidden_dim: int = 2048,
+        bottleneck_dim: int = 256,
+        nlayers: int = 3,
+        norm_last_layer: bool = False,
+    ):
         super().__init__()
         layers: list[nn.Module] = [nn.Linear(in_dim, hidden_dim if nlayers > 1 else bottleneck_dim)]
         if nlayers > 1:

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable
 
 import pandas as pd
 
@@ -22,8 +22,18 @@ from esvit.fields import did_you_mean
 from esvit.report import plots
 from esvit.report.render import to_html, to_markdown
 from esvit.report.sections import ReportData, correspondence_table, report_sections, shown_transfer
-from esvit.report.tables import (ablation_table, collect_metrics, imagenet_table, linear_table, mark_stale,
-                                 metrics_files, paper_table, run_descriptions, run_folders, transfer_table)
+from esvit.report.tables import (
+    ablation_table,
+    collect_metrics,
+    imagenet_table,
+    linear_table,
+    mark_stale,
+    metrics_files,
+    paper_table,
+    run_descriptions,
+    run_folders,
+    transfer_table,
+)
 
 __all__ = ["build_report", "ReportInputs"]
 
@@ -55,13 +65,23 @@ class ReportInputs:
         ``results``."""
         results = Path(results)
         bench = results / "bench" / "infer.jsonl"
-        return cls(results, metrics_files(results), run_folders(results),
-                   {p.parent.name: p for p in sorted(results.glob("viz/*/correspondence.json"))},
-                   [bench] if bench.is_file() else [])
+        return cls(
+            results,
+            metrics_files(results),
+            run_folders(results),
+            {p.parent.name: p for p in sorted(results.glob("viz/*/correspondence.json"))},
+            [bench] if bench.is_file() else [],
+        )
 
     @classmethod
-    def given(cls, results: PathLike = "results", metrics: Iterable[PathLike] = (), runs: Iterable[PathLike] = (),
-              viz: Iterable[PathLike] = (), bench: Iterable[PathLike] = ()) -> ReportInputs:
+    def given(
+        cls,
+        results: PathLike = "results",
+        metrics: Iterable[PathLike] = (),
+        runs: Iterable[PathLike] = (),
+        viz: Iterable[PathLike] = (),
+        bench: Iterable[PathLike] = (),
+    ) -> ReportInputs:
         """Exactly these files (what the workflow's rule declares): nothing else is looked for.
 
         Args:
@@ -71,15 +91,24 @@ class ReportInputs:
         Raises:
             ReportError: a file given does not exist.
         """
-        files = {"metrics": [Path(p) for p in metrics], "runs": [Path(p) for p in runs],
-                 "viz": [Path(p) for p in viz], "bench": [Path(p) for p in bench]}
+        files = {
+            "metrics": [Path(p) for p in metrics],
+            "runs": [Path(p) for p in runs],
+            "viz": [Path(p) for p in viz],
+            "bench": [Path(p) for p in bench],
+        }
         for kind, paths in files.items():
             for path in paths:
                 if not path.exists():
                     raise ReportError(f"{kind} file {str(path)!r} does not exist")
         run_dirs = [p if p.is_dir() else p.parent for p in files["runs"]]
-        return cls(Path(results), files["metrics"], {d.name: d for d in sorted(run_dirs)},
-                   {p.parent.name: p for p in sorted(files["viz"])}, files["bench"])
+        return cls(
+            Path(results),
+            files["metrics"],
+            {d.name: d for d in sorted(run_dirs)},
+            {p.parent.name: p for p in sorted(files["viz"])},
+            files["bench"],
+        )
 
 
 def _read_json(path: Path) -> dict | None:
@@ -110,13 +139,18 @@ def _pick_baseline(runs: list[str], baseline: str | None) -> str | None:
         supervised = next((r for r in runs if r.startswith("supervised")), None)
         return supervised or next((r for r in runs if r.endswith("_random")), None)
     if runs and baseline not in runs:
-        raise ReportError(f"--baseline {baseline!r} is not a run with results.{did_you_mean(baseline, runs)} "
-                          f"Runs: {', '.join(runs)}")
+        raise ReportError(
+            f"--baseline {baseline!r} is not a run with results.{did_you_mean(baseline, runs)} Runs: {', '.join(runs)}"
+        )
     return baseline
 
 
-def build_report(results: PathLike | ReportInputs = "results", out: PathLike | None = None,
-                 baseline: str | None = None, paper_csv: PathLike | None = None) -> dict[str, Path]:
+def build_report(
+    results: PathLike | ReportInputs = "results",
+    out: PathLike | None = None,
+    baseline: str | None = None,
+    paper_csv: PathLike | None = None,
+) -> dict[str, Path]:
     """Build the report; returns the written files by name.
 
     Args:
@@ -132,8 +166,11 @@ def build_report(results: PathLike | ReportInputs = "results", out: PathLike | N
     out.mkdir(parents=True, exist_ok=True)
     paper = paper_table(paper_csv) if paper_csv else paper_table()
     df = mark_stale(collect_metrics(files=inputs.metrics), results, inputs.runs)
-    desc = (run_descriptions(results, df, inputs.runs) if len(df)
-            else pd.DataFrame(columns=["run", "arch", "paper_arch", "window", "tasks", "source"]))
+    desc = (
+        run_descriptions(results, df, inputs.runs)
+        if len(df)
+        else pd.DataFrame(columns=["run", "arch", "paper_arch", "window", "tasks", "source"])
+    )
     baseline = _pick_baseline(sorted(df.run.unique()) if len(df) else [], baseline)
     files: dict[str, Path] = {}
 
@@ -154,39 +191,73 @@ def build_report(results: PathLike | ReportInputs = "results", out: PathLike | N
     probe = tables["probe"]
     columns = list(probe.table.columns)
     pair = [r for r in columns if r != baseline][:7] + ([baseline] if baseline in columns else [])
-    figures.append((plots.transfer_bars(probe.table, pair, out / "transfer_bars.png", probe.metric),
-                    f"Linear probe per dataset: {', '.join(pair) or 'no results yet'} (the paper's Figure 3 style)"))
+    figures.append(
+        (
+            plots.transfer_bars(probe.table, pair, out / "transfer_bars.png", probe.metric),
+            f"Linear probe per dataset: {', '.join(pair) or 'no results yet'} (the paper's Figure 3 style)",
+        )
+    )
     speeds = _throughputs(inputs.bench)
-    ours = [{"label": r["run"], "throughput": speeds[r["arch"]], "linear": r["linear"]} for _, r in imnet.iterrows()
-            if r.get("linear") is not None and not pd.isna(r.get("linear")) and r["arch"] in speeds]
-    figures.append((plots.accuracy_vs_throughput(paper, ours, out / "accuracy_vs_throughput.png"),
-                    "ImageNet linear top-1 vs throughput: the paper's Table 1 and this project's runs (the paper's "
-                    "Figure 1 style)"))
-    logs = {p.parent.name: plots.read_log(p)
-            for p in sorted(p for p in (Path(d) / "log.jsonl" for d in inputs.runs.values()) if p.is_file())}
+    ours = [
+        {"label": r["run"], "throughput": speeds[r["arch"]], "linear": r["linear"]}
+        for _, r in imnet.iterrows()
+        if r.get("linear") is not None and not pd.isna(r.get("linear")) and r["arch"] in speeds
+    ]
+    figures.append(
+        (
+            plots.accuracy_vs_throughput(paper, ours, out / "accuracy_vs_throughput.png"),
+            "ImageNet linear top-1 vs throughput: the paper's Table 1 and this project's runs (the paper's "
+            "Figure 1 style)",
+        )
+    )
+    logs = {
+        p.parent.name: plots.read_log(p)
+        for p in sorted(p for p in (Path(d) / "log.jsonl" for d in inputs.runs.values()) if p.is_file())
+    }
     curves = "Pretraining curves (log.jsonl of each run)" if logs else "Pretraining curves: no run pretrained here"
     figures.append((plots.training_curves(logs, out / "training_curves.png"), curves))
     for run, path in inputs.viz.items():
         png = path.parent / "correspondence.png"
         if run in corr and png.is_file():
-            figures.append((png, f"Region correspondence of {run}: each student region of view B (a crop of A) joined "
-                                 "to its best teacher region in view A (green: the geometrically correct one)"))
+            figures.append(
+                (
+                    png,
+                    f"Region correspondence of {run}: each student region of view B (a crop of A) joined "
+                    "to its best teacher region in view A (green: the geometrically correct one)",
+                )
+            )
 
     # -- the document, rendered twice ------------------------------------------------------------------------
     data = ReportData(
-        results=results, n_metrics=len(df), runs=desc, imagenet=imnet,
+        results=results,
+        n_metrics=len(df),
+        runs=desc,
+        imagenet=imnet,
         has_imagenet=bool(len(imnet)) and imnet[["linear", "knn"]].notna().any().any(),
-        headline=paper_shown[paper.table == 1][["method", "arch", "window", "tasks", "params_m", "throughput_img_s",
-                                                "imagenet_linear", "imagenet_knn"]],
+        headline=paper_shown[paper.table == 1][
+            ["method", "arch", "window", "tasks", "params_m", "throughput_img_s", "imagenet_linear", "imagenet_knn"]
+        ],
         transfer={ev: (t, shown_transfer(t)) for ev, t in tables.items() if not t.table.empty},
         linear=linear_table(df),
-        transfer_ref=paper_shown[paper.table == 3][["method", "arch", "pretrain_data", "tasks", "imagenet_linear",
-                                                    "imagenet_knn", "transfer18_avg", "transfer18_wins"]],
+        transfer_ref=paper_shown[paper.table == 3][
+            [
+                "method",
+                "arch",
+                "pretrain_data",
+                "tasks",
+                "imagenet_linear",
+                "imagenet_knn",
+                "transfer18_avg",
+                "transfer18_wins",
+            ]
+        ],
         ablation=ablation_table(df, results, corr, inputs.runs) if len(df) else pd.DataFrame(),
         paper_ablation=paper_shown[paper.table == 5][["arch", "window", "tasks", "imagenet_linear", "imagenet_knn"]],
-        correspondence=corr, correspondence_table=correspondence_table(corr),
+        correspondence=corr,
+        correspondence_table=correspondence_table(corr),
         stale=summary.loc[summary["stale"].astype(bool), ["run", "dataset", "eval", "checkpoint"]],
-        figures=figures, out=out,
+        figures=figures,
+        out=out,
     )
     sections = report_sections(data)
     files["summary.md"] = out / "summary.md"

@@ -46,7 +46,13 @@ def transfer_bars(table: pd.DataFrame, runs: list[str], path: Path, metric: dict
             if pd.isna(v):
                 ax.text(x, 1, "n/a", rotation=90, ha="center", va="bottom", fontsize=6, color="#a00")
     labels = [f"{d}\n({(metric or {}).get(d, '')})" if metric else d for d in data.index]
-    ax.set_xticks(range(len(data)), labels, rotation=45 if len(data) > 4 else 0, ha="right" if len(data) > 4 else "center", fontsize=8)
+    ax.set_xticks(
+        range(len(data)),
+        labels,
+        rotation=45 if len(data) > 4 else 0,
+        ha="right" if len(data) > 4 else "center",
+        fontsize=8,
+    )
     ax.set_ylabel("linear probe score (%)")
     ax.set_title("Transfer: linear probe per dataset")
     ax.legend(fontsize=8)
@@ -60,18 +66,36 @@ def accuracy_vs_throughput(paper: pd.DataFrame, ours: list[dict], path: Path) ->
     t1 = paper[(paper.table == 1) & paper.throughput_img_s.notna() & paper.imagenet_linear.notna()]
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
     for method, g in t1.groupby("method"):
-        ax.scatter(g.throughput_img_s, g.imagenet_linear, label=f"{method} (paper)", s=28,
-                   marker="*" if method == "EsViT" else "o")  # fmt: skip
+        ax.scatter(
+            g.throughput_img_s,
+            g.imagenet_linear,
+            label=f"{method} (paper)",
+            s=28,
+            marker="*" if method == "EsViT" else "o",
+        )
         for _, r in g.iterrows():
-            ax.annotate(f"{r['arch']}{'/W' + str(int(r['window'])) if pd.notna(r['window']) else ''}",
-                        (r.throughput_img_s, r.imagenet_linear), fontsize=6, xytext=(3, 2), textcoords="offset points")  # fmt: skip
+            ax.annotate(
+                f"{r['arch']}{'/W' + str(int(r['window'])) if pd.notna(r['window']) else ''}",
+                (r.throughput_img_s, r.imagenet_linear),
+                fontsize=6,
+                xytext=(3, 2),
+                textcoords="offset points",
+            )
     for p in ours:
         ax.scatter([p["throughput"]], [p["linear"]], marker="D", s=40, color="black")
-        ax.annotate(p["label"] + " (this project)", (p["throughput"], p["linear"]), fontsize=7, xytext=(3, -9), textcoords="offset points")
+        ax.annotate(
+            p["label"] + " (this project)",
+            (p["throughput"], p["linear"]),
+            fontsize=7,
+            xytext=(3, -9),
+            textcoords="offset points",
+        )
     ax.set_xscale("log")
     ax.set_xlabel("throughput (images/s, log scale; paper: one V100, batch 128)")
     ax.set_ylabel("ImageNet linear top-1 (%)")
-    ax.set_title("Accuracy vs throughput" + ("" if ours else " (no run of this project has both numbers yet)"), fontsize=9)
+    ax.set_title(
+        "Accuracy vs throughput" + ("" if ours else " (no run of this project has both numbers yet)"), fontsize=9
+    )
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     ax.grid(alpha=0.3)
     return _save(fig, path)
@@ -86,8 +110,13 @@ def training_curves(logs: dict[str, pd.DataFrame], path: Path) -> Path:
     """Total, view and region loss, learning rate and teacher temperature per step, one line per run."""
     if not logs:
         return _empty(path, "No pretraining log (released checkpoints only)")
-    panels = [("loss", "total loss"), ("loss_view", "view loss L_V"), ("loss_region", "region loss L_R"),
-              ("lr", "learning rate"), ("teacher_temp", "teacher temperature")]  # fmt: skip
+    panels = [
+        ("loss", "total loss"),
+        ("loss_view", "view loss L_V"),
+        ("loss_region", "region loss L_R"),
+        ("lr", "learning rate"),
+        ("teacher_temp", "teacher temperature"),
+    ]
     fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 2.8))
     for ax, (key, title) in zip(axes, panels):
         for run, log in logs.items():

@@ -12,7 +12,6 @@ import base64
 import html
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Union
 
 import pandas as pd
 
@@ -49,7 +48,7 @@ class Figures:
     folder: Path
 
 
-Block = Union[Text, Table, Figures]
+Block = Text | Table | Figures
 
 
 @dataclass
@@ -110,9 +109,11 @@ def to_markdown(sections: list[Section]) -> str:
 
 # -- html -----------------------------------------------------------------------------------------------
 
-STYLE = ("body{font-family:sans-serif;max-width:1200px;margin:2em auto;color:#222}table{border-collapse:collapse;"
-         "margin:1em 0;font-size:13px}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}"
-         "th{background:#f3f3f3}figure{margin:1em 0}img{max-width:100%}figcaption{font-size:12px;color:#555}")
+STYLE = (
+    "body{font-family:sans-serif;max-width:1200px;margin:2em auto;color:#222}table{border-collapse:collapse;"
+    "margin:1em 0;font-size:13px}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}"
+    "th{background:#f3f3f3}figure{margin:1em 0}img{max-width:100%}figcaption{font-size:12px;color:#555}"
+)
 
 
 def _html_text(text: Text, quote: bool = True) -> str:
@@ -134,8 +135,11 @@ def _img(path: Path, alt: str) -> str:
 def _html_block(block: Block) -> str:
     if isinstance(block, Table):
         head, rows = _rows(block)
-        out = [f'<table class="{block.cls}"><thead><tr>' + "".join(f"<th>{html.escape(h)}</th>" for h in head)
-               + "</tr></thead><tbody>"]
+        out = [
+            f'<table class="{block.cls}"><thead><tr>'
+            + "".join(f"<th>{html.escape(h)}</th>" for h in head)
+            + "</tr></thead><tbody>"
+        ]
         out += ["<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rows]
         return "".join(out) + "</tbody></table>"
     if isinstance(block, Figures):
@@ -149,5 +153,7 @@ def to_html(sections: list[Section], title: str = "EsViT report") -> str:
     for section in sections:
         body.append(f"<h{section.level}>{_html_text(section.title, quote=False)}</h{section.level}>")
         body += [_html_block(block) for block in section.blocks]
-    return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
-            f"<style>{STYLE}</style></head><body>{''.join(body)}</body></html>")
+    return (
+        f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+        f"<style>{STYLE}</style></head><body>{''.join(body)}</body></html>"
+    )

@@ -9,29 +9,47 @@ The metrics files and run folders are given, or, by hand, every one under a resu
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Mapping
 
 import pandas as pd
 import yaml
 
 from esvit.data.shards import file_sha256
-from esvit.resources import resource_path
 from esvit.eval.record import RecordError, read_record
+from esvit.resources import resource_path
 
-__all__ = ["collect_metrics", "metrics_files", "run_folders", "paper_table", "run_descriptions", "imagenet_table",
-           "transfer_table", "PAPER_CSV", "TransferTable", "mark_stale", "transfer_suite", "linear_table",
-           "ablation_table"]
+__all__ = [
+    "collect_metrics",
+    "metrics_files",
+    "run_folders",
+    "paper_table",
+    "run_descriptions",
+    "imagenet_table",
+    "transfer_table",
+    "PAPER_CSV",
+    "TransferTable",
+    "mark_stale",
+    "transfer_suite",
+    "linear_table",
+    "ablation_table",
+]
 
 PAPER_CSV = resource_path("paper_results.csv")
 EVALS = ("knn", "probe", "linear")
 # this project's arch names -> the paper's (arch, window)
 PAPER_ARCH = {
-    "swin_tiny_w7": ("Swin-T", 7), "swin_tiny_w14": ("Swin-T", 14), "swin_small_w7": ("Swin-S", 7),
-    "swin_small_w14": ("Swin-S", 14), "swin_base_w7": ("Swin-B", 7), "swin_base_w14": ("Swin-B", 14),
-    "deit_small": ("DeiT-S/16", None), "vit_small": ("DeiT-S/16", None), "resnet50": ("ResNet-50", None),
-}  # fmt: skip
+    "swin_tiny_w7": ("Swin-T", 7),
+    "swin_tiny_w14": ("Swin-T", 14),
+    "swin_small_w7": ("Swin-S", 7),
+    "swin_small_w14": ("Swin-S", 14),
+    "swin_base_w7": ("Swin-B", 7),
+    "swin_base_w14": ("Swin-B", 14),
+    "deit_small": ("DeiT-S/16", None),
+    "vit_small": ("DeiT-S/16", None),
+    "resnet50": ("ResNet-50", None),
+}
 
 
 def metrics_files(results: str | Path) -> list[Path]:
@@ -56,13 +74,39 @@ def collect_metrics(results: str | Path | None = None, files: Iterable[str | Pat
             print(f"esvit: warning: skipping unreadable {exc.path} ({exc.reason})", file=sys.stderr)
     order = {ev: i for i, ev in enumerate(EVALS)}
     records.sort(key=lambda item: (order.get(item[1].family, len(EVALS)), item[0]))
-    rows = [{
-        "run": m.run, "arch": m.arch, "dataset": m.dataset, "eval": m.family, "metric": m.metric_name,
-        "value": m.value, "best_value": m.metrics.get("best_top1"), "n_train": m.n_train, "n_test": m.n_test,
-        "checkpoint": m.checkpoint, "checkpoint_sha256": m.checkpoint_sha256, "wall_s": m.wall_s, "path": str(path),
-    } for path, m in records]
-    cols = ["run", "arch", "dataset", "eval", "metric", "value", "best_value", "n_train", "n_test", "checkpoint",
-            "checkpoint_sha256", "wall_s", "path"]
+    rows = [
+        {
+            "run": m.run,
+            "arch": m.arch,
+            "dataset": m.dataset,
+            "eval": m.family,
+            "metric": m.metric_name,
+            "value": m.value,
+            "best_value": m.metrics.get("best_top1"),
+            "n_train": m.n_train,
+            "n_test": m.n_test,
+            "checkpoint": m.checkpoint,
+            "checkpoint_sha256": m.checkpoint_sha256,
+            "wall_s": m.wall_s,
+            "path": str(path),
+        }
+        for path, m in records
+    ]
+    cols = [
+        "run",
+        "arch",
+        "dataset",
+        "eval",
+        "metric",
+        "value",
+        "best_value",
+        "n_train",
+        "n_test",
+        "checkpoint",
+        "checkpoint_sha256",
+        "wall_s",
+        "path",
+    ]
     return pd.DataFrame(rows, columns=cols)
 
 
@@ -120,22 +164,30 @@ def run_descriptions(results: str | Path, df: pd.DataFrame, run_dirs: Mapping[st
         else:
             tasks = "V+R"
         paper_arch, window = PAPER_ARCH.get(arch, (None, None))
-        rows.append({"run": run, "arch": arch, "paper_arch": paper_arch, "window": window, "tasks": tasks, "source": source})
+        rows.append(
+            {"run": run, "arch": arch, "paper_arch": paper_arch, "window": window, "tasks": tasks, "source": source}
+        )
     return pd.DataFrame(rows, columns=["run", "arch", "paper_arch", "window", "tasks", "source"])
 
 
 def _paper_row(paper: pd.DataFrame, desc: pd.Series) -> pd.Series | None:
     if desc["paper_arch"] is None or desc["tasks"] is None:
         return None
-    rows = paper[(paper.method == "EsViT") & (paper.arch == desc["paper_arch"]) & (paper.tasks == desc["tasks"])
-                 & (paper.pretrain_data == "ImageNet-1K")]  # fmt: skip
+    rows = paper[
+        (paper.method == "EsViT")
+        & (paper.arch == desc["paper_arch"])
+        & (paper.tasks == desc["tasks"])
+        & (paper.pretrain_data == "ImageNet-1K")
+    ]
     if desc["window"] is not None:
         rows = rows[rows.window == desc["window"]]
     rows = rows.sort_values("table")  # Table 1 (the headline) first
     return rows.iloc[0] if len(rows) else None
 
 
-def imagenet_table(df: pd.DataFrame, desc: pd.DataFrame, paper: pd.DataFrame, dataset: str = "imagenet") -> pd.DataFrame:
+def imagenet_table(
+    df: pd.DataFrame, desc: pd.DataFrame, paper: pd.DataFrame, dataset: str = "imagenet"
+) -> pd.DataFrame:
     """ImageNet linear / k-NN per run beside the matching paper row, with the deltas."""
     rows = []
     for _, d in desc.iterrows():
@@ -143,12 +195,27 @@ def imagenet_table(df: pd.DataFrame, desc: pd.DataFrame, paper: pd.DataFrame, da
         linear = mine[mine["eval"] == "linear"]["value"]
         knn = mine[mine["eval"] == "knn"]["value"]
         ref = _paper_row(paper, d)
-        row = {"run": d["run"], "arch": d["arch"], "tasks": d["tasks"] or "—", "linear": linear.iloc[0] if len(linear) else None,
-               "knn": knn.iloc[0] if len(knn) else None,
-               "paper_row": f"Table {ref['table']}: EsViT {ref['arch']}/W{int(ref['window']) if pd.notna(ref['window']) else ''} {ref['tasks']}" if ref is not None else "—",
-               "paper_linear": ref["imagenet_linear"] if ref is not None else None, "paper_knn": ref["imagenet_knn"] if ref is not None else None}  # fmt: skip
-        row["delta_linear"] = row["linear"] - row["paper_linear"] if row["linear"] is not None and row["paper_linear"] is not None else None
-        row["delta_knn"] = row["knn"] - row["paper_knn"] if row["knn"] is not None and row["paper_knn"] is not None else None
+        row = {
+            "run": d["run"],
+            "arch": d["arch"],
+            "tasks": d["tasks"] or "—",
+            "linear": linear.iloc[0] if len(linear) else None,
+            "knn": knn.iloc[0] if len(knn) else None,
+            "paper_row": f"Table {ref['table']}: EsViT "
+            f"{ref['arch']}/W{int(ref['window']) if pd.notna(ref['window']) else ''} {ref['tasks']}"
+            if ref is not None
+            else "—",
+            "paper_linear": ref["imagenet_linear"] if ref is not None else None,
+            "paper_knn": ref["imagenet_knn"] if ref is not None else None,
+        }
+        row["delta_linear"] = (
+            row["linear"] - row["paper_linear"]
+            if row["linear"] is not None and row["paper_linear"] is not None
+            else None
+        )
+        row["delta_knn"] = (
+            row["knn"] - row["paper_knn"] if row["knn"] is not None and row["paper_knn"] is not None else None
+        )
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -176,8 +243,13 @@ def transfer_suite(datasets: list[str]) -> tuple[list[str], list[str]]:
     return sorted(datasets), []
 
 
-def transfer_table(df: pd.DataFrame, eval_name: str = "probe", baseline: str | None = None,
-                   exclude: tuple[str, ...] = ("imagenet",), suite: list[str] | None = None) -> TransferTable:  # fmt: skip
+def transfer_table(
+    df: pd.DataFrame,
+    eval_name: str = "probe",
+    baseline: str | None = None,
+    exclude: tuple[str, ...] = ("imagenet",),
+    suite: list[str] | None = None,
+) -> TransferTable:
     """Datasets as rows, runs as columns (the paper's Figure 3 / Table 3), with the average and #wins.
 
     Rows are the whole ``suite`` (default :func:`transfer_suite`), then any other dataset; the average is over
@@ -188,7 +260,9 @@ def transfer_table(df: pd.DataFrame, eval_name: str = "probe", baseline: str | N
     if sub.empty:
         return TransferTable(pd.DataFrame(), {}, {}, baseline, [])
     table = sub.pivot_table(index="dataset", columns="run", values="value", aggfunc="first")
-    rows, extras = (suite, sorted(set(table.index) - set(suite))) if suite is not None else transfer_suite(list(table.index))
+    rows, extras = (
+        (suite, sorted(set(table.index) - set(suite))) if suite is not None else transfer_suite(list(table.index))
+    )
     if eval_name == "knn":  # k-NN classification has no multi-label set (VOC 2007)
         from esvit.data.transfer import load_registry
 
@@ -205,9 +279,13 @@ def transfer_table(df: pd.DataFrame, eval_name: str = "probe", baseline: str | N
         for run in table.columns:
             if run != baseline:
                 both = in_suite[run].notna() & in_suite[baseline].notna()
-                wins[run] = int((in_suite[run][both] > in_suite[baseline][both]).sum())  # as the paper counts: strictly better
+                wins[run] = int(
+                    (in_suite[run][both] > in_suite[baseline][both]).sum()
+                )  # as the paper counts: strictly better
                 compared[run] = int(both.sum())
-    return TransferTable(table, metric, wins, baseline if baseline in table.columns else None, missing, compared, len(rows))
+    return TransferTable(
+        table, metric, wins, baseline if baseline in table.columns else None, missing, compared, len(rows)
+    )
 
 
 def linear_table(df: pd.DataFrame) -> pd.DataFrame:
@@ -220,8 +298,9 @@ def linear_table(df: pd.DataFrame) -> pd.DataFrame:
     return out.sort_values(["dataset", "run"]).reset_index(drop=True)
 
 
-def ablation_table(df: pd.DataFrame, results: str | Path, correspondence: dict[str, dict],
-                   run_dirs: Mapping[str, Path] | None = None) -> pd.DataFrame:
+def ablation_table(
+    df: pd.DataFrame, results: str | Path, correspondence: dict[str, dict], run_dirs: Mapping[str, Path] | None = None
+) -> pd.DataFrame:
     """The view-only vs view + region ablation, as the paper's Table 5: one row per run pretrained here with the
     same architecture and crops as another run that differs in ``loss.region_loss_weight`` (any seed), the
     random initialisation of that architecture, and the mean of each task over its seeds. Columns: k-NN and
@@ -234,8 +313,14 @@ def ablation_table(df: pd.DataFrame, results: str | Path, correspondence: dict[s
         cfg = yaml.safe_load(path.read_text()) or {}
         key = (cfg.get("model", {}).get("arch"), cfg.get("crops", {}).get("global_size"))
         weight = float(cfg.get("loss", {}).get("region_loss_weight", 0) or 0)
-        runs.append({"run": path.parent.name, "key": key, "tasks": "V+R" if weight > 0 else "V",
-                     "seed": cfg.get("run", {}).get("seed", 0)})  # fmt: skip
+        runs.append(
+            {
+                "run": path.parent.name,
+                "key": key,
+                "tasks": "V+R" if weight > 0 else "V",
+                "seed": cfg.get("run", {}).get("seed", 0),
+            }
+        )
     groups: dict[tuple, list[dict]] = {}
     for r in runs:
         groups.setdefault(r["key"], []).append(r)

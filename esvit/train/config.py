@@ -19,16 +19,28 @@ from esvit.fields import apply_overrides, from_dict, load_yaml, option, to_dict
 from esvit.launch.config import LaunchConfig
 
 __all__ = [
-    "LaunchConfig", "TrainConfig", "load_train_config", "dump_train_config", "loader_workers", "per_device_batch",
-    "training_differences", "training_digest", "RESUMABLE_KEYS",
-]  # fmt: skip
-
+    "LaunchConfig",
+    "TrainConfig",
+    "load_train_config",
+    "dump_train_config",
+    "loader_workers",
+    "per_device_batch",
+    "training_differences",
+    "training_digest",
+    "RESUMABLE_KEYS",
+]
 
 
 @dataclasses.dataclass
 class ModelConfig:
-    arch: str = option("swin_tiny_w7", choices=arch_names, help="Backbone (esvit.models.ARCHS): swin_tiny_w7, ..., vit_small, resnet50.")
-    drop_path_rate: float = option(0.1, min=0, max=1, help="Student stochastic depth (Swin-T 0.1, Swin-S/B 0.2); teacher 0.")
+    arch: str = option(
+        "swin_tiny_w7",
+        choices=arch_names,
+        help="Backbone (esvit.models.ARCHS): swin_tiny_w7, ..., vit_small, resnet50.",
+    )
+    drop_path_rate: float = option(
+        0.1, min=0, max=1, help="Student stochastic depth (Swin-T 0.1, Swin-S/B 0.2); teacher 0."
+    )
     out_dim: int = option(65536, gt=0, help="Prototypes K of both heads.")
     hidden_dim: int = option(2048, gt=0, help="Head MLP hidden width.")
     bottleneck_dim: int = option(256, gt=0, help="Head bottleneck before the weight-normalised last layer.")
@@ -37,7 +49,9 @@ class ModelConfig:
 
 @dataclasses.dataclass
 class LossConfig:
-    region_loss_weight: float = option(0.5, min=0, max=1, help="w in (1-w) L_V + w L_R per pair; 0 = plain DINO, no region head.")
+    region_loss_weight: float = option(
+        0.5, min=0, max=1, help="w in (1-w) L_V + w L_R per pair; 0 = plain DINO, no region head."
+    )
     student_temp: float = option(0.1, gt=0, help="Student temperature tau_s.")
     teacher_temp: float = option(0.07, gt=0, help="Teacher temperature after warm-up.")
     warmup_teacher_temp: float = option(0.04, gt=0, help="Teacher temperature at epoch 0.")
@@ -48,10 +62,16 @@ class LossConfig:
 @dataclasses.dataclass
 class OptimConfig:
     epochs: int = option(300, gt=0, help="Training epochs.")
-    batch_size_per_device: int = option(32, gt=0, help="Images per device (GPU or CPU process) per step; derived from total_batch_size when that is set.")
+    batch_size_per_device: int = option(
+        32,
+        gt=0,
+        help="Images per device (GPU or CPU process) per step; derived from total_batch_size when that is set.",
+    )
     total_batch_size: int | None = option(
-        None, gt=0, help="Images per step over all processes (the paper's batch, e.g. 512): batch_size_per_device = "
-        "total / world size, and the world size must divide it; null: batch_size_per_device as given."
+        None,
+        gt=0,
+        help="Images per step over all processes (the paper's batch, e.g. 512): batch_size_per_device = "
+        "total / world size, and the world size must divide it; null: batch_size_per_device as given.",
     )
     lr: float = option(5e-4, gt=0, help="Base learning rate, scaled by total batch / 256.")
     min_lr: float = option(1e-6, min=0, help="Learning rate at the end of the cosine.")
@@ -76,24 +96,31 @@ class CropsConfig:
 class DataConfig:
     shards: str = option("", help="Training shard folder (holding manifest.json); set by the pretrain rule.")
     num_workers: int | None = option(
-        None, min=0, help="Data-loader worker processes per device; null: the allocation's cores less one for the training "
-        "process (SLURM_CPUS_PER_TASK - 1 in a Slurm job), else 2. They persist across epochs."
+        None,
+        min=0,
+        help="Data-loader worker processes per device; null: the allocation's cores less one for the training "
+        "process (SLURM_CPUS_PER_TASK - 1 in a Slurm job), else 2. They persist across epochs.",
     )
     shuffle_buffer: int = option(2000, gt=0, help="Samples in each worker's shuffle buffer.")
     samples_per_epoch: int | None = option(None, gt=0, help="Samples per epoch (default: the shard set's total).")
     verify: Literal["sha256", "count"] = option(
-        "sha256", help="Check each shard against its manifest as it is read: sha256 (hashed while streaming) and the "
-        "sample count, or the count only; a damaged shard stops training naming it."
+        "sha256",
+        help="Check each shard against its manifest as it is read: sha256 (hashed while streaming) and the "
+        "sample count, or the count only; a damaged shard stops training naming it.",
     )
     on_bad_image: Literal["stop", "skip"] = option(
         "stop", help="An image in a shard that does not decode: stop (naming shard and key) or skip it (logged)."
     )
     augmentation: Literal["fast", "reference"] = option(
-        "fast", help="fast: the reference's random crops and colour ops, computed cheaper (reduced-scale JPEG decode, "
-        "torch uint8 resize, OpenCV colour ops, uint8 to the device); reference: PIL + torchvision per crop, as the official code."
+        "fast",
+        help="fast: the reference's random crops and colour ops, computed cheaper (reduced-scale JPEG decode, "
+        "torch uint8 resize, OpenCV colour ops, uint8 to the device); reference: PIL + torchvision per crop, as the "
+        "official code.",
     )
     photometric_on: Literal["loader", "device"] = option(
-        "loader", help="fast augmentation only: colour ops in the loader workers (OpenCV) or in batches on the training device (e.g. the GPU)."
+        "loader",
+        help="fast augmentation only: colour ops in the loader workers (OpenCV) or in batches on the training device "
+        "(e.g. the GPU).",
     )
 
 
@@ -102,28 +129,50 @@ class RunConfig:
     seed: int = option(0, min=0, help="Seed of initialisation and data order.")
     device: Literal["auto", "cpu", "cuda"] = option("auto", help="auto: cuda when available.")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = option(
-        "auto", help="auto: bf16 autocast on GPUs that support it, fp32 on CPU (exact; on CPUs with bf16 matrix "
-        "instructions, e.g. avx512_bf16, bf16 can be over 2x faster: `esvit bench train --precision bf16` measures it)."
+        "auto",
+        help="auto: bf16 autocast on GPUs that support it, fp32 on CPU (exact; on CPUs with bf16 matrix "
+        "instructions, e.g. avx512_bf16, bf16 can be over 2x faster: `esvit bench train --precision bf16` measures "
+        "it).",
     )
     threads: int | None = option(None, gt=0, help="torch CPU threads (default: torch's choice).")
     checkpoint_every_steps: int = option(0, min=0, help="Also checkpoint every N steps (0: only at epoch ends).")
-    keep_every_epochs: int = option(5, min=0, help="Keep checkpoint{N:04d}.pth (after N epochs) every N epochs (0: never).")
-    keep_epochs: list[int] = option([], help="Also keep checkpoint{N:04d}.pth after these epochs (a continual run's starting point), whatever keep_every_epochs says.")
+    keep_every_epochs: int = option(
+        5, min=0, help="Keep checkpoint{N:04d}.pth (after N epochs) every N epochs (0: never)."
+    )
+    keep_epochs: list[int] = option(
+        [],
+        help="Also keep checkpoint{N:04d}.pth after these epochs (a continual run's starting point), whatever "
+        "keep_every_epochs says.",
+    )
     log_every_steps: int = option(10, gt=0, help="Steps between log.jsonl / TensorBoard records.")
     max_steps: int | None = option(None, gt=0, help="Stop after this many global steps (benchmarks, smoke runs).")
-    continual_from: str | None = option(None, help="View-only checkpoint to start region-level training from (continual mode).")
+    continual_from: str | None = option(
+        None, help="View-only checkpoint to start region-level training from (continual mode)."
+    )
     tensorboard: bool = option(True, help="Write TensorBoard scalars to <run>/tb.")
     deterministic: bool = option(
-        False, help="Deterministic GPU kernels (torch.use_deterministic_algorithms, cuBLAS workspace :4096:8, no cuDNN "
-        "autotuning): a resumed GPU run then ends bitwise-identical too, at a speed cost `esvit bench train --deterministic` measures."
+        False,
+        help="Deterministic GPU kernels (torch.use_deterministic_algorithms, cuBLAS workspace :4096:8, no cuDNN "
+        "autotuning): a resumed GPU run then ends bitwise-identical too, at a speed cost `esvit bench train "
+        "--deterministic` measures.",
     )
-    dist_timeout_min: float = option(30.0, gt=0, help="Minutes a collective waits for the other ranks before failing (a hung or dead rank ends the job instead of stalling it).")
+    dist_timeout_min: float = option(
+        30.0,
+        gt=0,
+        help="Minutes a collective waits for the other ranks before failing (a hung or dead rank ends the job "
+        "instead of stalling it).",
+    )
     reuse_memory: bool = option(True, help="Keep freed host memory for reuse (glibc); large CPU steps ~1.3x faster.")
     chunked_heads: bool = option(
-        True, help="Apply the heads' K-wide last layers inside the loss, a chunk of rows at a time, so no [tokens, K] "
-        "logits exist (same loss to float rounding, far less memory; `esvit bench train --no-chunked-heads` compares)."
+        True,
+        help="Apply the heads' K-wide last layers inside the loss, a chunk of rows at a time, so no [tokens, K] "
+        "logits exist (same loss to float rounding, far less memory; `esvit bench train --no-chunked-heads` compares).",
     )
-    head_chunk_rows: int | None = option(None, gt=0, help="Rows per chunk of the chunked heads (default: a 128 MB fp32 [rows, K] block on CPU, 1 GB on GPUs).")
+    head_chunk_rows: int | None = option(
+        None,
+        gt=0,
+        help="Rows per chunk of the chunked heads (default: a 128 MB fp32 [rows, K] block on CPU, 1 GB on GPUs).",
+    )
 
 
 @dataclasses.dataclass
@@ -136,23 +185,31 @@ class TrainConfig:
     run: RunConfig = option(factory=RunConfig, help="Seeds, device, checkpoints, logging.")
     launch: LaunchConfig = option(factory=LaunchConfig, help="Local or Slurm (submitit) launch.")
 
-    def check(self) -> "TrainConfig":
+    def check(self) -> TrainConfig:
         c = self.crops
         if len(c.local_number) != len(c.local_size):
-            raise ConfigError(f"crops.local_number {c.local_number} and crops.local_size {c.local_size} must have equal lengths")
+            raise ConfigError(
+                f"crops.local_number {c.local_number} and crops.local_size {c.local_size} must have equal lengths"
+            )
         for key, scale in (("crops.global_scale", c.global_scale), ("crops.local_scale", c.local_scale)):
             if len(scale) != 2 or not 0 < scale[0] <= scale[1] <= 1:
                 raise ConfigError(f"{key} must be [low, high] with 0 < low <= high <= 1 (got {scale})")
         if any(n < 0 for n in c.local_number) or any(s <= 0 for s in c.local_size):
-            raise ConfigError(f"crops.local_number must be >= 0 and crops.local_size > 0 (got {c.local_number}, {c.local_size})")
+            raise ConfigError(
+                f"crops.local_number must be >= 0 and crops.local_size > 0 (got {c.local_number}, {c.local_size})"
+            )
         smallest = _min_input(self.model.arch)
         if c.global_size < smallest or any(s < smallest for n, s in zip(c.local_number, c.local_size) if n):
             raise ConfigError(
-                f"crops.global_size {c.global_size} / crops.local_size {c.local_size}: {self.model.arch} needs crops of "
+                f"crops.global_size {c.global_size} / crops.local_size {c.local_size}: {self.model.arch} needs crops "
+                "of "
                 f"at least {smallest} px (one patch)"
             )
         if any(s > c.global_size for n, s in zip(c.local_number, c.local_size) if n):
-            raise ConfigError(f"crops.local_size {c.local_size} is larger than crops.global_size {c.global_size}: local crops are the small views")
+            raise ConfigError(
+                f"crops.local_size {c.local_size} is larger than crops.global_size {c.global_size}: local crops are "
+                "the small views"
+            )
         o = self.optim
         if o.warmup_epochs > o.epochs:
             raise ConfigError(f"optim.warmup_epochs {o.warmup_epochs} is longer than optim.epochs {o.epochs}")
@@ -160,7 +217,8 @@ class TrainConfig:
         la = self.launch
         if la.gpus_per_node and la.tasks_per_node not in (None, la.gpus_per_node):
             raise ConfigError(
-                f"launch.tasks_per_node {la.tasks_per_node} != launch.gpus_per_node {la.gpus_per_node}: one task per GPU; "
+                f"launch.tasks_per_node {la.tasks_per_node} != launch.gpus_per_node {la.gpus_per_node}: one task per "
+                "GPU; "
                 "leave tasks_per_node unset on GPUs"
             )
         return self
@@ -196,8 +254,9 @@ def per_device_batch(optim: OptimConfig, world_size: int) -> int:
     return total // world_size
 
 
-def load_train_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = (),
-                      site: str | Path | None = None) -> TrainConfig:  # fmt: skip
+def load_train_config(
+    path: str | Path | None, overrides: list[str] | tuple[str, ...] = (), site: str | Path | None = None
+) -> TrainConfig:
     """Defaults, then the site file's ``launch`` keys, then the YAML diff at ``path`` (its ``base:`` key names a
     file it extends), then overrides."""
     data: dict = {}
@@ -205,7 +264,9 @@ def load_train_config(path: str | Path | None, overrides: list[str] | tuple[str,
         site_data = load_yaml(site)
         unknown = set(site_data) - {f.name for f in dataclasses.fields(LaunchConfig)}
         if unknown:
-            raise ConfigError(f"{site}: unknown launch keys {sorted(unknown)}; see LaunchConfig in esvit/launch/config.py")
+            raise ConfigError(
+                f"{site}: unknown launch keys {sorted(unknown)}; see LaunchConfig in esvit/launch/config.py"
+            )
         data["launch"] = site_data
     if path is not None:
         _merge(data, _with_bases(Path(path)))
@@ -239,11 +300,28 @@ def _merge(into: dict, diff: dict) -> None:
 RESUMABLE_KEYS = (
     # the batch split may change with the job's shape: the total (and so the lr and the steps per epoch) is what
     # must not, and the resume checks the steps per epoch
-    "optim.batch_size_per_device", "optim.total_batch_size",
-    "optim.epochs", "data.shards", "data.num_workers", "data.verify", "data.on_bad_image", "run.device", "run.threads", "run.checkpoint_every_steps",
-    "run.keep_every_epochs", "run.keep_epochs", "run.log_every_steps", "run.max_steps", "run.continual_from",
-    "run.tensorboard", "run.reuse_memory", "run.dist_timeout_min", "run.chunked_heads", "run.head_chunk_rows", "launch.",
-)  # fmt: skip
+    "optim.batch_size_per_device",
+    "optim.total_batch_size",
+    "optim.epochs",
+    "data.shards",
+    "data.num_workers",
+    "data.verify",
+    "data.on_bad_image",
+    "run.device",
+    "run.threads",
+    "run.checkpoint_every_steps",
+    "run.keep_every_epochs",
+    "run.keep_epochs",
+    "run.log_every_steps",
+    "run.max_steps",
+    "run.continual_from",
+    "run.tensorboard",
+    "run.reuse_memory",
+    "run.dist_timeout_min",
+    "run.chunked_heads",
+    "run.head_chunk_rows",
+    "launch.",
+)
 
 
 def _flat(d: dict, prefix: str = "") -> dict[str, Any]:

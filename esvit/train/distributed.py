@@ -39,8 +39,9 @@ def init_distributed(device: torch.device, timeout_min: float = 30) -> DistInfo:
         torch.cuda.set_device(device)
     if not dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
-        dist.init_process_group(backend=backend, init_method="env://", world_size=world, rank=rank,
-                                timeout=timedelta(minutes=timeout_min))  # fmt: skip
+        dist.init_process_group(
+            backend=backend, init_method="env://", world_size=world, rank=rank, timeout=timedelta(minutes=timeout_min)
+        )
     return DistInfo(rank, world, local)
 
 
@@ -48,7 +49,6 @@ def close_distributed() -> None:
     """Leave the process group, if one was joined (the end of a run, or its failure)."""
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
-
 
 
 def rank_fingerprints(*modules: torch.nn.Module) -> list[dict]:
@@ -62,8 +62,11 @@ def rank_fingerprints(*modules: torch.nn.Module) -> list[dict]:
         for name, t in m.state_dict().items():
             h.update(name.encode())
             h.update(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
-    me = {"rank": dist.get_rank() if dist.is_initialized() else 0,
-          "host": os.environ.get("SLURMD_NODENAME") or socket.gethostname(), "fingerprint": h.hexdigest()[:16]}  # fmt: skip
+    me = {
+        "rank": dist.get_rank() if dist.is_initialized() else 0,
+        "host": os.environ.get("SLURMD_NODENAME") or socket.gethostname(),
+        "fingerprint": h.hexdigest()[:16],
+    }
     return gather_objects(me)
 
 

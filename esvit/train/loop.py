@@ -14,38 +14,37 @@ import logging
 import math
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch.distributed as dist
 import torch.nn as nn
 
 from esvit.atomic import atomic_write_json, atomic_write_text
+from esvit.checkpoint_file import CheckpointError, load_checkpoint, save_checkpoint
 from esvit.config import to_dict
-from esvit.data.pipeline import EpochCursor, make_loader, open_shards, train_pipeline
-from esvit.device import DeviceError, resolve_device
 from esvit.data.multicrop import FastMultiCrop
+from esvit.data.pipeline import EpochCursor, make_loader, open_shards, train_pipeline
 from esvit.data.transforms import MultiCropAugmentation
+from esvit.device import DeviceError, resolve_device
+from esvit.errors import TrainingError
 from esvit.lock import LockError, RunLock
-from esvit.train.distributed import DistInfo, close_distributed, gather_objects, init_distributed, rank_fingerprints
 from esvit.losses import EsViTLoss
 from esvit.models import Backbone, EsViTNet
 from esvit.progress import progress
 from esvit.train.config import TrainConfig, dump_train_config, loader_workers, per_device_batch, training_differences
+from esvit.train.distributed import DistInfo, close_distributed, gather_objects, init_distributed, rank_fingerprints
 from esvit.train.ema import ema_update
 from esvit.train.memory import keep_freed_memory
 from esvit.train.schedules import cosine_schedule
-from esvit.checkpoint_file import CheckpointError, load_checkpoint, save_checkpoint
 from esvit.train.state import rng_state, set_rng_state
-from esvit.errors import TrainingError
 
 __all__ = ["train", "TrainingError", "build_models", "param_groups", "clip_gradients", "Trainer"]
 
 log = logging.getLogger("esvit")
-
-
 
 
 # ---------------------------------------------------------------------------------------------- helpers
@@ -55,8 +54,14 @@ def build_models(cfg: TrainConfig) -> tuple[EsViTNet, EsViTNet]:
     """Student (drop path from the config) and teacher (no drop path, a copy of the student, no gradients)."""
     m = cfg.model
     region = cfg.loss.region_loss_weight > 0
-    heads = dict(out_dim=m.out_dim, region=region, norm_last_layer=m.norm_last_layer, chunked_heads=cfg.run.chunked_heads, hidden_dim=m.hidden_dim,
-                 bottleneck_dim=m.bottleneck_dim)  # fmt: skip
+    heads = dict(
+        out_dim=m.out_dim,
+        region=region,
+        norm_last_layer=m.norm_last_layer,
+        chunked_heads=cfg.run.chunked_heads,
+        hidden_dim=m.hidden_dim,
+        bottleneck_dim=m.bottleneck_dim,
+    )
     student = EsViTNet(Backbone(m.arch, m.drop_path_rate), **heads)
     teacher = EsViTNet(Backbone(m.arch, 0.0), **heads)
     teacher.load_state_dict(student.state_dict())
@@ -100,8 +105,14 @@ def build_augmentation(cfg: TrainConfig) -> MultiCropAugmentation | FastMultiCro
     c = cfg.crops
     if cfg.data.augmentation == "reference":
         return MultiCropAugmentation(c.global_size, c.global_scale, c.local_number, c.local_size, c.local_scale)
-    return FastMultiCrop(c.global_size, c.global_scale, c.local_number, c.local_size, c.local_scale,
-                         photometric_on=cfg.data.photometric_on)  # fmt: skip
+    return FastMultiCrop(
+        c.global_size,
+        c.global_scale,
+        c.local_number,
+        c.local_size,
+        c.local_scale,
+        photometric_on=cfg.data.photometric_on,
+    )
 
 
 def _device(cfg: TrainConfig) -> torch.device:
@@ -179,9 +190,17 @@ class Trainer:
 
         # -- loss ----------------------------------------------------------------------------------------------
         lc, oc = cfg.loss, cfg.optim
-        self.loss = EsViTLoss(cfg.model.out_dim, oc.epochs, lc.region_loss_weight, lc.student_temp, lc.teacher_temp,
-                              lc.warmup_teacher_temp, lc.warmup_teacher_temp_epochs, lc.center_momentum,
-                              chunk_rows=cfg.run.head_chunk_rows).to(self.device)  # fmt: skip
+        self.loss = EsViTLoss(
+            cfg.model.out_dim,
+            oc.epochs,
+            lc.region_loss_weight,
+            lc.student_temp,
+            lc.teacher_temp,
+            lc.warmup_teacher_temp,
+            lc.warmup_teacher_temp_epochs,
+            lc.center_momentum,
+            chunk_rows=cfg.run.head_chunk_rows,
+        ).to(self.device)
 
         # -- optimizer -----------------------------------------------------------------------------------------
         self.optimizer = torch.optim.AdamW(param_groups(self.student))
@@ -229,7 +248,8 @@ class Trainer:
         if changed:
             raise CheckpointError(
                 f"{path}: the run was trained with other settings ({'; '.join(changed[:6])}"
-                f"{'; ...' if len(changed) > 6 else ''}). Resume it with its own config ({path.parent / 'config.yaml'}), "
+                f"{'; ...' if len(changed) > 6 else ''}). Resume it with its own config "
+                f"({path.parent / 'config.yaml'}), "
                 "or start afresh with `esvit pretrain --restart` (the old run folder is kept, renamed)"
             )
         if ckpt.get("iters_per_epoch") != self.iters_per_epoch:
@@ -285,7 +305,9 @@ class Trainer:
             self.epoch, self.it, self.global_step = int(ckpt["epoch"]), 0, int(ckpt["epoch"]) * self.iters_per_epoch
         else:
             self.epoch, self.it, self.global_step = ckpt["epoch"], ckpt["it"], ckpt["global_step"]
-        log.info("continual: region-level training starts from %s at epoch %d, step %d", path, self.epoch, self.global_step)
+        log.info(
+            "continual: region-level training starts from %s at epoch %d, step %d", path, self.epoch, self.global_step
+        )
 
     # -- one step ---------------------------------------------------------------------------------------------
     def autocast(self):
@@ -350,8 +372,13 @@ class Trainer:
         self.global_step += 1
         self.it += 1
         r = self.dist.rank
-        return StepStats(stats[0][r], stats[1][r], stats[2][r] if parts.region is not None else None, int(max(stats[3])),
-                         stats[4][r] if parts.teacher_entropy is not None else None)  # fmt: skip
+        return StepStats(
+            stats[0][r],
+            stats[1][r],
+            stats[2][r] if parts.region is not None else None,
+            int(max(stats[3])),
+            stats[4][r] if parts.teacher_entropy is not None else None,
+        )
 
     def _agree(self, parts, stop_request: int) -> list[list[float]]:
         """[loss, view, region, stop request, teacher entropy] of every rank, as Python floats: each rank fills its
@@ -361,10 +388,15 @@ class Trainer:
         zero = torch.zeros((), device=self.device)
         region = parts.region if parts.region is not None else zero
         entropy = parts.teacher_entropy if parts.teacher_entropy is not None else zero
-        flags[:, self.dist.rank] = torch.stack([
-            parts.total.detach().float(), parts.view.float(), region.float(),
-            torch.tensor(float(stop_request), device=self.device), entropy.float(),
-        ])  # fmt: skip
+        flags[:, self.dist.rank] = torch.stack(
+            [
+                parts.total.detach().float(),
+                parts.view.float(),
+                region.float(),
+                torch.tensor(float(stop_request), device=self.device),
+                entropy.float(),
+            ]
+        )
         if self.dist.distributed:
             dist.all_reduce(flags)
         return flags.tolist()
@@ -373,8 +405,13 @@ class Trainer:
 # --------------------------------------------------------------------------------------------------- train
 
 
-def train(cfg: TrainConfig, run_dir: str | Path, *, should_stop: Callable[[], int | bool] = lambda: 0,
-          show_progress: bool = True) -> Path:  # fmt: skip
+def train(
+    cfg: TrainConfig,
+    run_dir: str | Path,
+    *,
+    should_stop: Callable[[], int | bool] = lambda: 0,
+    show_progress: bool = True,
+) -> Path:
     """Pretrain, resuming from ``<run_dir>/checkpoint.pth`` when it exists.
 
     Args:
@@ -420,8 +457,9 @@ def _hold_run_folder(run_dir: Path, dist_info: DistInfo):
         lock.__exit__(None, None, None)
 
 
-def _train(cfg: TrainConfig, run_dir: Path, dist_info: DistInfo, should_stop: Callable[[], int | bool],
-           show_progress: bool) -> Path:  # fmt: skip
+def _train(
+    cfg: TrainConfig, run_dir: Path, dist_info: DistInfo, should_stop: Callable[[], int | bool], show_progress: bool
+) -> Path:
     t_start = time.perf_counter()
     main = dist_info.rank == 0
 
@@ -445,8 +483,16 @@ def _train(cfg: TrainConfig, run_dir: Path, dist_info: DistInfo, should_stop: Ca
     tr.data_identity = _shards_identity(shards)
     if main:
         total = bs * dist_info.world_size
-        log.info("batch %d = %d per process x %d processes; peak lr %.3g (optim.lr %g x %d / 256); %d steps per epoch",
-                 total, bs, dist_info.world_size, tr.lr.max(), cfg.optim.lr, total, iters)  # fmt: skip
+        log.info(
+            "batch %d = %d per process x %d processes; peak lr %.3g (optim.lr %g x %d / 256); %d steps per epoch",
+            total,
+            bs,
+            dist_info.world_size,
+            tr.lr.max(),
+            cfg.optim.lr,
+            total,
+            iters,
+        )
 
     # -- resume -------------------------------------------------------------------------------------------------
     latest = run_dir / "checkpoint.pth"
@@ -498,8 +544,17 @@ def _train(cfg: TrainConfig, run_dir: Path, dist_info: DistInfo, should_stop: Ca
     # One loader for the whole run; its workers persist across epochs and read where each epoch starts from
     # the shared cursor, so every epoch's stream is the same pure function of (seed, epoch, rank, worker).
     cursor = EpochCursor(tr.epoch, tr.it)
-    pipe = train_pipeline(shards, augment, bs, rank=dist_info.rank, seed=cfg.run.seed, shuffle_buffer=cfg.data.shuffle_buffer,
-                          cursor=cursor, verify=cfg.data.verify, on_bad_image=cfg.data.on_bad_image)  # fmt: skip
+    pipe = train_pipeline(
+        shards,
+        augment,
+        bs,
+        rank=dist_info.rank,
+        seed=cfg.run.seed,
+        shuffle_buffer=cfg.data.shuffle_buffer,
+        cursor=cursor,
+        verify=cfg.data.verify,
+        on_bad_image=cfg.data.on_bad_image,
+    )
     loader = make_loader(pipe, cfg.data.num_workers, persistent=True)
     stopped = False
     while tr.epoch < cfg.optim.epochs and tr.global_step < total_steps and not stopped:
@@ -515,7 +570,9 @@ def _train(cfg: TrainConfig, run_dir: Path, dist_info: DistInfo, should_stop: Ca
             stats = tr.step(augment.finish(crops, tr.device), int(should_stop()))
             window.append(stats)
             bar.update(1)
-            if main and (tr.global_step % cfg.run.log_every_steps == 0 or tr.global_step == total_steps or tr.it == iters):
+            if main and (
+                tr.global_step % cfg.run.log_every_steps == 0 or tr.global_step == total_steps or tr.it == iters
+            ):
                 dt = time.perf_counter() - t_window
                 record = _log_record(tr, window, len(window) * bs * dist_info.world_size / dt, wait_window)
                 _append_jsonl(run_dir / "log.jsonl", record)
@@ -552,11 +609,18 @@ def _train(cfg: TrainConfig, run_dir: Path, dist_info: DistInfo, should_stop: Ca
         raise TrainingError(f"the ranks' weights diverged ({ranks}); the checkpoint holds rank 0's")
     if main:
         save_checkpoint(run_dir / "final.pth", tr.state())
-        atomic_write_json(run_dir / "done.json", {
-            "epochs": tr.epoch, "global_step": tr.global_step, "arch": cfg.model.arch,
-            "region_loss_weight": cfg.loss.region_loss_weight, "wall_s": round(time.perf_counter() - t_start, 1),
-            "world_size": dist_info.world_size, "ranks": ranks,
-        })  # fmt: skip
+        atomic_write_json(
+            run_dir / "done.json",
+            {
+                "epochs": tr.epoch,
+                "global_step": tr.global_step,
+                "arch": cfg.model.arch,
+                "region_loss_weight": cfg.loss.region_loss_weight,
+                "wall_s": round(time.perf_counter() - t_start, 1),
+                "world_size": dist_info.world_size,
+                "ranks": ranks,
+            },
+        )
         return run_dir / "final.pth"
     return path
 

@@ -7,8 +7,9 @@ import numpy as np
 __all__ = ["cosine_schedule"]
 
 
-def cosine_schedule(base: float, final: float, epochs: int, iters_per_epoch: int, warmup_epochs: int = 0,
-                    start_warmup: float = 0.0) -> np.ndarray:  # fmt: skip
+def cosine_schedule(
+    base: float, final: float, epochs: int, iters_per_epoch: int, warmup_epochs: int = 0, start_warmup: float = 0.0
+) -> np.ndarray:
     """``epochs * iters_per_epoch`` values: a linear warm-up from ``start_warmup`` to ``base`` over
     ``warmup_epochs`` (both ends included), then ``final + (base - final) / 2 * (1 + cos(pi * i / n))`` for
     i = 0..n-1 over the remaining n iterations."""

@@ -12,7 +12,6 @@ import pytest
 from PIL import Image
 
 
-
 def _chromium() -> str:
     exe = shutil.which("chromium") or shutil.which("chromium-browser")
     if exe is None:
@@ -24,16 +23,24 @@ def _chromium() -> str:
 
 
 def _run(exe: str, *args: str) -> subprocess.CompletedProcess:
-    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--hide-scrollbars",
-             "--virtual-time-budget=5000"]  # fmt: skip
+    flags = [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--hide-scrollbars",
+        "--virtual-time-budget=5000",
+    ]
     return subprocess.run([exe, *flags, *args], capture_output=True, text=True, timeout=180)
 
 
 # after load, record on <body> what rendered (rows, tables, images with a decoded size), for --dump-dom to show
-PROBE = ("<script>window.addEventListener('load',()=>{const im=[...document.images];"
-         "document.body.dataset.rows=`${document.querySelectorAll('table tbody tr').length}`;"
-         "document.body.dataset.images=`${im.filter(i=>i.complete&&i.naturalWidth>0).length}/${im.length}`;"
-         "document.body.dataset.tables=`${document.querySelectorAll('table').length}`;});</script>")
+PROBE = (
+    "<script>window.addEventListener('load',()=>{const im=[...document.images];"
+    "document.body.dataset.rows=`${document.querySelectorAll('table tbody tr').length}`;"
+    "document.body.dataset.images=`${im.filter(i=>i.complete&&i.naturalWidth>0).length}/${im.length}`;"
+    "document.body.dataset.tables=`${document.querySelectorAll('table').length}`;});</script>"
+)
 
 
 def test_report_renders_tables_and_images_in_chromium(results, tmp_path):

@@ -15,8 +15,21 @@ from tests.conftest import run_cli
 def caches(digits_shards, tmp_path_factory):
     """Real feature caches of the digits train split (random-init swin_pico at 32 px): a good one to damage."""
     d = tmp_path_factory.mktemp("feats")
-    proc = run_cli("extract", "--random-init", "--arch", "swin_pico", "--shards", str(digits_shards), "--out",
-                   str(d / "train.pt"), "--image-size", "32", "--workers", "0", "--no-progress")  # fmt: skip
+    proc = run_cli(
+        "extract",
+        "--random-init",
+        "--arch",
+        "swin_pico",
+        "--shards",
+        str(digits_shards),
+        "--out",
+        str(d / "train.pt"),
+        "--image-size",
+        "32",
+        "--workers",
+        "0",
+        "--no-progress",
+    )
     assert proc.returncode == 0, proc.stderr
     return d
 
@@ -31,7 +44,12 @@ def damaged(caches, tmp_path, how: str):
     elif how == "other width":
         data["pooled"], data["last_blocks"] = data["pooled"][:, :100], data["last_blocks"][:, :100]
     elif how == "empty":
-        data["pooled"], data["last_blocks"], data["labels"], data["keys"] = data["pooled"][:0], data["last_blocks"][:0], data["labels"][:0], []
+        data["pooled"], data["last_blocks"], data["labels"], data["keys"] = (
+            data["pooled"][:0],
+            data["last_blocks"][:0],
+            data["labels"][:0],
+            [],
+        )
     elif how == "one class":
         data["labels"] = torch.zeros_like(data["labels"])
     path = tmp_path / f"{how.replace(' ', '_')}.pt"
@@ -53,8 +71,20 @@ def test_bad_features_stop_every_evaluation_with_one_line(caches, tmp_path, how,
     bad, data = damaged(caches, tmp_path, how)
     out = tmp_path / "m.json"
     extra = ["--epochs", "1", "--no-progress"] if command == "linear" else []
-    proc = run_cli(command, "--train", str(bad), "--test", str(caches / "train.pt"), "--out", str(out), "--run", "r",
-                   "--dataset", "digits", *extra)  # fmt: skip
+    proc = run_cli(
+        command,
+        "--train",
+        str(bad),
+        "--test",
+        str(caches / "train.pt"),
+        "--out",
+        str(out),
+        "--run",
+        "r",
+        "--dataset",
+        "digits",
+        *extra,
+    )
     err = proc.stderr.strip().splitlines()
     assert proc.returncode == 1 and len(err) == 1 and message in err[0] and str(bad) in err[0], proc.stderr[-2000:]
     assert not out.exists()
@@ -64,8 +94,19 @@ def test_bad_features_stop_every_evaluation_with_one_line(caches, tmp_path, how,
 
 def test_train_and_test_of_different_widths_are_refused(caches, tmp_path):
     bad, _ = damaged(caches, tmp_path, "other width")
-    proc = run_cli("knn", "--train", str(caches / "train.pt"), "--test", str(bad), "--out", str(tmp_path / "m.json"),
-                   "--run", "r", "--dataset", "digits")  # fmt: skip
+    proc = run_cli(
+        "knn",
+        "--train",
+        str(caches / "train.pt"),
+        "--test",
+        str(bad),
+        "--out",
+        str(tmp_path / "m.json"),
+        "--run",
+        "r",
+        "--dataset",
+        "digits",
+    )
     assert proc.returncode == 1 and "have 100 dimensions, the train features 192" in proc.stderr, proc.stderr
 
 
@@ -75,41 +116,86 @@ def test_a_diverged_checkpoint_stops_extraction_naming_it_and_the_sample(digits_
     from tests.conftest import TINY
 
     run = tmp_path / "run"
-    assert run_cli("pretrain", "--shards", str(digits_shards), "--out", str(run), "--no-progress", *TINY, "run.max_steps=1").returncode == 0
+    assert (
+        run_cli(
+            "pretrain", "--shards", str(digits_shards), "--out", str(run), "--no-progress", *TINY, "run.max_steps=1"
+        ).returncode
+        == 0
+    )
     from esvit.checkpoint_file import load_checkpoint, save_checkpoint
 
     ckpt = load_checkpoint(run / "final.pth")
     ckpt["teacher"]["backbone.net.norm.weight"][0] = float("nan")
     save_checkpoint(tmp_path / "nan.pth", ckpt)
-    proc = run_cli("extract", "--checkpoint", str(tmp_path / "nan.pth"), "--shards", str(digits_shards), "--out",
-                   str(tmp_path / "f.pt"), "--workers", "0", "--no-progress")  # fmt: skip
+    proc = run_cli(
+        "extract",
+        "--checkpoint",
+        str(tmp_path / "nan.pth"),
+        "--shards",
+        str(digits_shards),
+        "--out",
+        str(tmp_path / "f.pt"),
+        "--workers",
+        "0",
+        "--no-progress",
+    )
     assert proc.returncode == 1 and "nan.pth gives non-finite pooled features for sample 0" in proc.stderr, proc.stderr
     assert not (tmp_path / "f.pt").exists()
     # features beyond float16's range are cached in float32, not as inf
     ckpt["teacher"]["backbone.net.norm.weight"].fill_(1e6)
     save_checkpoint(tmp_path / "big.pth", ckpt)
-    proc = run_cli("extract", "--checkpoint", str(tmp_path / "big.pth"), "--shards", str(digits_shards), "--out",
-                   str(tmp_path / "big.pt"), "--workers", "0", "--no-progress")  # fmt: skip
+    proc = run_cli(
+        "extract",
+        "--checkpoint",
+        str(tmp_path / "big.pth"),
+        "--shards",
+        str(digits_shards),
+        "--out",
+        str(tmp_path / "big.pt"),
+        "--workers",
+        "0",
+        "--no-progress",
+    )
     assert proc.returncode == 0, proc.stderr
     feats = torch.load(tmp_path / "big.pt", weights_only=True)["pooled"]
     assert feats.dtype == torch.float32 and torch.isfinite(feats).all() and feats.abs().max() > 65504
 
 
 BAD_COMMAND_LINES = [
-    (["knn", "--train", "a", "--test", "b", "--out", "c", "--run", "r", "--dataset", "d", "--ks", "0"], "argument --ks: every k must be >= 1"),
-    (["knn", "--train", "a", "--test", "b", "--out", "c", "--run", "r", "--dataset", "d", "--temperature", "0"], "argument --temperature: must be > 0"),
-    (["extract", "--random-init", "--arch", "swin_pico", "--shards", "s", "--out", "o", "--image-size", "0"], "argument --image-size: must be > 0"),
-    (["extract", "--random-init", "--arch", "swin_pico", "--shards", "s", "--out", "o", "--workers", "-3"], "argument --workers: must be >= 0"),
+    (
+        ["knn", "--train", "a", "--test", "b", "--out", "c", "--run", "r", "--dataset", "d", "--ks", "0"],
+        "argument --ks: every k must be >= 1",
+    ),
+    (
+        ["knn", "--train", "a", "--test", "b", "--out", "c", "--run", "r", "--dataset", "d", "--temperature", "0"],
+        "argument --temperature: must be > 0",
+    ),
+    (
+        ["extract", "--random-init", "--arch", "swin_pico", "--shards", "s", "--out", "o", "--image-size", "0"],
+        "argument --image-size: must be > 0",
+    ),
+    (
+        ["extract", "--random-init", "--arch", "swin_pico", "--shards", "s", "--out", "o", "--workers", "-3"],
+        "argument --workers: must be >= 0",
+    ),
     (["shard", "--dataset", "digits", "--workers", "0"], "argument --workers: must be > 0"),
     (["extract", "--random-init", "--shards", "s", "--out", "o"], "a random-init baseline needs --arch"),
-    (["pretrain", "--shards", "s", "--out", "o", "optim.warmup_epochs=400"], "optim.warmup_epochs 400 is longer than optim.epochs 300"),
+    (
+        ["pretrain", "--shards", "s", "--out", "o", "optim.warmup_epochs=400"],
+        "optim.warmup_epochs 400 is longer than optim.epochs 300",
+    ),
     (["pretrain", "--shards", "s", "--out", "o", "crops.global_size=3"], "needs crops of at least 4 px"),
-    (["pretrain", "--shards", "s", "--out", "o", "crops.local_size=[300]"], "crops.local_size [300] is larger than crops.global_size 224"),
+    (
+        ["pretrain", "--shards", "s", "--out", "o", "crops.local_size=[300]"],
+        "crops.local_size [300] is larger than crops.global_size 224",
+    ),
     (["pretrain", "optim.lr=-1", "--out", "o", "optim.epochs=2"], "optim.lr must be > 0"),
-]  # fmt: skip
+]
 
 
-@pytest.mark.parametrize("argv,message", BAD_COMMAND_LINES, ids=[" ".join(a[:1] + a[-2:]) for a, _ in BAD_COMMAND_LINES])
+@pytest.mark.parametrize(
+    "argv,message", BAD_COMMAND_LINES, ids=[" ".join(a[:1] + a[-2:]) for a, _ in BAD_COMMAND_LINES]
+)
 def test_bad_command_lines_get_one_line_naming_the_option_or_key(argv, message, tmp_path):
     proc = run_cli(*argv, cwd=None)
     errors = [ln for ln in proc.stderr.splitlines() if "error:" in ln]  # (argparse prints its usage lines first)
@@ -120,8 +206,17 @@ def test_bad_command_lines_get_one_line_naming_the_option_or_key(argv, message, 
 def test_an_override_after_an_option_is_an_override(digits_shards, tmp_path):
     from tests.conftest import TINY
 
-    proc = run_cli("pretrain", "--shards", str(digits_shards), *TINY[:4], "--out", str(tmp_path / "r"), "--no-progress",
-                   *TINY[4:], "run.max_steps=1")  # fmt: skip
+    proc = run_cli(
+        "pretrain",
+        "--shards",
+        str(digits_shards),
+        *TINY[:4],
+        "--out",
+        str(tmp_path / "r"),
+        "--no-progress",
+        *TINY[4:],
+        "run.max_steps=1",
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "max_steps: 1" in (tmp_path / "r" / "config.yaml").read_text()
     assert json.loads((tmp_path / "r" / "done.json").read_text())["global_step"] == 1
@@ -130,7 +225,6 @@ def test_an_override_after_an_option_is_an_override(digits_shards, tmp_path):
 def test_shard_out_without_split_writes_every_split_under_it_and_nothing_else(tmp_path):
     """`esvit shard --dataset digits --out X` used to ignore X and rewrite the default data/shards/digits/*."""
     from esvit.data.shards import verify_shards
-
     from tests.conftest import REPO
 
     default = REPO / "data" / "shards" / "digits"
@@ -161,10 +255,16 @@ def test_a_16_bit_grey_png_is_scaled_to_8_bits_not_clipped(tmp_path):
         d.mkdir(parents=True)
         Image.fromarray(arr).save(d / "a.png")  # mode I;16
     assert Image.open(d / "a.png").mode in ("I;16", "I")
-    write_shards(get_source("image_folder", str(tmp_path / "root")), "scans", "train", tmp_path / "shards",
-                 ShardConfig(workers=1), progress=False)  # fmt: skip
+    write_shards(
+        get_source("image_folder", str(tmp_path / "root")),
+        "scans",
+        "train",
+        tmp_path / "shards",
+        ShardConfig(workers=1),
+        progress=False,
+    )
     as_array = lambda img: torch.from_numpy(np.asarray(img).copy())  # noqa: E731
-    (_, images, _), = list(make_loader(eval_pipeline(open_shards(tmp_path / "shards"), as_array, 4), 0))
+    ((_, images, _),) = list(make_loader(eval_pipeline(open_shards(tmp_path / "shards"), as_array, 4), 0))
     want = torch.from_numpy(np.rint(levels / 257.0).astype(np.int64))
     assert torch.equal(images[0][0, :, 0].long(), want), (images[0][0, :8, 0], want[:8])
     assert len(torch.unique(images[0][..., 0])) > 200  # not 4 near-white levels
@@ -216,23 +316,51 @@ def test_a_second_process_on_the_same_folder_stops_naming_the_holder(command, di
     monkeypatch.setenv("SLURM_JOB_ID", "4242")
     out = tmp_path / "out"
     argv = {
-        "pretrain": ["pretrain", "--shards", str(digits_shards), "--out", str(out), "--no-progress", *TINY, "run.max_steps=1"],
+        "pretrain": [
+            "pretrain",
+            "--shards",
+            str(digits_shards),
+            "--out",
+            str(out),
+            "--no-progress",
+            *TINY,
+            "run.max_steps=1",
+        ],
         "shard": ["shard", "--dataset", "digits", "--split", "test", "--out", str(out), "--no-progress"],
-        "extract": ["extract", "--random-init", "--arch", "swin_pico", "--shards", str(digits_shards), "--out", str(out),
-                    "--image-size", "32", "--workers", "0", "--no-progress"],
-    }[command]  # fmt: skip
+        "extract": [
+            "extract",
+            "--random-init",
+            "--arch",
+            "swin_pico",
+            "--shards",
+            str(digits_shards),
+            "--out",
+            str(out),
+            "--image-size",
+            "32",
+            "--workers",
+            "0",
+            "--no-progress",
+        ],
+    }[command]
     with RunLock(out, "x", folder=command != "extract"):
         monkeypatch.setenv("SLURM_JOB_ID", "4243")  # the second process belongs to another job
         proc = run_cli(*argv)
     err = [ln for ln in proc.stderr.splitlines() if "error:" in ln]
     assert proc.returncode == 1 and len(err) == 1, proc.stderr[-2000:]
     assert f"is in use by pid {__import__('os').getpid()} on" in err[0] and "Slurm job 4242" in err[0], err
-    assert not (out / "checkpoint.pth").exists() and not (out / "manifest.json").exists() and not out.with_suffix(".pt").exists()
+    assert (
+        not (out / "checkpoint.pth").exists()
+        and not (out / "manifest.json").exists()
+        and not out.with_suffix(".pt").exists()
+    )
     assert run_cli(*argv).returncode == 0  # free again: it runs
     monkeypatch.setenv("SLURM_JOB_ID", "4242")
     with RunLock(out, "x", folder=command != "extract"):  # a requeued attempt of the holder's own job takes over
         taken = run_cli(*argv)
-    assert taken.returncode == 0 and "locked by an earlier attempt of this Slurm job" in taken.stderr, taken.stderr[-1500:]
+    assert taken.returncode == 0 and "locked by an earlier attempt of this Slurm job" in taken.stderr, taken.stderr[
+        -1500:
+    ]
 
 
 def test_a_changed_training_config_refuses_to_resume_and_restart_keeps_the_old_run(digits_shards, tmp_path):
@@ -290,7 +418,9 @@ def test_a_damaged_shard_stops_training_and_extraction_naming_it(digits_shards, 
     from tests.conftest import TINY
 
     shards = tmp_path / "shards"  # one shard, so the resampling training reader surely reads it
-    write_shards(get_source("digits"), "digits", "train", shards, ShardConfig(max_samples=2000, workers=1), progress=False)
+    write_shards(
+        get_source("digits"), "digits", "train", shards, ShardConfig(max_samples=2000, workers=1), progress=False
+    )
     tar = sorted(shards.glob("*.tar"))[0]
     header, data = _member_offset(tar, ".cls", nth=50)
     if damage == "tar header":
@@ -298,10 +428,33 @@ def test_a_damaged_shard_stops_training_and_extraction_naming_it(digits_shards, 
     else:
         _flip(tar, data, 0x01)  # its label digit, e.g. "3" -> "2": still a valid label
     assert tar.stat().st_size == json.loads((shards / "manifest.json").read_text())["shards"][0]["bytes"]
-    train = run_cli("pretrain", "--shards", str(shards), "--out", str(tmp_path / "run"), "--no-progress", *TINY,
-                    "data.samples_per_epoch=1600", "data.num_workers=1", "optim.epochs=1")  # fmt: skip  (one full read)
-    extract = run_cli("extract", "--random-init", "--arch", "swin_pico", "--shards", str(shards), "--out",
-                      str(tmp_path / "f.pt"), "--image-size", "32", "--workers", "0", "--no-progress")  # fmt: skip
+    train = run_cli(
+        "pretrain",
+        "--shards",
+        str(shards),
+        "--out",
+        str(tmp_path / "run"),
+        "--no-progress",
+        *TINY,
+        "data.samples_per_epoch=1600",
+        "data.num_workers=1",
+        "optim.epochs=1",
+    )  #  (one full read)
+    extract = run_cli(
+        "extract",
+        "--random-init",
+        "--arch",
+        "swin_pico",
+        "--shards",
+        str(shards),
+        "--out",
+        str(tmp_path / "f.pt"),
+        "--image-size",
+        "32",
+        "--workers",
+        "0",
+        "--no-progress",
+    )
     for proc in (train, extract):
         err = [ln for ln in proc.stderr.splitlines() if "error:" in ln]
         assert proc.returncode == 1 and len(err) == 1, proc.stderr[-3000:]
@@ -317,22 +470,40 @@ def test_a_corrupt_image_inside_a_consistent_shard_is_named_or_skipped(tmp_path,
     names the shard and the image's key and stops, or with data.on_bad_image=skip logs it and goes on."""
     from esvit.data.shards import ShardConfig, write_shards
     from esvit.data.sources import get_source
-    from tests.conftest import make_jpeg
-    from tests.conftest import TINY
+    from tests.conftest import TINY, make_jpeg
 
     root = tmp_path / "photos" / "train"
     for i in range(40):
         make_jpeg(root / f"c{i % 2}" / f"{i:03d}.jpg", seed=i, size=(40, 40))
     cut = root / "c1" / "007.jpg"
     cut.write_bytes(cut.read_bytes()[:300])
-    write_shards(get_source("image_folder", str(tmp_path / "photos")), "photos", "train", tmp_path / "shards",
-                 ShardConfig(workers=1, check="none"), progress=False)  # fmt: skip
-    proc = run_cli("pretrain", "--shards", str(tmp_path / "shards"), "--out", str(tmp_path / "run"), "--no-progress",
-                   *TINY, "data.samples_per_epoch=40", "optim.batch_size_per_device=8", "optim.epochs=2",
-                   "data.num_workers=0", f"data.on_bad_image={policy}")  # fmt: skip
+    write_shards(
+        get_source("image_folder", str(tmp_path / "photos")),
+        "photos",
+        "train",
+        tmp_path / "shards",
+        ShardConfig(workers=1, check="none"),
+        progress=False,
+    )
+    proc = run_cli(
+        "pretrain",
+        "--shards",
+        str(tmp_path / "shards"),
+        "--out",
+        str(tmp_path / "run"),
+        "--no-progress",
+        *TINY,
+        "data.samples_per_epoch=40",
+        "optim.batch_size_per_device=8",
+        "optim.epochs=2",
+        "data.num_workers=0",
+        f"data.on_bad_image={policy}",
+    )
     if policy == "stop":
         err = [ln for ln in proc.stderr.splitlines() if "error:" in ln]
-        assert proc.returncode == 1 and len(err) == 1 and "does not decode" in err[0] and "on_bad_image=skip" in err[0], proc.stderr[-2000:]
+        assert (
+            proc.returncode == 1 and len(err) == 1 and "does not decode" in err[0] and "on_bad_image=skip" in err[0]
+        ), proc.stderr[-2000:]
         assert "photos-train-" in err[0] or "007" in err[0] or "image " in err[0]
     else:
         assert proc.returncode == 0, proc.stderr[-2000:]
@@ -348,17 +519,35 @@ def test_no_room_for_a_checkpoint_says_so_in_one_line_and_leaves_nothing_half_wr
     import subprocess
     import sys
 
-    from tests.conftest import REPO, env_with_python
-    from tests.conftest import TINY
+    from tests.conftest import REPO, TINY, env_with_python
 
     def limit():
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a failed write, not a killed process
         resource.setrlimit(resource.RLIMIT_FSIZE, (3_000_000, 3_000_000))
 
     run = tmp_path / "run"
-    proc = subprocess.run([sys.executable, "-m", "esvit", "pretrain", "--shards", str(digits_shards), "--out", str(run),
-                           "--no-progress", *TINY, "run.max_steps=2", "data.num_workers=0"], cwd=REPO, env=env_with_python(),
-                          capture_output=True, text=True, timeout=300, preexec_fn=limit)  # fmt: skip
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "esvit",
+            "pretrain",
+            "--shards",
+            str(digits_shards),
+            "--out",
+            str(run),
+            "--no-progress",
+            *TINY,
+            "run.max_steps=2",
+            "data.num_workers=0",
+        ],
+        cwd=REPO,
+        env=env_with_python(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        preexec_fn=limit,
+    )
     err = [ln for ln in proc.stderr.splitlines() if "error:" in ln]
     assert proc.returncode == 1 and len(err) == 1, proc.stderr[-2000:]
     assert f"cannot write {run / 'checkpoint.pth'}: the file-size limit of this process is reached" in err[0], err
@@ -366,17 +555,35 @@ def test_no_room_for_a_checkpoint_says_so_in_one_line_and_leaves_nothing_half_wr
     assert sorted(p.name for p in run.iterdir() if "checkpoint" in p.name or ".tmp" in p.name) == []
 
 
-@pytest.mark.parametrize("change,named", [("model.arch=swin_nano", "model.arch: swin_pico -> swin_nano"),
-                                          ("model.out_dim=512", "model.out_dim: 256 -> 512")])  # fmt: skip
-def test_resuming_with_another_network_names_the_difference_instead_of_a_size_mismatch(digits_shards, tmp_path, change, named):
+@pytest.mark.parametrize(
+    "change,named",
+    [
+        ("model.arch=swin_nano", "model.arch: swin_pico -> swin_nano"),
+        ("model.out_dim=512", "model.out_dim: 256 -> 512"),
+    ],
+)
+def test_resuming_with_another_network_names_the_difference_instead_of_a_size_mismatch(
+    digits_shards, tmp_path, change, named
+):
     from tests.conftest import TINY
 
-    base = ["pretrain", "--shards", str(digits_shards), "--out", str(tmp_path / "run"), "--no-progress", *TINY,
-            "data.num_workers=0", "run.checkpoint_every_steps=1"]  # fmt: skip
+    base = [
+        "pretrain",
+        "--shards",
+        str(digits_shards),
+        "--out",
+        str(tmp_path / "run"),
+        "--no-progress",
+        *TINY,
+        "data.num_workers=0",
+        "run.checkpoint_every_steps=1",
+    ]
     assert run_cli(*base, "run.max_steps=1").returncode == 0
     proc = run_cli(*base, change)
     err = [ln for ln in proc.stderr.splitlines() if "error:" in ln]
-    assert proc.returncode == 1 and len(err) == 1 and named in err[0] and "size mismatch" not in proc.stderr, proc.stderr[-2000:]
+    assert proc.returncode == 1 and len(err) == 1 and named in err[0] and "size mismatch" not in proc.stderr, (
+        proc.stderr[-2000:]
+    )
 
 
 def test_a_corrupt_image_stops_extraction_naming_shard_and_key(tmp_path):
@@ -389,12 +596,33 @@ def test_a_corrupt_image_stops_extraction_naming_shard_and_key(tmp_path):
     for i in range(6):
         make_jpeg(root / "c" / f"{i}.jpg", seed=i, size=(40, 40))
     (root / "c" / "3.jpg").write_bytes((root / "c" / "3.jpg").read_bytes()[:200])
-    write_shards(get_source("image_folder", str(tmp_path / "photos")), "photos", "test", tmp_path / "shards",
-                 ShardConfig(workers=1, check="none"), progress=False)  # fmt: skip
-    proc = run_cli("extract", "--random-init", "--arch", "swin_pico", "--shards", str(tmp_path / "shards"), "--out",
-                   str(tmp_path / "f.pt"), "--image-size", "32", "--workers", "0", "--no-progress")  # fmt: skip
+    write_shards(
+        get_source("image_folder", str(tmp_path / "photos")),
+        "photos",
+        "test",
+        tmp_path / "shards",
+        ShardConfig(workers=1, check="none"),
+        progress=False,
+    )
+    proc = run_cli(
+        "extract",
+        "--random-init",
+        "--arch",
+        "swin_pico",
+        "--shards",
+        str(tmp_path / "shards"),
+        "--out",
+        str(tmp_path / "f.pt"),
+        "--image-size",
+        "32",
+        "--workers",
+        "0",
+        "--no-progress",
+    )
     err = [ln for ln in proc.stderr.splitlines() if "error:" in ln]
-    assert proc.returncode == 1 and len(err) == 1 and "does not decode" in err[0] and "in shard " in err[0], proc.stderr[-2000:]
+    assert proc.returncode == 1 and len(err) == 1 and "does not decode" in err[0] and "in shard " in err[0], (
+        proc.stderr[-2000:]
+    )
 
 
 def test_the_workflow_dry_run_rejects_what_the_cli_rejects(tmp_path):
@@ -406,16 +634,42 @@ def test_the_workflow_dry_run_rejects_what_the_cli_rejects(tmp_path):
 
     from tests.conftest import REPO, env_with_python
 
-    cfg = {"datasets": {"digits": {"source": "digits"}},
-           "runs": {"r": {"config": str(REPO / "configs/pretrain/demo.yaml"), "dataset": "digits",
-                          "overrides": ["optim.warmup_epochs=400"]}}}  # fmt: skip
+    cfg = {
+        "datasets": {"digits": {"source": "digits"}},
+        "runs": {
+            "r": {
+                "config": str(REPO / "configs/pretrain/demo.yaml"),
+                "dataset": "digits",
+                "overrides": ["optim.warmup_epochs=400"],
+            }
+        },
+    }
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
-    proc = subprocess.run([sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory",
-                           str(tmp_path), "--configfile", str(tmp_path / "c.yaml"), "-n", "--cores", "1"],
-                          env=env_with_python(), capture_output=True, text=True, timeout=300)  # fmt: skip
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "snakemake",
+            "--snakefile",
+            str(REPO / "Snakefile"),
+            "--directory",
+            str(tmp_path),
+            "--configfile",
+            str(tmp_path / "c.yaml"),
+            "-n",
+            "--cores",
+            "1",
+        ],
+        env=env_with_python(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode != 0 and "runs.r: " in proc.stderr + proc.stdout
     epochs = yaml.safe_load((REPO / "configs/pretrain/demo.yaml").read_text())["optim"]["epochs"]
-    assert f"optim.warmup_epochs 400 is longer than optim.epochs {epochs}" in proc.stderr + proc.stdout, proc.stderr[-2000:]
+    assert f"optim.warmup_epochs 400 is longer than optim.epochs {epochs}" in proc.stderr + proc.stdout, proc.stderr[
+        -2000:
+    ]
 
 
 def test_resume_allows_another_batch_split_of_the_same_total_and_refuses_other_shards(digits_shards, tmp_path):
@@ -438,4 +692,6 @@ def test_resume_allows_another_batch_split_of_the_same_total_and_refuses_other_s
     write_shards(get_source("digits"), "digits", "test", other, ShardConfig(workers=1), progress=False)
     proc = run_cli(*base, "--shards", str(other))
     err = [ln for ln in proc.stderr.splitlines() if "error:" in ln]
-    assert proc.returncode == 1 and len(err) == 1 and "the run was trained on other shards (digits/train" in err[0], proc.stderr[-1500:]
+    assert proc.returncode == 1 and len(err) == 1 and "the run was trained on other shards (digits/train" in err[0], (
+        proc.stderr[-1500:]
+    )

@@ -25,10 +25,17 @@ def installed(tmp_path_factory):
     """(site folder, a work folder outside the checkout) with the wheel installed into the site folder."""
     base = tmp_path_factory.mktemp("wheel")
     build = base / "src"  # build from a copy: the checkout's own build/ and egg-info are left alone
-    shutil.copytree(REPO, build, ignore=shutil.ignore_patterns(".git", ".venv", "data", "results", "build", "*.egg-info",
-                                                                "__pycache__", ".snakemake", "tests"))
+    shutil.copytree(
+        REPO,
+        build,
+        ignore=shutil.ignore_patterns(
+            ".git", ".venv", "data", "results", "build", "*.egg-info", "__pycache__", ".snakemake", "tests"
+        ),
+    )
     pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
-    subprocess.run([*pip, "wheel", "--no-deps", "--no-build-isolation", "-w", str(base / "dist"), str(build)], check=True)
+    subprocess.run(
+        [*pip, "wheel", "--no-deps", "--no-build-isolation", "-w", str(base / "dist"), str(build)], check=True
+    )
     (wheel,) = (base / "dist").glob("esvit-*.whl")
     site = base / "site"
     subprocess.run([*pip, "install", "--no-deps", "--target", str(site), str(wheel)], check=True)
@@ -68,9 +75,11 @@ def test_config_with_a_release_loads(installed):
         "eval": {"datasets": ["digits"]},
     }
     (work / "config.json").write_text(json.dumps(config))
-    code = ("import json; from esvit.config import load_config; "
-            "cfg = load_config(json.load(open('config.json')), check_paths=False); "
-            "r = cfg.runs['swin_t']; print(r.arch, r.checkpoint_format)")
+    code = (
+        "import json; from esvit.config import load_config; "
+        "cfg = load_config(json.load(open('config.json')), check_paths=False); "
+        "r = cfg.runs['swin_t']; print(r.arch, r.checkpoint_format)"
+    )
     out = _run(installed, code, module=False)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["swin_tiny_w7", "official"]

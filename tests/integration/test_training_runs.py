@@ -43,7 +43,7 @@ def test_interrupted_and_resumed_run_is_bitwise_identical(digits_shards, tmp_pat
             assert torch.equal(tensor, b[key][name]), f"{key}.{name} differs"
     for name, tensor in a["optimizer"]["state"].items():
         assert all(torch.equal(tensor[k], b["optimizer"]["state"][name][k]) for k in tensor)
-    logged = [json.loads(l)["step"] for l in (part / "log.jsonl").read_text().splitlines()]
+    logged = [json.loads(line)["step"] for line in (part / "log.jsonl").read_text().splitlines()]
     assert logged == sorted(set(logged))  # no duplicated log records after the resume
 
 
@@ -63,7 +63,7 @@ def test_continual_mode_starts_region_training_from_a_view_only_checkpoint(digit
     assert torch.count_nonzero(tr.loss.center_grid) == 0 and torch.equal(tr.loss.center, src["loss"]["center"])
     assert tr.global_step == 6 and tr.epoch == 1
     train(cfg, tmp_path / "cont", show_progress=False)
-    log = [json.loads(l) for l in (tmp_path / "cont" / "log.jsonl").read_text().splitlines()]
+    log = [json.loads(line) for line in (tmp_path / "cont" / "log.jsonl").read_text().splitlines()]
     assert log[0]["step"] > 6 and log[-1]["step"] == 12 and log[-1]["loss_region"] is not None
 
 
@@ -78,13 +78,24 @@ def test_short_cpu_run_on_fashion_mnist_shards_lowers_the_loss(tmp_path):
     shards = tmp_path / "fm"
     src = get_source("fashion_mnist", str(FASHION_ROOT), cache_dir=str(tmp_path / "raw"))
     write_shards(src, "fashion_mnist", "test", shards, ShardConfig(max_samples=2500, workers=2), progress=False)
-    cfg = load_train_config("configs/pretrain/demo.yaml", [
-        f"data.shards={shards}", "run.max_steps=60", "run.log_every_steps=5", "run.tensorboard=false",
-        "model.arch=swin_pico", "model.out_dim=1024", "model.hidden_dim=256", "optim.batch_size_per_device=32",
-        "optim.warmup_epochs=0", "optim.lr=0.002", "crops.local_number=[2]",
-    ])  # fmt: skip
+    cfg = load_train_config(
+        "configs/pretrain/demo.yaml",
+        [
+            f"data.shards={shards}",
+            "run.max_steps=60",
+            "run.log_every_steps=5",
+            "run.tensorboard=false",
+            "model.arch=swin_pico",
+            "model.out_dim=1024",
+            "model.hidden_dim=256",
+            "optim.batch_size_per_device=32",
+            "optim.warmup_epochs=0",
+            "optim.lr=0.002",
+            "crops.local_number=[2]",
+        ],
+    )
     train(cfg, tmp_path / "run", show_progress=False)
-    losses = [json.loads(l)["loss"] for l in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    losses = [json.loads(line)["loss"] for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     assert len(losses) == 12 and all(math.isfinite(v) for v in losses)
     first, last = sum(losses[:3]) / 3, sum(losses[-3:]) / 3
     assert last < first - 0.05, f"loss did not go down: {losses}"
@@ -99,9 +110,25 @@ def test_two_process_ddp_run_with_env_rendezvous(digits_shards, tmp_path):
     from tests.conftest import REPO, env_with_python
 
     out = tmp_path / "ddp"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "esvit",
-           "pretrain", "--shards", str(digits_shards), "--out", str(out), "--no-progress", *TINY,
-           "data.num_workers=0", "run.threads=1", "optim.epochs=1"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "-m",
+        "esvit",
+        "pretrain",
+        "--shards",
+        str(digits_shards),
+        "--out",
+        str(out),
+        "--no-progress",
+        *TINY,
+        "data.num_workers=0",
+        "run.threads=1",
+        "optim.epochs=1",
+    ]
     proc = subprocess.run(cmd, cwd=REPO, env=env_with_python(), capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     ckpt = load_checkpoint(out / "final.pth")
@@ -127,9 +154,26 @@ def test_a_nan_loss_on_one_rank_stops_every_rank_together_naming_it(digits_shard
     env = env_with_python()
     env["PYTHONPATH"] = os.pathsep.join([str(hook), str(REPO), env.get("PYTHONPATH", "")])
     out = tmp_path / "ddp"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "esvit",
-           "pretrain", "--shards", str(digits_shards), "--out", str(out), "--no-progress", *TINY,
-           "data.num_workers=0", "run.threads=1", "run.checkpoint_every_steps=1", "run.dist_timeout_min=5"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "-m",
+        "esvit",
+        "pretrain",
+        "--shards",
+        str(digits_shards),
+        "--out",
+        str(out),
+        "--no-progress",
+        *TINY,
+        "data.num_workers=0",
+        "run.threads=1",
+        "run.checkpoint_every_steps=1",
+        "run.dist_timeout_min=5",
+    ]
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=240)  # < the 5-min timeout
     assert proc.returncode != 0
     said = [ln for ln in proc.stderr.splitlines() if ln.startswith("esvit: error: loss is nan")]

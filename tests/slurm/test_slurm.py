@@ -27,11 +27,23 @@ pytestmark = pytest.mark.slow
 PARTITION = os.environ.get("ESVIT_SLURM_PARTITION", "esvit")
 # 10 steps per epoch with 2 ranks x 8 images; tiny Swin so a step takes ~0.1 s on one core
 TINY = [
-    "model.arch=swin_pico", "model.out_dim=256", "model.hidden_dim=64", "model.bottleneck_dim=32",
-    "crops.global_size=32", "crops.local_size=[16]", "crops.local_number=[2]", "optim.batch_size_per_device=8",
-    "optim.warmup_epochs=1", "loss.warmup_teacher_temp_epochs=1", "data.samples_per_epoch=160",
-    "data.num_workers=0", "data.shuffle_buffer=64", "run.threads=1", "run.tensorboard=false", "run.log_every_steps=2",
-]  # fmt: skip
+    "model.arch=swin_pico",
+    "model.out_dim=256",
+    "model.hidden_dim=64",
+    "model.bottleneck_dim=32",
+    "crops.global_size=32",
+    "crops.local_size=[16]",
+    "crops.local_number=[2]",
+    "optim.batch_size_per_device=8",
+    "optim.warmup_epochs=1",
+    "loss.warmup_teacher_temp_epochs=1",
+    "data.samples_per_epoch=160",
+    "data.num_workers=0",
+    "data.shuffle_buffer=64",
+    "run.threads=1",
+    "run.tensorboard=false",
+    "run.log_every_steps=2",
+]
 EPOCHS = 12  # 120 steps: long enough to interrupt in the middle
 
 
@@ -58,15 +70,43 @@ def cluster() -> str:
 def site(tmp_path_factory, cluster) -> Path:
     """The site file for this cluster: 2 nodes x 1 CPU task (gloo), as a user would write it."""
     path = tmp_path_factory.mktemp("site") / "submitit.yaml"
-    path.write_text(yaml.safe_dump({"nodes": 2, "gpus_per_node": 0, "cpus_per_task": 1,
-                                    "partition": cluster, "timeout_min": 30, "signal_delay_s": 30, "poll_s": 1}))  # fmt: skip
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "nodes": 2,
+                "gpus_per_node": 0,
+                "cpus_per_task": 1,
+                "partition": cluster,
+                "timeout_min": 30,
+                "signal_delay_s": 30,
+                "poll_s": 1,
+            }
+        )
+    )
     return path
 
 
 def pretrain(out: Path, shards: Path, site: Path, *extra: str, epochs: int = EPOCHS) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "esvit", "pretrain", "--launcher", "slurm", "--site", str(site), "--shards",
-           str(shards), "--out", str(out), *TINY, f"optim.epochs={epochs}", *extra]  # fmt: skip
-    return subprocess.Popen(cmd, cwd=REPO, env=env_with_python(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    cmd = [
+        sys.executable,
+        "-m",
+        "esvit",
+        "pretrain",
+        "--launcher",
+        "slurm",
+        "--site",
+        str(site),
+        "--shards",
+        str(shards),
+        "--out",
+        str(out),
+        *TINY,
+        f"optim.epochs={epochs}",
+        *extra,
+    ]
+    return subprocess.Popen(
+        cmd, cwd=REPO, env=env_with_python(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
 
 
 def finish(proc: subprocess.Popen, timeout: float = 600) -> str:
@@ -142,8 +182,13 @@ def test_bad_site_settings_are_refused_before_anything_is_submitted(site, tmp_pa
 
     env = env_with_python()
     env["PATH"] = os.path.dirname(sys.executable)  # no sbatch
-    proc = subprocess.run([sys.executable, "-m", "esvit", "pretrain", "--launcher", "slurm", "--out", str(tmp_path / "r")],
-                          cwd=REPO, env=env, capture_output=True, text=True)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-m", "esvit", "pretrain", "--launcher", "slurm", "--out", str(tmp_path / "r")],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode != 0 and "`sbatch` is not on PATH" in proc.stderr
 
 
@@ -220,7 +265,9 @@ def test_no_requeues_left_fails_with_the_jobs_own_error(site, digits_shards, tmp
     subprocess.run(["scancel", "--signal=USR2", jid], check=True, capture_output=True)
     out = finish(proc)
     assert proc.returncode != 0
-    assert f"Slurm job {jid} ended FAILED: esvit.launch.submit.LaunchError: time limit reached after 0 requeues" in out, out
+    assert (
+        f"Slurm job {jid} ended FAILED: esvit.launch.submit.LaunchError: time limit reached after 0 requeues" in out
+    ), out
     assert (run / "checkpoint.pth").exists() and not (run / "final.pth").exists()  # the checkpoint is kept
 
 
@@ -233,9 +280,24 @@ def test_a_nan_loss_on_one_node_stops_both_with_the_real_message(site, digits_sh
     env = env_with_python()
     env["PYTHONPATH"] = os.pathsep.join([str(hook), str(REPO), env.get("PYTHONPATH", "")])  # sbatch exports it
     run = tmp_path / "nan"
-    cmd = [sys.executable, "-m", "esvit", "pretrain", "--launcher", "slurm", "--site", str(site), "--shards",
-           str(digits_shards), "--out", str(run), *TINY, "optim.epochs=2", "run.checkpoint_every_steps=1",
-           "run.dist_timeout_min=3"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "esvit",
+        "pretrain",
+        "--launcher",
+        "slurm",
+        "--site",
+        str(site),
+        "--shards",
+        str(digits_shards),
+        "--out",
+        str(run),
+        *TINY,
+        "optim.epochs=2",
+        "run.checkpoint_every_steps=1",
+        "run.dist_timeout_min=3",
+    ]
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     out = proc.stdout + proc.stderr
     assert proc.returncode != 0 and "loss is nan on rank 1 of 2 at epoch 0, step 2" in out, out[-3000:]
@@ -262,33 +324,84 @@ def test_snakemake_slurm_profile_runs_the_demo_config_as_sbatch_jobs(site, tmp_p
     cfg["datasets"].pop("fashion_mnist")  # 60,000 images: the Slurm mechanics do not need them
     run = cfg["runs"]["esvit_demo"]
     cfg["runs"] = {"esvit_demo": run}  # the ablation's other runs: the same mechanics again
-    run.update(config=str(REPO / run["config"]), dataset="mnist5k", mix=["digits"],
-               overrides=["optim.epochs=1", "data.samples_per_epoch=128", "optim.batch_size_per_device=16",
-                          "data.num_workers=0", "run.threads=1"])  # fmt: skip
-    cfg["eval"].update(datasets=["mnist5k"], linear_datasets=[], random_init_baseline=False, workers=0,
-                       correspondence_dataset=None)  # fmt: skip
+    run.update(
+        config=str(REPO / run["config"]),
+        dataset="mnist5k",
+        mix=["digits"],
+        overrides=[
+            "optim.epochs=1",
+            "data.samples_per_epoch=128",
+            "optim.batch_size_per_device=16",
+            "data.num_workers=0",
+            "run.threads=1",
+        ],
+    )
+    cfg["eval"].update(
+        datasets=["mnist5k"], linear_datasets=[], random_init_baseline=False, workers=0, correspondence_dataset=None
+    )
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg))
     targets = ["results/knn/esvit_demo/mnist5k/metrics.json", "results/probe/esvit_demo/mnist5k/metrics.json"]
     # this cluster's size: 2 CPUs and 8 GB per node, no GPU (what a site sets in the profile and submitit.yaml)
-    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory", str(tmp_path),
-           "--profile", str(REPO / "cluster_profiles/slurm"), "--configfile", str(tmp_path / "config.yaml"),
-           "--config", "launcher=slurm", f"launch_site={site}",
-           "--default-resources", "mem_mb=2000", "runtime=30", f"slurm_partition={PARTITION}",
-           "--set-resources", "extract_features:gpu=0", "extract_features:mem_mb=4000",
-           "--set-threads", "write_shards=1", "extract_features=1",
-           "--slurm-init-seconds-before-status-checks", "2", "--seconds-between-status-checks", "3",
-           "--max-status-checks-per-second", "10", *targets]  # fmt: skip
-    snake = subprocess.Popen(cmd, cwd=tmp_path, env=env_with_python(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    cmd = [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "--snakefile",
+        str(REPO / "Snakefile"),
+        "--directory",
+        str(tmp_path),
+        "--profile",
+        str(REPO / "cluster_profiles/slurm"),
+        "--configfile",
+        str(tmp_path / "config.yaml"),
+        "--config",
+        "launcher=slurm",
+        f"launch_site={site}",
+        "--default-resources",
+        "mem_mb=2000",
+        "runtime=30",
+        f"slurm_partition={PARTITION}",
+        "--set-resources",
+        "extract_features:gpu=0",
+        "extract_features:mem_mb=4000",
+        "--set-threads",
+        "write_shards=1",
+        "extract_features=1",
+        "--slurm-init-seconds-before-status-checks",
+        "2",
+        "--seconds-between-status-checks",
+        "3",
+        "--max-status-checks-per-second",
+        "10",
+        *targets,
+    ]
+    snake = subprocess.Popen(
+        cmd, cwd=tmp_path, env=env_with_python(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
     # `esvit status` while it runs, as from the login node: the pretraining run is seen on its Slurm job
     seen = []
     while snake.poll() is None and len(seen) < 600:
-        st = subprocess.run([sys.executable, "-m", "esvit", "status", "--config", "config.yaml", "--json"], cwd=tmp_path,
-                            env=env_with_python(), capture_output=True, text=True, timeout=120)  # fmt: skip
+        st = subprocess.run(
+            [sys.executable, "-m", "esvit", "status", "--config", "config.yaml", "--json"],
+            cwd=tmp_path,
+            env=env_with_python(),
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert st.returncode == 0, st.stderr
         row = json.loads(st.stdout.splitlines()[0])
         if row["state"] == "running" and not any(s[0] == "running" for s in seen):  # the table a user sees then
-            print(subprocess.run([sys.executable, "-m", "esvit", "status", "--config", "config.yaml"], cwd=tmp_path,
-                                 env=env_with_python(), capture_output=True, text=True, timeout=120).stdout)  # fmt: skip
+            print(
+                subprocess.run(
+                    [sys.executable, "-m", "esvit", "status", "--config", "config.yaml"],
+                    cwd=tmp_path,
+                    env=env_with_python(),
+                    capture_output=True,
+                    text=True,
+                    timeout=120,
+                ).stdout
+            )
         seen.append((row["state"], row["where"], row["step"]))
         time.sleep(0.5)
     out, _ = snake.communicate(timeout=1200)
@@ -302,10 +415,18 @@ def test_snakemake_slurm_profile_runs_the_demo_config_as_sbatch_jobs(site, tmp_p
     assert sacct(pre) == [(pre, "COMPLETED", "n[1-2]")]
     running = [s for s in seen if s[0] == "running"]
     # seen through Slurm (the job RUNNING) or, once rank 0 holds the run folder's lock, as its pid in that job
-    assert running and all(w == f"Slurm job {pre} (RUNNING)" or w.endswith(f", Slurm job {pre}") for _, w, _ in running), seen
+    assert running and all(
+        w == f"Slurm job {pre} (RUNNING)" or w.endswith(f", Slurm job {pre}") for _, w, _ in running
+    ), seen
     assert seen[0][0] == "not started", seen
-    final = subprocess.run([sys.executable, "-m", "esvit", "status", "--config", "config.yaml"], cwd=tmp_path,
-                           env=env_with_python(), capture_output=True, text=True, timeout=120)  # fmt: skip
+    final = subprocess.run(
+        [sys.executable, "-m", "esvit", "status", "--config", "config.yaml"],
+        cwd=tmp_path,
+        env=env_with_python(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     print(final.stdout)  # the status table after the run, in the test log
     assert re.search(rf"esvit_demo +done +Slurm job {pre} ", final.stdout) and " 2/2 " in final.stdout, final.stdout
     log = (tmp_path / "results/logs/pretrain/esvit_demo.log").read_text()
@@ -318,15 +439,41 @@ def test_ctrl_c_on_snakemake_cancels_the_pretraining_job(site, tmp_path):
     """Ctrl-C reaches Snakemake's whole process group; the launcher in it cancels the job (no orphan)."""
     cfg = yaml.safe_load((REPO / "configs/config.yaml").read_text())
     cfg["datasets"] = {"digits": {"source": "digits", "splits": ["train"]}}
-    cfg["runs"] = {"long": {"config": str(REPO / "configs/pretrain/demo.yaml"), "dataset": "digits",
-                            "overrides": ["optim.epochs=100", "optim.batch_size_per_device=16", "data.num_workers=0"]}}  # fmt: skip
+    cfg["runs"] = {
+        "long": {
+            "config": str(REPO / "configs/pretrain/demo.yaml"),
+            "dataset": "digits",
+            "overrides": ["optim.epochs=100", "optim.batch_size_per_device=16", "data.num_workers=0"],
+        }
+    }
     cfg["eval"] = {"datasets": [], "linear_datasets": []}
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg))
-    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory", str(tmp_path),
-           "--configfile", str(tmp_path / "config.yaml"), "--config", "launcher=slurm", f"launch_site={site}",
-           "--cores", "2", "results/pretrain/long/final.pth"]  # fmt: skip
-    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env_with_python(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, start_new_session=True)  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "--snakefile",
+        str(REPO / "Snakefile"),
+        "--directory",
+        str(tmp_path),
+        "--configfile",
+        str(tmp_path / "config.yaml"),
+        "--config",
+        "launcher=slurm",
+        f"launch_site={site}",
+        "--cores",
+        "2",
+        "results/pretrain/long/final.pth",
+    ]
+    proc = subprocess.Popen(
+        cmd,
+        cwd=tmp_path,
+        env=env_with_python(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
     run = tmp_path / "results/pretrain/long"
     jid = job_id(run, timeout=300)
     wait_for(lambda: state(jid) == "RUNNING", f"job {jid} running")

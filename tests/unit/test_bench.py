@@ -10,15 +10,58 @@ import pytest
 from tests.conftest import run_cli
 
 
-@pytest.mark.parametrize("name,args,key", [
-    ("infer", ["--archs", "swin_pico,swin_nano", "--batch", "4", "--size", "64", "--steps", "1"], "img_s"),
-    ("extract", ["--archs", "swin_pico:32", "--batch", "128", "--workers", "0"], "swin_pico@32_img_s"),
-    ("probe", ["--n", "2000", "--dim", "32", "--classes", "5", "--n-test", "1000", "--separation", "0.5"], "speedup"),
-    ("loader", ["--images", "24", "--batches", "1", "--batch", "4", "--locals", "2", "--global-size", "64",
-                "--local-size", "32", "--repeats", "1"], "ratio"),
-    ("train", ["--arch", "swin_pico", "--batch", "2", "--global-size", "64", "--local-size", "32", "--locals", "2",
-               "--out-dim", "256", "--steps", "1"], "fraction_of_peak"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "name,args,key",
+    [
+        ("infer", ["--archs", "swin_pico,swin_nano", "--batch", "4", "--size", "64", "--steps", "1"], "img_s"),
+        ("extract", ["--archs", "swin_pico:32", "--batch", "128", "--workers", "0"], "swin_pico@32_img_s"),
+        (
+            "probe",
+            ["--n", "2000", "--dim", "32", "--classes", "5", "--n-test", "1000", "--separation", "0.5"],
+            "speedup",
+        ),
+        (
+            "loader",
+            [
+                "--images",
+                "24",
+                "--batches",
+                "1",
+                "--batch",
+                "4",
+                "--locals",
+                "2",
+                "--global-size",
+                "64",
+                "--local-size",
+                "32",
+                "--repeats",
+                "1",
+            ],
+            "ratio",
+        ),
+        (
+            "train",
+            [
+                "--arch",
+                "swin_pico",
+                "--batch",
+                "2",
+                "--global-size",
+                "64",
+                "--local-size",
+                "32",
+                "--locals",
+                "2",
+                "--out-dim",
+                "256",
+                "--steps",
+                "1",
+            ],
+            "fraction_of_peak",
+        ),
+    ],
+)
 def test_bench_writes_one_json_line_with_the_machine(name, args, key, tmp_path):
     proc = run_cli("bench", "--out", str(tmp_path), name, *args)
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -49,9 +92,17 @@ def test_gpu_script_without_a_gpu_says_so_and_its_cpu_dry_run_completes(tmp_path
 
     if not torch.cuda.is_available():
         proc = subprocess.run(["bash", "benchmarks/gpu.sh"], cwd=REPO, env=env, capture_output=True, text=True)
-        assert proc.returncode == 3 and "no CUDA device is visible" in proc.stderr and "ESVIT_BENCH_CPU=1" in proc.stderr
-    proc = subprocess.run(["bash", "benchmarks/gpu.sh"], cwd=REPO, env={**env, "ESVIT_BENCH_CPU": "1"},
-                          capture_output=True, text=True, timeout=600)  # fmt: skip
+        assert (
+            proc.returncode == 3 and "no CUDA device is visible" in proc.stderr and "ESVIT_BENCH_CPU=1" in proc.stderr
+        )
+    proc = subprocess.run(
+        ["bash", "benchmarks/gpu.sh"],
+        cwd=REPO,
+        env={**env, "ESVIT_BENCH_CPU": "1"},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "MFU" in proc.stdout and "inference batch" in proc.stdout and "loader (core)" in proc.stdout
     assert "probe (2000 x 32, 5 classes) on cpu" in proc.stdout, proc.stdout
@@ -66,8 +117,28 @@ def test_batch_auto_runs_and_halves_until_a_batch_fits(tmp_path):
 
     from esvit.bench.train import largest_batch
 
-    proc = run_cli("bench", "--out", str(tmp_path), "train", "--arch", "swin_pico", "--batch", "auto", "--max-batch", "2",
-                   "--global-size", "64", "--local-size", "32", "--locals", "2", "--out-dim", "256", "--steps", "1")  # fmt: skip
+    proc = run_cli(
+        "bench",
+        "--out",
+        str(tmp_path),
+        "train",
+        "--arch",
+        "swin_pico",
+        "--batch",
+        "auto",
+        "--max-batch",
+        "2",
+        "--global-size",
+        "64",
+        "--local-size",
+        "32",
+        "--locals",
+        "2",
+        "--out-dim",
+        "256",
+        "--steps",
+        "1",
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert json.loads(proc.stdout.strip().splitlines()[-1])["batch"] == 2
     tried, released = [], []
@@ -77,7 +148,9 @@ def test_batch_auto_runs_and_halves_until_a_batch_fits(tmp_path):
         if batch > 24:
             raise torch.OutOfMemoryError("CUDA out of memory")
 
-    assert largest_batch(fits, 128, lambda: released.append(1)) == 16 and tried == [128, 64, 32, 16] and len(released) == 3
+    assert (
+        largest_batch(fits, 128, lambda: released.append(1)) == 16 and tried == [128, 64, 32, 16] and len(released) == 3
+    )
     with pytest.raises(SystemExit, match="even batch 1 does not fit"):
         largest_batch(lambda b: (_ for _ in ()).throw(torch.OutOfMemoryError("oom")), 4)
 
@@ -126,15 +199,44 @@ def test_bench_train_compares_the_heads_and_breaks_the_step_down(tmp_path):
     the step; the parts add up to about one step."""
     lines = []
     for heads in ([], ["--no-chunked-heads"]):
-        proc = run_cli("bench", "--out", str(tmp_path), "train", "--arch", "swin_pico", "--batch", "2", "--global-size",
-                       "64", "--local-size", "32", "--locals", "2", "--out-dim", "2048", "--steps", "2", "--breakdown", *heads)  # fmt: skip
+        proc = run_cli(
+            "bench",
+            "--out",
+            str(tmp_path),
+            "train",
+            "--arch",
+            "swin_pico",
+            "--batch",
+            "2",
+            "--global-size",
+            "64",
+            "--local-size",
+            "32",
+            "--locals",
+            "2",
+            "--out-dim",
+            "2048",
+            "--steps",
+            "2",
+            "--breakdown",
+            *heads,
+        )
         assert proc.returncode == 0, proc.stderr[-2000:]
         lines.append(json.loads(proc.stdout.strip().splitlines()[-1]))
     assert [line["chunked_heads"] for line in lines] == [True, False] and lines[1]["chunk_rows"] is None
     for line in lines:
         parts = line["parts_s"]
-        assert set(parts) == {"teacher", "backbone_forward", "heads_forward", "loss", "heads_loss_backward",
-                              "backbone_backward", "other", "optimizer", "ema"}  # fmt: skip
+        assert set(parts) == {
+            "teacher",
+            "backbone_forward",
+            "heads_forward",
+            "loss",
+            "heads_loss_backward",
+            "backbone_backward",
+            "other",
+            "optimizer",
+            "ema",
+        }
         assert min(parts.values()) >= 0 and 0 < sum(parts.values()) < 3 * line["step_s"] + 1
         assert line["step_peak_gb"] > 0
 
@@ -180,9 +282,15 @@ def test_the_side_by_side_scripts_parse_and_explain_themselves():
     assert subprocess.run(["bash", "-n", "benchmarks/heads.sh"], cwd=REPO).returncode == 0
     proc = subprocess.run(["bash", "benchmarks/heads.sh", "--bogus"], cwd=REPO, capture_output=True, text=True)
     assert proc.returncode == 2 and "unknown argument --bogus" in proc.stderr
-    proc = subprocess.run([sys.executable, "benchmarks/official_step.py", "--help"], cwd=REPO, env=env_with_python(),
-                          capture_output=True, text=True)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "benchmarks/official_step.py", "--help"],
+        cwd=REPO,
+        env=env_with_python(),
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 0 and "--official" in proc.stdout and "microsoft/esvit" in proc.stdout
-    proc = subprocess.run([sys.executable, "benchmarks/official_step.py"], cwd=REPO, env=env_with_python(),
-                          capture_output=True, text=True)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "benchmarks/official_step.py"], cwd=REPO, env=env_with_python(), capture_output=True, text=True
+    )
     assert proc.returncode == 2 and "--official" in proc.stderr

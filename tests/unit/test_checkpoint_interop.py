@@ -16,9 +16,9 @@ import pytest
 import timm
 import torch
 
+from esvit.checkpoint_file import CheckpointError, load_checkpoint
 from esvit.models import Backbone
 from esvit.models.checkpoint import export_backbone, filter_state_dict, import_official, load_official_checkpoint
-from esvit.checkpoint_file import CheckpointError, load_checkpoint
 from tests.conftest import OFFICIAL_FIXTURES as FIXTURES
 from tests.conftest import official_checkpoint as official_file
 from tests.conftest import run_cli
@@ -79,9 +79,16 @@ def test_timms_shift_then_pad_block_is_not_the_official_network(official_outputs
     ref = official_outputs[window]
     m = ref["state_dict"]
     plain = SwinTransformer(
-        img_size=224, patch_size=4, embed_dim=4, depths=(2, 2, 2, 2), num_heads=(1, 1, 2, 2), window_size=int(window[1:]),
-        strict_img_size=False, norm_layer=partial(torch.nn.LayerNorm, eps=1e-6), num_classes=0,
-    ).eval()  # fmt: skip
+        img_size=224,
+        patch_size=4,
+        embed_dim=4,
+        depths=(2, 2, 2, 2),
+        num_heads=(1, 1, 2, 2),
+        window_size=int(window[1:]),
+        strict_img_size=False,
+        norm_layer=partial(torch.nn.LayerNorm, eps=1e-6),
+        num_classes=0,
+    ).eval()
     plain.load_state_dict(filter_state_dict(m, Backbone(f"swin_test_{window}")), strict=True)
     with torch.no_grad():
         tokens = plain.forward_features(normalised(official_outputs["images"][size])).flatten(1, 2)
@@ -111,11 +118,27 @@ def test_official_checkpoint_imports_and_is_evaluated_by_extract(tmp_path, digit
     # the teacher's weights under timm's names: PatchMerging of official stage i is timm's stage i + 1
     teacher = load_official_checkpoint(official)["teacher"]
     ours = imported["teacher"]
-    assert torch.equal(ours["backbone.net.layers.1.downsample.reduction.weight"], teacher["layers.0.downsample.reduction.weight"])
-    assert torch.equal(ours["backbone.net.layers.3.blocks.1.attn.qkv.weight"], teacher["layers.3.blocks.1.attn.qkv.weight"])
+    assert torch.equal(
+        ours["backbone.net.layers.1.downsample.reduction.weight"], teacher["layers.0.downsample.reduction.weight"]
+    )
+    assert torch.equal(
+        ours["backbone.net.layers.3.blocks.1.attn.qkv.weight"], teacher["layers.3.blocks.1.attn.qkv.weight"]
+    )
     assert torch.equal(ours["backbone.net.norm.weight"], teacher["norm.weight"])
-    proc = run_cli("extract", "--checkpoint", str(out), "--shards", str(digits_shards), "--out", str(tmp_path / "f.pt"),
-                   "--image-size", "96", "--workers", "0", "--no-progress")  # fmt: skip
+    proc = run_cli(
+        "extract",
+        "--checkpoint",
+        str(out),
+        "--shards",
+        str(digits_shards),
+        "--out",
+        str(tmp_path / "f.pt"),
+        "--image-size",
+        "96",
+        "--workers",
+        "0",
+        "--no-progress",
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     feats = torch.load(tmp_path / "f.pt", weights_only=True)
     assert feats["pooled"].shape == (1438, 32) and torch.isfinite(feats["pooled"].float()).all()
@@ -141,7 +164,9 @@ def test_a_file_with_code_in_it_is_refused_in_one_line_and_never_run(tmp_path):
     evil = _Runs()
     evil.marker = tmp_path / "ran"
     torch.save({"teacher": {"x": torch.zeros(1)}, "args": evil}, tmp_path / "evil.pth")
-    proc = run_cli("import", "--official", str(tmp_path / "evil.pth"), "--arch", "swin_test_w7", "--out", str(tmp_path / "o.pth"))
+    proc = run_cli(
+        "import", "--official", str(tmp_path / "evil.pth"), "--arch", "swin_test_w7", "--out", str(tmp_path / "o.pth")
+    )
     assert proc.returncode == 1 and "cannot load" in proc.stderr and "posix.system" in proc.stderr, proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr
     assert not evil.marker.exists() and not (tmp_path / "o.pth").exists()
@@ -150,8 +175,13 @@ def test_a_file_with_code_in_it_is_refused_in_one_line_and_never_run(tmp_path):
 def test_importing_one_of_this_projects_checkpoints_says_so(tmp_path):
     from esvit.checkpoint_file import save_checkpoint
 
-    save_checkpoint(tmp_path / "ours.pth", {"teacher": {"backbone.net.x": torch.zeros(1)}, "config": {"model": {"arch": "swin_pico"}}})
-    proc = run_cli("import", "--official", str(tmp_path / "ours.pth"), "--arch", "swin_pico", "--out", str(tmp_path / "o.pth"))
+    save_checkpoint(
+        tmp_path / "ours.pth",
+        {"teacher": {"backbone.net.x": torch.zeros(1)}, "config": {"model": {"arch": "swin_pico"}}},
+    )
+    proc = run_cli(
+        "import", "--official", str(tmp_path / "ours.pth"), "--arch", "swin_pico", "--out", str(tmp_path / "o.pth")
+    )
     assert proc.returncode == 1 and "already one of this project's checkpoints" in proc.stderr, proc.stderr
 
 
@@ -160,7 +190,10 @@ def _with_official_prefixes(backbone: Backbone, arch: str) -> dict:
     DDP-wrapped in student and teacher alike (SyncBatchNorm), its torchvision keys under
     ``module.backbone.backbone.``; DeiT-S holds its heads itself, the student under DDP's ``module.``, the
     teacher bare. Plus the numpy lrs and the args namespace."""
-    heads = {"head.mlp.0.weight": torch.zeros(4, backbone.num_features), "head_dense.last_layer.weight_g": torch.ones(16, 1)}
+    heads = {
+        "head.mlp.0.weight": torch.zeros(4, backbone.num_features),
+        "head_dense.last_layer.weight_g": torch.ones(16, 1),
+    }
     if arch == "resnet50":
         net = {f"module.backbone.backbone.{k}": v for k, v in backbone.net.state_dict().items()}
         teacher = {**net, **{f"module.{k}": v for k, v in heads.items()}}
@@ -170,10 +203,13 @@ def _with_official_prefixes(backbone: Backbone, arch: str) -> dict:
         student = {f"module.{k}": v for k, v in teacher.items()}
     args = argparse.Namespace(arch=arch, out_dim=16, use_dense_prediction=True, local_crops_size=(96,), lr=0.0005)
     return {
-        "student": student, "teacher": teacher, "epoch": 300, "args": args,
+        "student": student,
+        "teacher": teacher,
+        "epoch": 300,
+        "args": args,
         "optimizer": {"state": {}, "param_groups": [{"lr": np.float64(1e-6), "params": [0]}]},
         "dino_loss": {"center": torch.zeros(1, 16), "center_grid": torch.zeros(1, 16)},
-    }  # fmt: skip
+    }
 
 
 @pytest.mark.parametrize("arch,official_arch", [("resnet50", "resnet50"), ("deit_small", "deit_small")])
@@ -200,23 +236,36 @@ def test_continual_training_starts_from_an_official_view_only_checkpoint(tmp_pat
     official = official_file(tmp_path, "official_layout_swin_view")
     src = load_official_checkpoint(official)
     assert not any("head_dense" in k for k in src["teacher"]) and set(src["dino_loss"]) == {"center"}
-    cfg = load_train_config(None, [
-        "model.arch=swin_test_w7", "model.out_dim=16", "model.hidden_dim=32", "model.bottleneck_dim=16",
-        "optim.epochs=300", "optim.batch_size_per_device=2", "crops.local_number=[2]", "run.threads=2",
-        f"run.continual_from={official}",
-    ])  # fmt: skip
+    cfg = load_train_config(
+        None,
+        [
+            "model.arch=swin_test_w7",
+            "model.out_dim=16",
+            "model.hidden_dim=32",
+            "model.bottleneck_dim=16",
+            "optim.epochs=300",
+            "optim.batch_size_per_device=2",
+            "crops.local_number=[2]",
+            "run.threads=2",
+            f"run.continual_from={official}",
+        ],
+    )
     tr = Trainer(cfg, tmp_path / "run", iters_per_epoch=3)
     tr.load_continual(official)
     # the official run's teacher and student, under this project's names; head_dense fresh and shared
     t = tr.teacher.state_dict()
-    assert torch.equal(t["backbone.net.layers.2.downsample.norm.weight"], src["teacher"]["layers.1.downsample.norm.weight"])
+    assert torch.equal(
+        t["backbone.net.layers.2.downsample.norm.weight"], src["teacher"]["layers.1.downsample.norm.weight"]
+    )
     assert torch.equal(t["head.last_layer.weight_v"], src["teacher"]["head.last_layer.weight_v"])
     assert torch.equal(tr.student.state_dict()["head.mlp.0.weight"], src["student"]["module.head.mlp.0.weight"])
     assert torch.equal(t["head_dense.mlp.0.weight"], tr.student.state_dict()["head_dense.mlp.0.weight"])
     assert torch.equal(tr.loss.center, src["dino_loss"]["center"]) and not tr.loss.center_grid.any()
     assert (tr.epoch, tr.it, tr.global_step) == (201, 0, 201 * 3)  # the official epoch counts epochs completed
     gen = torch.Generator().manual_seed(0)
-    crops = [torch.randn(2, 3, 224, 224, generator=gen) for _ in range(2)] + [torch.randn(2, 3, 96, 96, generator=gen) for _ in range(2)]
+    crops = [torch.randn(2, 3, 224, 224, generator=gen) for _ in range(2)] + [
+        torch.randn(2, 3, 96, 96, generator=gen) for _ in range(2)
+    ]
     stats = tr.step(crops)
     assert np.isfinite(stats.loss) and stats.region is not None and tr.global_step == 604
 
@@ -226,7 +275,9 @@ def test_continual_from_an_official_checkpoint_with_other_head_sizes_names_the_m
     from esvit.train.loop import Trainer
 
     official = official_file(tmp_path, "official_layout_swin_view")
-    cfg = load_train_config(None, ["model.arch=swin_test_w7", "model.out_dim=64", "model.hidden_dim=32", "model.bottleneck_dim=16"])
+    cfg = load_train_config(
+        None, ["model.arch=swin_test_w7", "model.out_dim=64", "model.hidden_dim=32", "model.bottleneck_dim=16"]
+    )
     with pytest.raises(CheckpointError, match="does not fit model swin_test_w7 .*size mismatch.*set model"):
         Trainer(cfg, tmp_path / "run", iters_per_epoch=3).load_continual(official)
 
@@ -238,7 +289,9 @@ def test_export_loads_into_timm_strictly_and_matches(tmp_path, digits_shards):
     from tests.conftest import TINY
 
     out = tmp_path / "run"
-    proc = run_cli("pretrain", "--shards", str(digits_shards), "--out", str(out), "--no-progress", *TINY, "run.max_steps=2")
+    proc = run_cli(
+        "pretrain", "--shards", str(digits_shards), "--out", str(out), "--no-progress", *TINY, "run.max_steps=2"
+    )
     assert proc.returncode == 0, proc.stderr[-1500:]
     path, name = export_backbone(out / "final.pth", tmp_path / "backbone.pth")
     assert name == "esvit_swin_pico"
@@ -261,8 +314,9 @@ def test_timm_weights_import_as_the_supervised_reference_and_compute_timms_featu
     from timm.models.swin_transformer import SwinTransformer
 
     torch.manual_seed(0)
-    supervised = SwinTransformer(img_size=224, embed_dim=4, depths=(2, 2, 2, 2), num_heads=(1, 1, 2, 2), window_size=7,
-                                 num_classes=1000).eval()  # timm's defaults otherwise, as swin_tiny_patch4_window7_224
+    supervised = SwinTransformer(
+        img_size=224, embed_dim=4, depths=(2, 2, 2, 2), num_heads=(1, 1, 2, 2), window_size=7, num_classes=1000
+    ).eval()  # timm's defaults otherwise, as swin_tiny_patch4_window7_224
     path = tmp_path / "model.safetensors"
     save_file(supervised.state_dict(), str(path))
     out = tmp_path / "imported.pth"

@@ -10,7 +10,16 @@ import jsonschema
 import pytest
 import yaml
 
-from esvit.config import ConfigError, DatasetConfig, DownloadConfig, EvalConfig, PipelineConfig, PretrainRun, ShardConfig, load_config
+from esvit.config import (
+    ConfigError,
+    DatasetConfig,
+    DownloadConfig,
+    EvalConfig,
+    PipelineConfig,
+    PretrainRun,
+    ShardConfig,
+    load_config,
+)
 from tests.conftest import REPO, run_cli
 
 DEFAULT = yaml.safe_load((REPO / "configs/config.yaml").read_text())
@@ -67,12 +76,37 @@ def _pop(path: str):
 
 # (id, mutation, substrings the message must contain, the JSON schema rejects it too)
 BAD = [
-    ("correspondence-unknown-dataset", _set("eval.correspondence_dataset", "digit"), ["eval.correspondence_dataset: unknown dataset 'digit'", "Did you mean 'digits'"], False),
-    ("mix-unknown-dataset", _set("runs.esvit_demo.mix", ["mnist6k"]), ["runs.esvit_demo.mix[0]: unknown dataset 'mnist6k'", "Did you mean 'mnist5k'"], False),
-    ("run-without-config-or-checkpoint", _set("runs.esvit_demo.config", None), ["runs.esvit_demo: give one of config"], False),
-    ("checkpoint-without-arch", _set("runs.esvit_demo", {"checkpoint": "configs/config.yaml"}), ["runs.esvit_demo.arch is required"], False),
+    (
+        "correspondence-unknown-dataset",
+        _set("eval.correspondence_dataset", "digit"),
+        ["eval.correspondence_dataset: unknown dataset 'digit'", "Did you mean 'digits'"],
+        False,
+    ),
+    (
+        "mix-unknown-dataset",
+        _set("runs.esvit_demo.mix", ["mnist6k"]),
+        ["runs.esvit_demo.mix[0]: unknown dataset 'mnist6k'", "Did you mean 'mnist5k'"],
+        False,
+    ),
+    (
+        "run-without-config-or-checkpoint",
+        _set("runs.esvit_demo.config", None),
+        ["runs.esvit_demo: give one of config"],
+        False,
+    ),
+    (
+        "checkpoint-without-arch",
+        _set("runs.esvit_demo", {"checkpoint": "configs/config.yaml"}),
+        ["runs.esvit_demo.arch is required"],
+        False,
+    ),
     ("unknown-top-key", _set("datasetz", {}), ["unknown key 'datasetz'", "Did you mean 'datasets'"], True),
-    ("unknown-nested-key", _set("shard.max_sample", 5), ["shard: unknown key 'max_sample'", "Did you mean 'max_samples'"], True),
+    (
+        "unknown-nested-key",
+        _set("shard.max_sample", 5),
+        ["shard: unknown key 'max_sample'", "Did you mean 'max_samples'"],
+        True,
+    ),
     ("int-as-string", _set("shard.workers", "two"), ["shard.workers must be an integer", "'two'"], True),
     ("number-as-string", _set("shard.max_mb", "big"), ["shard.max_mb must be a number"], True),
     ("bool-as-int", _set("shard.seed", True), ["shard.seed must be an integer"], True),
@@ -80,30 +114,133 @@ BAD = [
     ("negative-count", _set("shard.workers", -1), ["shard.workers must be > 0", "got -1"], True),
     ("fraction-above-one", _set("shard.max_bad_fraction", 1.5), ["shard.max_bad_fraction must be <= 1"], True),
     ("unknown-enum", _set("shard.check", "full"), ["shard.check must be one of", "'header'"], True),
-    ("unknown-source", _set("datasets.digits.source", "digitz"), ["datasets.digits.source: unknown name 'digitz'", "Did you mean 'digits'"], True),
-    ("missing-path", _set("datasets.imagenet", {"source": "image_folder", "root": "/no/such/imagenet"}), ["datasets.imagenet.root", "'/no/such/imagenet' does not exist"], False),
-    ("missing-required", _set("datasets.imagenet", {"root": "/tmp"}), ["datasets.imagenet: missing required key 'source'"], True),
-    ("splits-not-a-list", _set("datasets.digits.splits", "train"), ["datasets.digits.splits must be a list of str"], True),
+    (
+        "unknown-source",
+        _set("datasets.digits.source", "digitz"),
+        ["datasets.digits.source: unknown name 'digitz'", "Did you mean 'digits'"],
+        True,
+    ),
+    (
+        "missing-path",
+        _set("datasets.imagenet", {"source": "image_folder", "root": "/no/such/imagenet"}),
+        ["datasets.imagenet.root", "'/no/such/imagenet' does not exist"],
+        False,
+    ),
+    (
+        "missing-required",
+        _set("datasets.imagenet", {"root": "/tmp"}),
+        ["datasets.imagenet: missing required key 'source'"],
+        True,
+    ),
+    (
+        "splits-not-a-list",
+        _set("datasets.digits.splits", "train"),
+        ["datasets.digits.splits must be a list of str"],
+        True,
+    ),
     ("empty-splits", _set("datasets.digits.splits", []), ["datasets.digits.splits must not be empty"], True),
     ("bad-dataset-name", _set("datasets.Digits-2", {"source": "digits"}), ["name 'Digits-2' must be lower-case"], True),
-    ("unknown-split", _set("datasets.digits.splits", ["train", "val"]), ["unknown split 'val' for source 'digits'", "Allowed: train, test"], False),
-    ("unknown-option", _set("datasets.digits.options", {"test_frac": 0.3}), ["unknown option 'test_frac'", "Did you mean 'test_fraction'"], False),
+    (
+        "unknown-split",
+        _set("datasets.digits.splits", ["train", "val"]),
+        ["unknown split 'val' for source 'digits'", "Allowed: train, test"],
+        False,
+    ),
+    (
+        "unknown-option",
+        _set("datasets.digits.options", {"test_frac": 0.3}),
+        ["unknown option 'test_frac'", "Did you mean 'test_fraction'"],
+        False,
+    ),
     ("no-datasets", _set("datasets", {}), ["datasets must not be empty"], True),
     ("section-not-a-mapping", _set("shard", [1, 2]), ["shard must be a mapping"], True),
-    ("torchvision-unknown-class", _set("datasets.cifar", {"source": "torchvision", "root": "/tmp", "splits": ["train"], "options": {"class": "CIFAR11", "splits": {"train": {"train": True}}}}), ["unknown torchvision dataset 'CIFAR11'", "Did you mean 'CIFAR10'"], False),
-    ("missing-required-root", _pop("datasets.mnist5k.source"), ["datasets.mnist5k: missing required key 'source'"], True),
-    ("run-unknown-dataset", _set("runs.esvit_demo.dataset", "mnist5"), ["runs.esvit_demo.dataset: unknown dataset 'mnist5'", "Did you mean 'mnist5k'"], False),
-    ("run-missing-config-file", _set("runs.esvit_demo.config", "configs/pretrain/nope.yaml"), ["runs.esvit_demo.config: path 'configs/pretrain/nope.yaml' does not exist"], False),
-    ("run-unknown-model", _set("runs.esvit_demo.overrides", ["model.arch=swin_tiny_w8"]), ["model.arch: unknown name 'swin_tiny_w8'", "Did you mean 'swin_tiny_w7'"], False),
-    ("run-bad-training-key", _set("runs.esvit_demo.overrides", ["optim.lr=-1"]), ["runs.esvit_demo", "optim.lr must be > 0"], False),
-    ("eval-unknown-dataset", _set("eval.datasets", ["digits", "mnist"]), ["eval.datasets[1]: unknown dataset 'mnist'", "Did you mean 'mnist5k'"], False),
+    (
+        "torchvision-unknown-class",
+        _set(
+            "datasets.cifar",
+            {
+                "source": "torchvision",
+                "root": "/tmp",
+                "splits": ["train"],
+                "options": {"class": "CIFAR11", "splits": {"train": {"train": True}}},
+            },
+        ),
+        ["unknown torchvision dataset 'CIFAR11'", "Did you mean 'CIFAR10'"],
+        False,
+    ),
+    (
+        "missing-required-root",
+        _pop("datasets.mnist5k.source"),
+        ["datasets.mnist5k: missing required key 'source'"],
+        True,
+    ),
+    (
+        "run-unknown-dataset",
+        _set("runs.esvit_demo.dataset", "mnist5"),
+        ["runs.esvit_demo.dataset: unknown dataset 'mnist5'", "Did you mean 'mnist5k'"],
+        False,
+    ),
+    (
+        "run-missing-config-file",
+        _set("runs.esvit_demo.config", "configs/pretrain/nope.yaml"),
+        ["runs.esvit_demo.config: path 'configs/pretrain/nope.yaml' does not exist"],
+        False,
+    ),
+    (
+        "run-unknown-model",
+        _set("runs.esvit_demo.overrides", ["model.arch=swin_tiny_w8"]),
+        ["model.arch: unknown name 'swin_tiny_w8'", "Did you mean 'swin_tiny_w7'"],
+        False,
+    ),
+    (
+        "run-bad-training-key",
+        _set("runs.esvit_demo.overrides", ["optim.lr=-1"]),
+        ["runs.esvit_demo", "optim.lr must be > 0"],
+        False,
+    ),
+    (
+        "eval-unknown-dataset",
+        _set("eval.datasets", ["digits", "mnist"]),
+        ["eval.datasets[1]: unknown dataset 'mnist'", "Did you mean 'mnist5k'"],
+        False,
+    ),
     ("eval-bad-metric", _set("datasets.digits.metric", "top1"), ["datasets.digits.metric must be one of"], True),
-    ("unknown-release", _set("runs.esvit_demo", {"release": "swin_tiny_w7_rv"}), ["runs.esvit_demo.release: unknown name 'swin_tiny_w7_rv'", "Did you mean 'swin_tiny_w7_v"], True),
-    ("release-and-config", _set("runs.esvit_demo.release", "swin_tiny_w7_vr"), ["runs.esvit_demo: give one of config"], False),
-    ("release-other-arch", _set("runs.esvit_demo", {"release": "swin_tiny_w7_vr", "arch": "swin_small_w7"}), ["runs.esvit_demo.arch: 'swin_small_w7', but release 'swin_tiny_w7_vr' is 'swin_tiny_w7'"], False),
-    ("download-by-hand-only", _set("datasets.cars", {"source": "stanford_cars", "root": "/tmp/cars", "download": True}), ["datasets.cars.download: source 'stanford_cars' cannot be downloaded automatically", "by hand"], False),
-    ("download-without-root", _set("datasets.c10", {"source": "cifar10", "download": True}), ["datasets.c10.root is required for source 'cifar10'", "set download: true on the dataset to fetch it there"], False),
-    ("run-bad-crops", _set("runs.esvit_demo.overrides", ["crops.local_size=[96, 64]"]), ["crops.local_number [4] and crops.local_size [96, 64] must have equal lengths"], False),
+    (
+        "unknown-release",
+        _set("runs.esvit_demo", {"release": "swin_tiny_w7_rv"}),
+        ["runs.esvit_demo.release: unknown name 'swin_tiny_w7_rv'", "Did you mean 'swin_tiny_w7_v"],
+        True,
+    ),
+    (
+        "release-and-config",
+        _set("runs.esvit_demo.release", "swin_tiny_w7_vr"),
+        ["runs.esvit_demo: give one of config"],
+        False,
+    ),
+    (
+        "release-other-arch",
+        _set("runs.esvit_demo", {"release": "swin_tiny_w7_vr", "arch": "swin_small_w7"}),
+        ["runs.esvit_demo.arch: 'swin_small_w7', but release 'swin_tiny_w7_vr' is 'swin_tiny_w7'"],
+        False,
+    ),
+    (
+        "download-by-hand-only",
+        _set("datasets.cars", {"source": "stanford_cars", "root": "/tmp/cars", "download": True}),
+        ["datasets.cars.download: source 'stanford_cars' cannot be downloaded automatically", "by hand"],
+        False,
+    ),
+    (
+        "download-without-root",
+        _set("datasets.c10", {"source": "cifar10", "download": True}),
+        ["datasets.c10.root is required for source 'cifar10'", "set download: true on the dataset to fetch it there"],
+        False,
+    ),
+    (
+        "run-bad-crops",
+        _set("runs.esvit_demo.overrides", ["crops.local_size=[96, 64]"]),
+        ["crops.local_number [4] and crops.local_size [96, 64] must have equal lengths"],
+        False,
+    ),
 ]
 
 

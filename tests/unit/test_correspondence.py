@@ -67,8 +67,12 @@ def test_an_oracle_matches_every_region_and_a_blind_network_scores_its_share_of_
     assert res["regions_per_view"] == 16 and res["pairs"] == 40 and res["chance"] == 6.25
     assert res["accuracy"] >= 97.0  # a region centred within a pixel of a cell border may round to its neighbour
     blind = Blind()
-    expected = np.mean([(correct_partner(view_pair(im, SIZE, seed=i)[2], SIZE, GRID) == 0).float().mean().item()
-                        for i, im in enumerate(images)])  # fmt: skip
+    expected = np.mean(
+        [
+            (correct_partner(view_pair(im, SIZE, seed=i)[2], SIZE, GRID) == 0).float().mean().item()
+            for i, im in enumerate(images)
+        ]
+    )
     assert correspondence_accuracy(blind, blind, images, SIZE)["accuracy"] == pytest.approx(100 * expected)
 
 

@@ -41,19 +41,56 @@ def test_each_process_takes_local_rank_modulo_the_visible_gpus(monkeypatch, loca
 
 
 def test_evaluation_commands_say_which_device_ran_and_refuse_a_missing_gpu(tmp_path, digits_shards):
-    proc = run_cli("extract", "--random-init", "--arch", "swin_pico", "--shards", str(digits_shards), "--out",
-                   str(tmp_path / "f.pt"), "--image-size", "32", "--workers", "0", "--no-progress")  # fmt: skip
+    proc = run_cli(
+        "extract",
+        "--random-init",
+        "--arch",
+        "swin_pico",
+        "--shards",
+        str(digits_shards),
+        "--out",
+        str(tmp_path / "f.pt"),
+        "--image-size",
+        "32",
+        "--workers",
+        "0",
+        "--no-progress",
+    )
     assert proc.returncode == 0 and "extract: device cpu (" in proc.stdout, proc.stderr
     for cmd, extra in (("probe", []), ("linear", ["--epochs", "1", "--no-progress"])):
         out = tmp_path / f"{cmd}.json"
-        proc = run_cli(cmd, "--train", str(tmp_path / "f.pt"), "--test", str(tmp_path / "f.pt"), "--out", str(out),
-                       "--run", "r", "--dataset", "d", *extra)  # fmt: skip
+        proc = run_cli(
+            cmd,
+            "--train",
+            str(tmp_path / "f.pt"),
+            "--test",
+            str(tmp_path / "f.pt"),
+            "--out",
+            str(out),
+            "--run",
+            "r",
+            "--dataset",
+            "d",
+            *extra,
+        )
         assert proc.returncode == 0, proc.stderr[-1500:]
         assert json.loads(out.read_text())["device"] == "cpu" and "device cpu (" in proc.stdout
     if not torch.cuda.is_available():
-        proc = run_cli("extract", "--random-init", "--arch", "swin_pico", "--shards", str(digits_shards), "--out",
-                       str(tmp_path / "g.pt"), "--device", "cuda")  # fmt: skip
-        assert proc.returncode == 2 and "--device: device 'cuda' asked for, but no CUDA device is visible" in proc.stderr
+        proc = run_cli(
+            "extract",
+            "--random-init",
+            "--arch",
+            "swin_pico",
+            "--shards",
+            str(digits_shards),
+            "--out",
+            str(tmp_path / "g.pt"),
+            "--device",
+            "cuda",
+        )
+        assert (
+            proc.returncode == 2 and "--device: device 'cuda' asked for, but no CUDA device is visible" in proc.stderr
+        )
         assert "Traceback" not in proc.stderr and not (tmp_path / "g.pt").exists()
 
 

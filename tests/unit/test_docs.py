@@ -7,8 +7,13 @@ import re
 
 from tests.conftest import REPO
 
-CITING = [p for p in REPO.rglob("*") if p.suffix in (".py", ".yaml", ".smk", ".md", ".sh")
-          and p.is_file() and not {".venv", ".snakemake", "data", ".git"} & set(p.relative_to(REPO).parts)]  # fmt: skip
+CITING = [
+    p
+    for p in REPO.rglob("*")
+    if p.suffix in (".py", ".yaml", ".smk", ".md", ".sh")
+    and p.is_file()
+    and not {".venv", ".snakemake", "data", ".git"} & set(p.relative_to(REPO).parts)
+]
 
 
 def _sections(doc: str) -> set[str]:
@@ -30,5 +35,9 @@ def test_every_cited_section_exists():
 
 def test_no_file_cites_a_document_outside_the_repository():
     outside = re.compile(r"(\.\./shared|reference/(esvit|datasets)\.md|(?<!docs/)DESIGN\.md|(?<![\w/])reference §)")
-    bad = [str(p.relative_to(REPO)) for p in CITING if p.name != "test_docs.py" and outside.search(p.read_text(errors="replace"))]
+    bad = [
+        str(p.relative_to(REPO))
+        for p in CITING
+        if p.name != "test_docs.py" and outside.search(p.read_text(errors="replace"))
+    ]
     assert not bad, bad

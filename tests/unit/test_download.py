@@ -117,10 +117,17 @@ def test_a_second_process_downloading_the_same_file_is_refused_naming_the_first(
 
     from esvit.lock import LockError
 
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom esvit.lock import RunLock\n"
-                               f"with RunLock({str(tmp_path / 'ckpt.pth')!r}, 'download of', folder=False):\n"
-                               "    print('held', flush=True); time.sleep(30)"],
-                              stdout=subprocess.PIPE, text=True)  # fmt: skip
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time\nfrom esvit.lock import RunLock\n"
+            f"with RunLock({str(tmp_path / 'ckpt.pth')!r}, 'download of', folder=False):\n"
+            "    print('held', flush=True); time.sleep(30)",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert holder.stdout.readline().strip() == "held"
         with pytest.raises(LockError, match=f"download of .*ckpt.pth.* is in use by pid {holder.pid}"):
@@ -181,7 +188,10 @@ def test_the_supervised_reference_is_timms_own_swin_t():
     from timm.models import get_pretrained_cfg
 
     cfg = get_pretrained_cfg("swin_tiny_patch4_window7_224.ms_in1k")
-    assert load_releases()["swin_tiny_supervised"]["url"] == f"https://huggingface.co/{cfg.hf_hub_id}/resolve/main/model.safetensors"
+    assert (
+        load_releases()["swin_tiny_supervised"]["url"]
+        == f"https://huggingface.co/{cfg.hf_hub_id}/resolve/main/model.safetensors"
+    )
 
 
 # ----------------------------------------------------------------------------------------- a real dataset
@@ -250,7 +260,9 @@ def test_an_interrupted_unpacking_is_redone_on_the_next_run(tmp_path, file_serve
     whole = (raw / "train-images-idx3-ubyte").read_bytes()
     (raw / "train-images-idx3-ubyte").write_bytes(whole[: len(whole) // 2])
     (root / ".esvit-download-mnist.json").unlink()
-    (root / ".esvit-unpacking-mnist.json").write_text(json.dumps([{"archive": str(raw / "train-images-idx3-ubyte.gz"), "to": str(raw)}]))
+    (root / ".esvit-unpacking-mnist.json").write_text(
+        json.dumps([{"archive": str(raw / "train-images-idx3-ubyte.gz"), "to": str(raw)}])
+    )
     assert fetch_dataset("mnist", root, mirror=file_server.url, progress=False) == []  # nothing downloaded again
     assert (raw / "train-images-idx3-ubyte").read_bytes() == whole and (root / ".esvit-download-mnist.json").is_file()
 

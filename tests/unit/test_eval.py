@@ -26,11 +26,11 @@ def naive_knn(train, train_y, test, test_y, k, t):
     test = test / test.norm(dim=1, keepdim=True)
     hits = 0
     for q, y in zip(test, test_y):
-        sims = [(float(q @ b), int(l)) for b, l in zip(train, train_y)]
+        sims = [(float(q @ b), int(label)) for b, label in zip(train, train_y)]
         sims.sort(key=lambda s: -s[0])
         votes = {}
-        for s, l in sims[:k]:
-            votes[l] = votes.get(l, 0.0) + np.exp(s / t)
+        for s, label in sims[:k]:
+            votes[label] = votes.get(label, 0.0) + np.exp(s / t)
         hits += max(votes, key=votes.get) == int(y)
     return 100.0 * hits / len(test)
 
@@ -99,7 +99,12 @@ def test_probe_agrees_with_a_sklearn_search_within_half_a_point():
     from esvit.data.sources import stratified_split
 
     parts = stratified_split(y[:2000].numpy(), 0.2, 0)
-    fx, fy, vx, vy = x[:2000][parts["train"]], y[:2000][parts["train"]], x[:2000][parts["test"]], y[:2000][parts["test"]]
+    fx, fy, vx, vy = (
+        x[:2000][parts["train"]],
+        y[:2000][parts["train"]],
+        x[:2000][parts["test"]],
+        y[:2000][parts["test"]],
+    )
     fxs, vxs = standardize(fx, vx)
 
     def evaluate(i):
@@ -124,8 +129,17 @@ def test_extract_caches_every_sample_once_resumes_after_a_kill_and_invalidates(d
     from esvit.eval.features import extract, load_backbone, load_features
 
     net, meta = load_backbone(None, "swin_pico", seed=0)
-    ref = extract(net, digits_shards, tmp_path / "ref.pt", meta, image_size=32, batch_size=64, num_workers=0,
-                  part_batches=3, show_progress=False)  # fmt: skip
+    ref = extract(
+        net,
+        digits_shards,
+        tmp_path / "ref.pt",
+        meta,
+        image_size=32,
+        batch_size=64,
+        num_workers=0,
+        part_batches=3,
+        show_progress=False,
+    )
     total = json.loads((digits_shards / "manifest.json").read_text())["total"]
     assert len(ref["keys"]) == len(set(ref["keys"])) == total
     assert ref["pooled"].dtype == torch.float16 and ref["pooled"].shape == (total, 192)
@@ -144,12 +158,30 @@ def test_extract_caches_every_sample_once_resumes_after_a_kill_and_invalidates(d
 
     out = tmp_path / "f.pt"
     with pytest.raises(KeyboardInterrupt):
-        extract(Dying(net, die_at=8), digits_shards, out, meta, image_size=32, batch_size=64, num_workers=0, part_batches=3,
-                show_progress=False)  # fmt: skip
+        extract(
+            Dying(net, die_at=8),
+            digits_shards,
+            out,
+            meta,
+            image_size=32,
+            batch_size=64,
+            num_workers=0,
+            part_batches=3,
+            show_progress=False,
+        )
     assert not out.exists() and len(list((tmp_path / "f.pt.parts").glob("part-*.pt"))) == 2
     again = Dying(net)
-    res = extract(again, digits_shards, out, meta, image_size=32, batch_size=64, num_workers=0, part_batches=3,
-                  show_progress=False)  # fmt: skip
+    res = extract(
+        again,
+        digits_shards,
+        out,
+        meta,
+        image_size=32,
+        batch_size=64,
+        num_workers=0,
+        part_batches=3,
+        show_progress=False,
+    )
     assert again.calls == -(-total // 64) - 6  # the 6 batches in the parts were not recomputed
     assert res["keys"] == ref["keys"] and torch.equal(res["pooled"], ref["pooled"])
     assert load_features(out)["meta"] == ref["meta"]
@@ -168,20 +200,73 @@ def test_cli_extract_knn_probe_write_the_metrics_contract(digits_shards, tmp_pat
     test_shards = tmp_path / "test"
     write_shards(get_source("digits"), "digits", "test", test_shards, ShardConfig(workers=1), progress=False)
     for split, shards in (("train", digits_shards), ("test", test_shards)):
-        proc = run_cli("extract", "--random-init", "--arch", "swin_pico", "--shards", str(shards), "--out",
-                       str(tmp_path / f"{split}.pt"), "--image-size", "32", "--workers", "0", "--no-progress")  # fmt: skip
+        proc = run_cli(
+            "extract",
+            "--random-init",
+            "--arch",
+            "swin_pico",
+            "--shards",
+            str(shards),
+            "--out",
+            str(tmp_path / f"{split}.pt"),
+            "--image-size",
+            "32",
+            "--workers",
+            "0",
+            "--no-progress",
+        )
         assert proc.returncode == 0, proc.stderr[-2000:]
     for ev, extra in (("knn", ()), ("probe", ()), ("linear", ("--epochs", "3", "--no-progress"))):
         out = tmp_path / f"{ev}.json"
-        proc = run_cli(ev, "--train", str(tmp_path / "train.pt"), "--test", str(tmp_path / "test.pt"), "--out", str(out),
-                       "--run", "r", "--dataset", "digits", *extra)  # fmt: skip
+        proc = run_cli(
+            ev,
+            "--train",
+            str(tmp_path / "train.pt"),
+            "--test",
+            str(tmp_path / "test.pt"),
+            "--out",
+            str(out),
+            "--run",
+            "r",
+            "--dataset",
+            "digits",
+            *extra,
+        )
         assert proc.returncode == 0, proc.stderr[-2000:]
         m = json.loads(out.read_text())
-        assert {"run", "arch", "dataset", "eval", "metric_name", "value", "metrics", "n_train", "n_test", "hparams",
-                "checkpoint", "wall_s"} <= set(m)  # fmt: skip
-        assert m["eval"] == (ev if ev != "linear" else "linear_fast") and m["n_train"] == 1438 and m["n_test"] == 359 and 10 < m["value"] <= 100
-    bad = run_cli("knn", "--train", str(tmp_path / "nope.pt"), "--test", str(tmp_path / "test.pt"), "--out",
-                  str(tmp_path / "x.json"), "--run", "r", "--dataset", "d")  # fmt: skip
+        assert {
+            "run",
+            "arch",
+            "dataset",
+            "eval",
+            "metric_name",
+            "value",
+            "metrics",
+            "n_train",
+            "n_test",
+            "hparams",
+            "checkpoint",
+            "wall_s",
+        } <= set(m)
+        assert (
+            m["eval"] == (ev if ev != "linear" else "linear_fast")
+            and m["n_train"] == 1438
+            and m["n_test"] == 359
+            and 10 < m["value"] <= 100
+        )
+    bad = run_cli(
+        "knn",
+        "--train",
+        str(tmp_path / "nope.pt"),
+        "--test",
+        str(tmp_path / "test.pt"),
+        "--out",
+        str(tmp_path / "x.json"),
+        "--run",
+        "r",
+        "--dataset",
+        "d",
+    )
     assert bad.returncode == 1 and "esvit extract" in bad.stderr
 
 
@@ -206,9 +291,21 @@ def test_linear_paper_mode_trains_only_the_head_on_augmented_views(digits_shards
 
     net, meta = load_backbone(None, "swin_pico", seed=0)
     before = {k: v.clone() for k, v in net.state_dict().items()}
-    val = extract(net, digits_shards, tmp_path / "val.pt", meta, image_size=32, batch_size=64, num_workers=0, show_progress=False)
-    res = linear_paper(net, digits_shards, val["last_blocks"], val["labels"], image_size=32, epochs=3, batch_size=64,
-                       base_lr=0.5, num_workers=0, show_progress=False)  # fmt: skip
+    val = extract(
+        net, digits_shards, tmp_path / "val.pt", meta, image_size=32, batch_size=64, num_workers=0, show_progress=False
+    )
+    res = linear_paper(
+        net,
+        digits_shards,
+        val["last_blocks"],
+        val["labels"],
+        image_size=32,
+        epochs=3,
+        batch_size=64,
+        base_lr=0.5,
+        num_workers=0,
+        show_progress=False,
+    )
     assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())  # the backbone stayed frozen
     assert len(res.history) == 3 and res.best_top1 > 30  # 10 classes: chance is 10 %
 
@@ -262,6 +359,7 @@ def test_search_scores_do_not_depend_on_where_each_fit_started():
         assert abs(cold[lam] - score) <= 2 * 100 / len(vy) + 1e-6, (lam, cold[lam], score)
     assert max(cold.values()) == pytest.approx(max(res.val_scores.values()))
 
+
 def test_probe_knn_and_extraction_report_progress_with_totals(digits_shards, tmp_path, capsys):
     """Long evaluation work says how far it is: the probe counts its fits, k-NN its queries, extraction its images
     against the shards' total (with loader workers too). Off a terminal: a line at least at the end."""
@@ -272,8 +370,15 @@ def test_probe_knn_and_extraction_report_progress_with_totals(digits_shards, tmp
     x, y = torch.randn(300, 8, generator=gen), torch.randint(0, 3, (300,), generator=gen)
     run_probe(x[:200], y[:200], x[200:], y[200:], show_progress=True)
     knn_classify(x[:200], y[:200], x[200:], y[200:], show_progress=True, query_chunk=30)
-    cache = extract(Backbone("swin_pico"), digits_shards, tmp_path / "train.pt", {"arch": "swin_pico"},
-                    image_size=32, batch_size=64, num_workers=2)  # fmt: skip
+    cache = extract(
+        Backbone("swin_pico"),
+        digits_shards,
+        tmp_path / "train.pt",
+        {"arch": "swin_pico"},
+        image_size=32,
+        batch_size=64,
+        num_workers=2,
+    )
     err = capsys.readouterr().err
     fits = [line for line in err.splitlines() if line.startswith("probe accuracy:")][-1]
     done, total = map(int, fits.split(":")[1].split()[0].split("/"))

@@ -35,14 +35,16 @@ def test_checker_counts_function_level_imports_but_not_type_checking(graph_tool,
     pkg.mkdir()
     (pkg / "__init__.py").write_text("")
     (pkg / "a.py").write_text("from pkg.b import thing\n")
-    (pkg / "b.py").write_text(textwrap.dedent("""
+    (pkg / "b.py").write_text(
+        textwrap.dedent("""
         from typing import TYPE_CHECKING
         if TYPE_CHECKING:
             from pkg.c import Other
         def thing():
             from pkg import a  # hidden from Python at import time, still a cycle
             return a
-    """))
+    """)
+    )
     (pkg / "c.py").write_text("from . import b\n")
     graph = graph_tool.import_graph(pkg)
     assert graph == {"pkg": set(), "pkg.a": {"pkg.b"}, "pkg.b": {"pkg.a"}, "pkg.c": {"pkg.b"}}

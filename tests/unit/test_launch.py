@@ -9,14 +9,16 @@ import signal
 import pytest
 
 from esvit.config import ConfigError
-from esvit.launch.signals import GracefulStop
 from esvit.launch import submit
+from esvit.launch.signals import GracefulStop
 from esvit.launch.submit import LaunchError, _gpus, executor_for, follow
 from esvit.train.config import load_train_config
 
 
-@pytest.mark.parametrize("gres,n", [("gpu:8", 8), ("gpu:a100:4(S:0-1)", 4), ("(null)", 0),
-                                    ("gpu:h100:8,shard:16", 8), ("tmpdisk:100,gpu:2", 2)])  # fmt: skip
+@pytest.mark.parametrize(
+    "gres,n",
+    [("gpu:8", 8), ("gpu:a100:4(S:0-1)", 4), ("(null)", 0), ("gpu:h100:8,shard:16", 8), ("tmpdisk:100,gpu:2", 2)],
+)
 def test_gpus_per_node_from_sinfo_gres(gres, n):
     assert _gpus(gres) == n
 
@@ -44,16 +46,41 @@ def test_one_task_per_gpu_is_enforced():
 
 
 def test_executor_gets_every_setting_into_the_sbatch_script(tmp_path):
-    cfg = load_train_config(None, [
-        "launch.nodes=4", "launch.gpus_per_node=8", "launch.cpus_per_task=12", "launch.mem_gb=480", "launch.timeout_min=2880",
-        "launch.account=lab", "launch.qos=high", "launch.constraint=h100", "launch.signal_delay_s=180",
-        "launch.sbatch={exclusive: true, reservation: r1}", "launch.setup=[module load cuda]",
-    ])  # fmt: skip
+    cfg = load_train_config(
+        None,
+        [
+            "launch.nodes=4",
+            "launch.gpus_per_node=8",
+            "launch.cpus_per_task=12",
+            "launch.mem_gb=480",
+            "launch.timeout_min=2880",
+            "launch.account=lab",
+            "launch.qos=high",
+            "launch.constraint=h100",
+            "launch.signal_delay_s=180",
+            "launch.sbatch={exclusive: true, reservation: r1}",
+            "launch.setup=[module load cuda]",
+        ],
+    )
     ex = executor_for(cfg.launch, tmp_path, "gpu", tmp_path / "swin_b")
     script = ex._executor._make_submission_file_text("python -m x", "uid")  # the sbatch file submitit would write
-    for flag in ["--nodes=4", "--gpus-per-node=8", "--ntasks-per-node=8", "--cpus-per-task=12", "--mem=480GB",
-                 "--time=2880", "--partition=gpu", "--account=lab", "--qos=high", "--constraint=h100",
-                 "--signal=USR2@180", "--exclusive", "--reservation=r1", "--requeue", "--job-name=esvit-swin_b"]:  # fmt: skip
+    for flag in [
+        "--nodes=4",
+        "--gpus-per-node=8",
+        "--ntasks-per-node=8",
+        "--cpus-per-task=12",
+        "--mem=480GB",
+        "--time=2880",
+        "--partition=gpu",
+        "--account=lab",
+        "--qos=high",
+        "--constraint=h100",
+        "--signal=USR2@180",
+        "--exclusive",
+        "--reservation=r1",
+        "--requeue",
+        "--job-name=esvit-swin_b",
+    ]:
         assert f"#SBATCH {flag}" in script, (flag, script)
     assert "module load cuda" in script
 
@@ -108,7 +135,9 @@ def test_follow_reports_an_end_state_once_it_has_held(tmp_path, monkeypatch):
 
 
 def test_a_total_batch_the_job_shape_cannot_split_is_refused_before_submitting(tmp_path, monkeypatch):
-    cfg = load_train_config("configs/paper/swin_tiny_w7.yaml", ["launch.launcher=slurm", "launch.nodes=3", "launch.gpus_per_node=1"])
+    cfg = load_train_config(
+        "configs/paper/swin_tiny_w7.yaml", ["launch.launcher=slurm", "launch.nodes=3", "launch.gpus_per_node=1"]
+    )
     monkeypatch.setattr(submit, "preflight", lambda lc: pytest.fail("preflight ran: the shape should be refused first"))
     with pytest.raises(ConfigError, match="optim.total_batch_size 512 cannot be split over 3 processes"):
         submit.submit_or_reattach(cfg, tmp_path, io.StringIO())

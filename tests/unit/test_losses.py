@@ -143,7 +143,9 @@ def test_view_only_loss_has_no_region_term_and_equals_dino():
     parts = loss(student, GroupOutput(teacher[0].view, None, None), 0)
     zeros = torch.zeros(1, K, dtype=torch.float64)
     assert parts.region is None
-    assert math.isclose(parts.total.item(), naive_loss(s_crops, t_crops, zeros, zeros, 0.04, 0.1, 0.0).item(), abs_tol=1e-9)
+    assert math.isclose(
+        parts.total.item(), naive_loss(s_crops, t_crops, zeros, zeros, 0.04, 0.1, 0.0).item(), abs_tol=1e-9
+    )
 
 
 def test_fused_scaled_logsumexp_matches_autograd():
@@ -209,7 +211,10 @@ def test_fused_cross_entropy_matches_autograd_for_any_chunking(rows):
     n, m, d, k, p = 13, 7, 5, 40, 30
     z_s = torch.randn(n, d, generator=gen, dtype=torch.float64, requires_grad=True)
     w_s = torch.randn(k, d, generator=gen, dtype=torch.float64, requires_grad=True)
-    z_t, w_t = torch.randn(m, d, generator=gen, dtype=torch.float64), torch.randn(k, d, generator=gen, dtype=torch.float64)
+    z_t, w_t = (
+        torch.randn(m, d, generator=gen, dtype=torch.float64),
+        torch.randn(k, d, generator=gen, dtype=torch.float64),
+    )
     center = torch.randn(1, k, generator=gen, dtype=torch.float64)
     s_rows, t_rows = torch.randint(0, n, (p,), generator=gen), torch.randint(0, m, (p,), generator=gen)
     weights = torch.rand(p, generator=gen, dtype=torch.float64)
@@ -226,7 +231,10 @@ def test_fused_cross_entropy_matches_autograd_for_any_chunking(rows):
 def _as_logits(groups, weights):
     """GroupOutputs of embeddings + their last layers -> the same outputs as logits (what unchunked heads give)."""
     view_w, region_w = weights
-    return [GroupOutput(g.view @ view_w.T, g.region @ region_w.T if g.region is not None else None, g.features) for g in groups]
+    return [
+        GroupOutput(g.view @ view_w.T, g.region @ region_w.T if g.region is not None else None, g.features)
+        for g in groups
+    ]
 
 
 def _embedded_outputs(sizes, gen, d, k, dtype=torch.float64):
@@ -284,7 +292,9 @@ def test_chunked_heads_at_the_papers_65536_prototypes_match_the_logits_path():
     with torch.no_grad():
         for w in (*s_weights, *t_weights):
             w.mul_(3.0)  # logits of a trained head's range
-    teacher = GroupOutput(teacher[0].view.detach(), teacher[0].region.detach(), teacher[0].features, teacher[0].last_layers)
+    teacher = GroupOutput(
+        teacher[0].view.detach(), teacher[0].region.detach(), teacher[0].features, teacher[0].last_layers
+    )
     chunked, plain = EsViTLoss(k, epochs=3), EsViTLoss(k, epochs=3)
     leaves = [g.view for g in student] + [g.region for g in student] + list(s_weights)
     a = chunked(student, teacher, 0)
@@ -341,8 +351,19 @@ def test_the_flop_counter_sees_every_product_of_the_fused_loss():
     z_s, w_s = torch.randn(n, d, requires_grad=True), torch.randn(k, d, requires_grad=True)
     rows = torch.arange(n) % m
     with FlopCounterMode(display=False) as counter:
-        loss, _ = fused_cross_entropy(z_s, w_s, torch.randn(m, d), torch.randn(k, d), torch.zeros(1, k), torch.arange(n),
-                                      rows, torch.ones(n), 0.1, 0.04, rows=4)  # fmt: skip
+        loss, _ = fused_cross_entropy(
+            z_s,
+            w_s,
+            torch.randn(m, d),
+            torch.randn(k, d),
+            torch.zeros(1, k),
+            torch.arange(n),
+            rows,
+            torch.ones(n),
+            0.1,
+            0.04,
+            rows=4,
+        )
         loss.backward()
     assert counter.get_total_flops() == 2 * k * d * 3 * (n + m)
 
@@ -367,8 +388,19 @@ def _fused_grads(case, dtype, product_dtype, scale=65536.0):
     w, z_s, z_t, s_rows, t_rows, weights = case
     z = z_s.to(dtype).detach().clone().requires_grad_()
     ws = w.to(dtype).detach().clone().requires_grad_()
-    loss, _ = fused_cross_entropy(z, ws, z_t.to(dtype), w.to(dtype), torch.zeros(1, w.shape[0], dtype=dtype), s_rows, t_rows,
-                                  weights.to(dtype), 0.1, 0.04, dtype=product_dtype)  # fmt: skip
+    loss, _ = fused_cross_entropy(
+        z,
+        ws,
+        z_t.to(dtype),
+        w.to(dtype),
+        torch.zeros(1, w.shape[0], dtype=dtype),
+        s_rows,
+        t_rows,
+        weights.to(dtype),
+        0.1,
+        0.04,
+        dtype=product_dtype,
+    )
     (loss * scale).backward()
     return loss.double(), z.grad.double() / scale, ws.grad.double() / scale
 
@@ -396,9 +428,20 @@ def test_a_retained_graph_gives_the_same_gradients_twice_and_no_grad_forms_none(
 
     gen = torch.Generator().manual_seed(17)
     n, m, d, k = 10, 6, 8, 64
-    z_s, w_s = torch.randn(n, d, generator=gen, requires_grad=True), torch.randn(k, d, generator=gen, requires_grad=True)
-    args = (torch.randn(m, d, generator=gen), torch.randn(k, d, generator=gen), torch.zeros(1, k), torch.arange(n),
-            torch.arange(n) % m, torch.ones(n), 0.1, 0.04)  # fmt: skip
+    z_s, w_s = (
+        torch.randn(n, d, generator=gen, requires_grad=True),
+        torch.randn(k, d, generator=gen, requires_grad=True),
+    )
+    args = (
+        torch.randn(m, d, generator=gen),
+        torch.randn(k, d, generator=gen),
+        torch.zeros(1, k),
+        torch.arange(n),
+        torch.arange(n) % m,
+        torch.ones(n),
+        0.1,
+        0.04,
+    )
     loss, t_sum = fused_cross_entropy(z_s, w_s, *args)
     assert not t_sum.requires_grad
     first = torch.autograd.grad(loss * 2.0, (z_s, w_s), retain_graph=True)

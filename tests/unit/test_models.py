@@ -12,11 +12,22 @@ from esvit.models.backbones import FEATURES
 
 # arch -> (C, tokens at 224, tokens at 96)
 EXPECTED = {
-    "swin_tiny_w7": (768, 49, 9), "swin_small_w7": (768, 49, 9), "swin_base_w7": (1024, 49, 9),
-    "swin_tiny_w14": (768, 49, 9), "swin_small_w14": (768, 49, 9), "swin_base_w14": (1024, 49, 9),
-    "swin_nano": (384, 49, 9), "swin_pico": (192, 49, 9), "swin_femto": (96, 784, 144), "swin_test_w7": (32, 49, 9), "swin_test_w14": (32, 49, 9),
-    "vit_small": (384, 196, 36), "vit_base": (768, 196, 36), "deit_small": (384, 196, 36), "resnet50": (2048, 49, 9),
-}  # fmt: skip
+    "swin_tiny_w7": (768, 49, 9),
+    "swin_small_w7": (768, 49, 9),
+    "swin_base_w7": (1024, 49, 9),
+    "swin_tiny_w14": (768, 49, 9),
+    "swin_small_w14": (768, 49, 9),
+    "swin_base_w14": (1024, 49, 9),
+    "swin_nano": (384, 49, 9),
+    "swin_pico": (192, 49, 9),
+    "swin_femto": (96, 784, 144),
+    "swin_test_w7": (32, 49, 9),
+    "swin_test_w14": (32, 49, 9),
+    "vit_small": (384, 196, 36),
+    "vit_base": (768, 196, 36),
+    "deit_small": (384, 196, 36),
+    "resnet50": (2048, 49, 9),
+}
 
 
 def test_every_registered_arch_is_covered():
@@ -85,7 +96,11 @@ def test_net_groups_crops_by_size_and_keeps_regions_batch_major():
     crops = [torch.randn(3, 3, 64, 64)] * 2 + [torch.randn(3, 3, 32, 32)] * 4
     out = net(crops)
     assert [g.n_crops for g in out] == [2, 4]
-    assert out[0].view.shape == (2, 3, 50) and out[0].region.shape == (3, 2, 4, 50) and out[0].features.shape == (3, 2, 4, 192)
+    assert (
+        out[0].view.shape == (2, 3, 50)
+        and out[0].region.shape == (3, 2, 4, 50)
+        and out[0].features.shape == (3, 2, 4, 192)
+    )
     assert out[1].region.shape == (3, 4, 1, 50)
     view_only = EsViTNet(Backbone("swin_pico"), out_dim=50, region=False, hidden_dim=32, bottleneck_dim=8)
     assert view_only.head_dense is None and view_only(crops)[1].region is None

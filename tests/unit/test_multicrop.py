@@ -37,8 +37,8 @@ def photo(size=(320, 240), seed: int = 0) -> Image.Image:
     imgs = load_sample_images().images
     rng = np.random.default_rng(seed)
     a = imgs[seed % 2]
-    t, l = rng.integers(0, 100), rng.integers(0, 200)
-    return Image.fromarray(a[t : t + 320, l : l + 420]).resize(size, Image.BICUBIC)
+    top, left = rng.integers(0, 100), rng.integers(0, 200)
+    return Image.fromarray(a[top : top + 320, left : left + 420]).resize(size, Image.BICUBIC)
 
 
 def recover_box(crop: np.ndarray, flipped: bool) -> tuple[float, float]:
@@ -64,9 +64,13 @@ def test_crop_boxes_have_the_reference_scale_and_ratio_distributions():
     for _ in range(400):
         crops, params = fast(img)
         for i, c in enumerate(crops):
-            ours["global" if i < 2 else "local"].append(recover_box(c.permute(1, 2, 0).numpy(), bool(params[i, P["flip"]])))
-    theirs = {"global": [recover_box(np.asarray(ref_g(img)), False) for _ in range(800)],
-              "local": [recover_box(np.asarray(ref_l(img)), False) for _ in range(1600)]}  # fmt: skip
+            ours["global" if i < 2 else "local"].append(
+                recover_box(c.permute(1, 2, 0).numpy(), bool(params[i, P["flip"]]))
+            )
+    theirs = {
+        "global": [recover_box(np.asarray(ref_g(img)), False) for _ in range(800)],
+        "local": [recover_box(np.asarray(ref_l(img)), False) for _ in range(1600)],
+    }
     for kind in ("global", "local"):
         a, b = np.array(ours[kind]), np.array(theirs[kind])
         for j, what in enumerate(("area fraction", "log aspect ratio")):
@@ -98,7 +102,12 @@ def test_colour_op_probabilities_and_factor_ranges_are_the_references():
     rate(rows[:, 1, P["solarize"]], 0.2, "global 2 solarize")
     assert rows[:, 0, P["solarize"]].sum() == 0 and rows[:, 2:, P["solarize"]].sum() == 0
     jit = rows[rows[..., P["jitter"]] > 0]
-    for name, lo, hi in (("brightness", 0.6, 1.4), ("contrast", 0.6, 1.4), ("saturation", 0.8, 1.2), ("hue", -0.1, 0.1)):
+    for name, lo, hi in (
+        ("brightness", 0.6, 1.4),
+        ("contrast", 0.6, 1.4),
+        ("saturation", 0.8, 1.2),
+        ("hue", -0.1, 0.1),
+    ):
         p = stats.kstest(jit[:, P[name]].numpy(), stats.uniform(lo, hi - lo).cdf).pvalue
         assert p > 0.01, f"{name} factor is not U({lo}, {hi}) (KS p={p:.4f})"
     sig = rows[..., P["blur_sigma"]][rows[..., P["blur_sigma"]] > 0].numpy()
@@ -113,8 +122,12 @@ def reference_ops(crop: np.ndarray, row) -> np.ndarray:
     """The reference's PIL / torchvision ops on one (already flipped) crop, with explicit parameters."""
     img = Image.fromarray(crop)
     if row[P["jitter"]]:
-        fns = [lambda i: TF.adjust_brightness(i, row[P["brightness"]]), lambda i: TF.adjust_contrast(i, row[P["contrast"]]),
-               lambda i: TF.adjust_saturation(i, row[P["saturation"]]), lambda i: TF.adjust_hue(i, row[P["hue"]])]  # fmt: skip
+        fns = [
+            lambda i: TF.adjust_brightness(i, row[P["brightness"]]),
+            lambda i: TF.adjust_contrast(i, row[P["contrast"]]),
+            lambda i: TF.adjust_saturation(i, row[P["saturation"]]),
+            lambda i: TF.adjust_hue(i, row[P["hue"]]),
+        ]
         for k in range(4):
             img = fns[int(row[P[f"order{k}"]])](img)
     if row[P["gray"]]:
@@ -155,7 +168,10 @@ def test_batched_device_ops_match_the_loader_ops():
     ours = torch.stack([torch.from_numpy(apply_ops_uint8(c.copy(), r)).permute(2, 0, 1) for c, r in zip(crops, rows)])
     batch = torch.stack([torch.from_numpy(c).permute(2, 0, 1) for c in crops])
     out = photometric(batch, torch.tensor(rows))
-    mean, std = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1), torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    mean, std = (
+        torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1),
+        torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1),
+    )
     pixels = (out * std + mean) * 255
     diff = (pixels - ours.float()).abs().mean(dim=(1, 2, 3))
     assert diff.mean() < 1.5 and diff.max() < 4.0, diff
@@ -206,8 +222,14 @@ def test_reduced_scale_decode_only_when_every_crop_stays_large_enough(monkeypatc
     monkeypatch.setattr(JpegImagePlugin.JpegImageFile, "draft", spy)
     buf = io.BytesIO()
     photo((2048, 1536)).save(buf, format="JPEG", quality=90)
-    kw = dict(global_size=224, global_scale=(0.4, 1.0), local_number=[2], local_size=[96], local_scale=(0.3, 0.4),
-              photometric_on="device")  # fmt: skip
+    kw = dict(
+        global_size=224,
+        global_scale=(0.4, 1.0),
+        local_number=[2],
+        local_size=[96],
+        local_scale=(0.3, 0.4),
+        photometric_on="device",
+    )
     torch.manual_seed(6)
     random.seed(6)
     state = (torch.get_rng_state(), random.getstate())
@@ -232,11 +254,21 @@ def test_grayscale_rate_of_the_outputs_matches_the_reference_transform():
     random.seed(5)
 
     def gray_rate(crops_list):
-        grey = [bool((c[0] - c[1]).abs().max() < 1e-3 and (c[1] - c[2]).abs().max() < 1e-3) for cs in crops_list for c in cs]
+        grey = [
+            bool((c[0] - c[1]).abs().max() < 1e-3 and (c[1] - c[2]).abs().max() < 1e-3) for cs in crops_list for c in cs
+        ]
         return np.mean(grey), len(grey)
 
-    r, n = gray_rate([[c * torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1) + torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1)
-                       for c in ref(img)] for _ in range(300)])  # fmt: skip
+    r, n = gray_rate(
+        [
+            [
+                c * torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)
+                + torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1)
+                for c in ref(img)
+            ]
+            for _ in range(300)
+        ]
+    )
     f, _ = gray_rate([[c.float() for c in fast(img)[0]] for _ in range(300)])
     sd = (0.2 * 0.8 / n) ** 0.5
     assert abs(r - 0.2) < 4 * sd and abs(f - 0.2) < 4 * sd, (r, f)
@@ -248,7 +280,9 @@ def test_training_runs_on_the_fast_augmentation(digits_shards, tmp_path, where):
     from esvit.train.loop import train
     from tests.conftest import TINY
 
-    cfg = load_train_config(None, [*TINY, f"data.shards={digits_shards}", "optim.epochs=1", "data.num_workers=0",
-                                   f"data.photometric_on={where}"])  # fmt: skip
+    cfg = load_train_config(
+        None,
+        [*TINY, f"data.shards={digits_shards}", "optim.epochs=1", "data.num_workers=0", f"data.photometric_on={where}"],
+    )
     final = train(cfg, tmp_path / where, show_progress=False)
     assert final.exists()

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from esvit.data.pipeline import eval_pipeline, make_loader, open_shards, train_pipeline
-from esvit.data.shards import ShardError, ShardConfig, write_shards
+from esvit.data.shards import ShardConfig, ShardError, write_shards
 from esvit.data.sources import get_source
 
 
@@ -40,7 +40,9 @@ def test_eval_sees_every_key_exactly_once_across_2_ranks_x_2_workers(digits_shar
 
 
 def train_labels(shards, epoch: int, batches: int, skip: int = 0, rank: int = 0, workers: int = 2) -> list[list[int]]:
-    pipe = train_pipeline(shards, to_tensor, batch_size=16, rank=rank, seed=7, epoch=epoch, shuffle_buffer=64, skip_batches=skip)
+    pipe = train_pipeline(
+        shards, to_tensor, batch_size=16, rank=rank, seed=7, epoch=epoch, shuffle_buffer=64, skip_batches=skip
+    )
     out = []
     for images, labels in make_loader(pipe, num_workers=workers, batches_per_epoch=batches - skip):
         assert images.shape == (16, 3, 8, 8)

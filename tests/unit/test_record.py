@@ -10,15 +10,41 @@ import pytest
 from esvit.errors import EsvitError
 from esvit.eval.record import REQUIRED_KEYS, MetricsRecord, RecordError, read_record
 
-CONTRACT_KEYS = ["run", "arch", "dataset", "eval", "metric_name", "value", "metrics", "n_train", "n_test", "hparams",
-                 "checkpoint", "checkpoint_sha256", "wall_s", "device"]
+CONTRACT_KEYS = [
+    "run",
+    "arch",
+    "dataset",
+    "eval",
+    "metric_name",
+    "value",
+    "metrics",
+    "n_train",
+    "n_test",
+    "hparams",
+    "checkpoint",
+    "checkpoint_sha256",
+    "wall_s",
+    "device",
+]
 
 
 def _record(**changes) -> MetricsRecord:
-    fields = dict(run="esvit_demo", arch="swin_femto", dataset="fashion_mnist", eval="linear_fast", metric_name="top1",
-                  value=81.2345, metrics={"top1": 81.2345, "best_top1": 82.0, "best_epoch": 3, "history": [70.0, 82.0]},
-                  n_train=1438, n_test=359, hparams={"mode": "fast", "epochs": 4}, checkpoint="results/x/final.pth",
-                  checkpoint_sha256="ab" * 32, wall_s=1.234, device="cpu")
+    fields = dict(
+        run="esvit_demo",
+        arch="swin_femto",
+        dataset="fashion_mnist",
+        eval="linear_fast",
+        metric_name="top1",
+        value=81.2345,
+        metrics={"top1": 81.2345, "best_top1": 82.0, "best_epoch": 3, "history": [70.0, 82.0]},
+        n_train=1438,
+        n_test=359,
+        hparams={"mode": "fast", "epochs": 4},
+        checkpoint="results/x/final.pth",
+        checkpoint_sha256="ab" * 32,
+        wall_s=1.234,
+        device="cpu",
+    )
     return MetricsRecord(**{**fields, **changes})
 
 
@@ -53,9 +79,15 @@ def test_a_file_missing_a_required_key_is_refused_naming_the_file_and_the_key(tm
     assert str(path) in str(err.value) and repr(key) in str(err.value)
 
 
-@pytest.mark.parametrize("text,why", [("{not json", "Expecting property name"), ("[1, 2]", "not a JSON object"),
-                                      (json.dumps({**_record().to_json(), "value": "high"}), "not a number"),
-                                      (json.dumps({**_record().to_json(), "metrics": None}), "not a JSON object")])
+@pytest.mark.parametrize(
+    "text,why",
+    [
+        ("{not json", "Expecting property name"),
+        ("[1, 2]", "not a JSON object"),
+        (json.dumps({**_record().to_json(), "value": "high"}), "not a number"),
+        (json.dumps({**_record().to_json(), "metrics": None}), "not a JSON object"),
+    ],
+)
 def test_unreadable_records_are_refused_naming_the_file(tmp_path, text, why):
     path = tmp_path / "metrics.json"
     path.write_text(text)

@@ -12,7 +12,8 @@ from PIL import Image
 
 from esvit.report import build_report
 from esvit.report.tables import PAPER_CSV, transfer_table
-from tests.conftest import run_cli, write_metrics as _metrics
+from tests.conftest import run_cli
+from tests.conftest import write_metrics as _metrics
 
 
 def test_report_tables_against_the_paper(results, tmp_path):
@@ -25,7 +26,11 @@ def test_report_tables_against_the_paper(results, tmp_path):
     paper = pd.read_csv(PAPER_CSV)
     ref = paper[(paper.table == 1) & (paper.arch == "Swin-T") & (paper.window == 7) & (paper.method == "EsViT")].iloc[0]
     row = next(line for line in md.splitlines() if line.startswith("| tiny |") and "Table 1" in line)
-    assert f"{ref.imagenet_linear:.2f}" in row and f"{77.0 - ref.imagenet_linear:.2f}" in row and f"{74.0 - ref.imagenet_knn:.2f}" in row
+    assert (
+        f"{ref.imagenet_linear:.2f}" in row
+        and f"{77.0 - ref.imagenet_linear:.2f}" in row
+        and f"{74.0 - ref.imagenet_knn:.2f}" in row
+    )
     avg = next(line for line in md.splitlines() if line.startswith("| average |"))
     assert avg.count("—") == 2  # cifar10 and dtd are 2 of the 18 sets: no average of 2 (pets is outside the suite)
     assert next(line for line in md.splitlines() if line.startswith("| present |")).count("2/18") == 2
@@ -42,10 +47,19 @@ def test_report_tables_against_the_paper(results, tmp_path):
 
 
 def test_wins_count_strictly_better_datasets():
-    df = pd.DataFrame([
-        {"run": r, "dataset": d, "eval": "probe", "metric": "accuracy", "value": v}
-        for r, d, v in [("a", "x", 1.0), ("a", "y", 5.0), ("a", "z", 3.0), ("b", "x", 2.0), ("b", "y", 5.0), ("b", "z", 1.0)]
-    ])  # fmt: skip
+    df = pd.DataFrame(
+        [
+            {"run": r, "dataset": d, "eval": "probe", "metric": "accuracy", "value": v}
+            for r, d, v in [
+                ("a", "x", 1.0),
+                ("a", "y", 5.0),
+                ("a", "z", 3.0),
+                ("b", "x", 2.0),
+                ("b", "y", 5.0),
+                ("b", "z", 1.0),
+            ]
+        ]
+    )
     t = transfer_table(df, "probe", baseline="b")
     assert t.wins == {"a": 1} and t.table.loc["average", "a"] == pytest.approx(3.0)
 
@@ -68,13 +82,21 @@ def test_the_transfer_average_is_over_the_whole_suite_and_wins_are_counted_again
     files = build_report(res, tmp_path / "report")
     md = files["summary.md"].read_text()
     probe = md.split("## Transfer: linear probe", 1)[1].split("\n## ", 1)[0]
-    rows = {ln.split("|")[1].strip(): ln for ln in probe.splitlines() if ln.startswith("| ") and not ln.startswith("| dataset")}
+    rows = {
+        ln.split("|")[1].strip(): ln
+        for ln in probe.splitlines()
+        if ln.startswith("| ") and not ln.startswith("| dataset")
+    }
     from esvit.data.transfer import load_registry
 
     assert set(load_registry()) <= set(rows)  # all 18 sets listed
     assert rows["food101"].count("—") == 3 and rows["average"].count("—") == 3  # no average of 2 sets out of 18
     assert rows["present"].count("2/18") == 3
-    assert "Wins against `supervised_swin_tiny`" in md and "esvit_t 1 of 2 compared" in md and "esvit_s 2 of 2 compared" in md
+    assert (
+        "Wins against `supervised_swin_tiny`" in md
+        and "esvit_t 1 of 2 compared" in md
+        and "esvit_s 2 of 2 compared" in md
+    )
     t = transfer_table(pd.read_csv(files["summary.csv"]), "probe", "supervised_swin_tiny")
     assert len(t.missing) == 3 * 16 and t.table.loc["present", "esvit_t"] == 2
 
@@ -109,25 +131,41 @@ def test_the_ablation_table_pairs_view_and_view_region_runs_of_one_architecture(
     """Runs that differ only in the region-loss weight (two seeds each) form the ablation beside their one random
     initialisation, with per-task means over the seeds; a run of another architecture stays out of it."""
     res = tmp_path / "results"
-    runs = {"vr0": (0.5, 0, "swin_pico"), "vr1": (0.5, 1, "swin_pico"), "v0": (0.0, 0, "swin_pico"), "v1": (0.0, 1, "swin_pico"),
-            "other": (0.5, 0, "swin_nano")}  # fmt: skip
+    runs = {
+        "vr0": (0.5, 0, "swin_pico"),
+        "vr1": (0.5, 1, "swin_pico"),
+        "v0": (0.0, 0, "swin_pico"),
+        "v1": (0.0, 1, "swin_pico"),
+        "other": (0.5, 0, "swin_nano"),
+    }
     knn = {"vr0": 80.0, "vr1": 82.0, "v0": 70.0, "v1": 74.0, "other": 99.0, "vr0_random": 60.0}
     corr = {"vr0": 30.0, "vr1": 34.0, "v0": 20.0, "v1": 22.0, "other": 50.0, "vr0_random": 10.0}
     for run, (weight, seed, arch) in runs.items():
         (res / "pretrain" / run).mkdir(parents=True)
-        (res / "pretrain" / run / "config.yaml").write_text(yaml.safe_dump({
-            "model": {"arch": arch}, "crops": {"global_size": 32}, "loss": {"region_loss_weight": weight}, "run": {"seed": seed}}))  # fmt: skip
+        (res / "pretrain" / run / "config.yaml").write_text(
+            yaml.safe_dump(
+                {
+                    "model": {"arch": arch},
+                    "crops": {"global_size": 32},
+                    "loss": {"region_loss_weight": weight},
+                    "run": {"seed": seed},
+                }
+            )
+        )
     for run, value in knn.items():
         _metrics(res, "knn", run, "fashion_mnist", value, None)
         (res / "viz" / run).mkdir(parents=True)
-        (res / "viz" / run / "correspondence.json").write_text(json.dumps(
-            {"accuracy": corr[run], "pairs": 512, "regions_per_view": 16, "image_size": 32}))  # fmt: skip
+        (res / "viz" / run / "correspondence.json").write_text(
+            json.dumps({"accuracy": corr[run], "pairs": 512, "regions_per_view": 16, "image_size": 32})
+        )
     from esvit.report.tables import ablation_table, collect_metrics
 
     df = collect_metrics(res)
     df.loc[df.run == "other", "arch"] = "swin_nano"
     df.loc[df.run != "other", "arch"] = "swin_pico"
-    table = ablation_table(df, res, {r: {"accuracy": v, "regions_per_view": 16, "image_size": 32} for r, v in corr.items()})
+    table = ablation_table(
+        df, res, {r: {"accuracy": v, "regions_per_view": 16, "image_size": 32} for r, v in corr.items()}
+    )
     assert list(table.run) == ["vr0_random", "v0", "v1", "vr0", "vr1", "V, mean of 2 seeds", "V+R, mean of 2 seeds"]
     assert list(table.tasks) == ["random init", "V", "V", "V+R", "V+R", "V", "V+R"]
     by_run = table.set_index("run")
@@ -155,8 +193,19 @@ def test_the_report_reads_the_files_it_is_given_and_nothing_else(results, tmp_pa
 
     by_hand = build_report(results, tmp_path / "by_hand")
     metrics = [str(p) for p in sorted(results.glob("*/*/*/metrics.json"), reverse=True)]  # any order
-    proc = run_cli("report", "--results", str(results), "--out", str(tmp_path / "given"), "--metrics", *metrics,
-                   "--runs", str(results / "pretrain" / "tiny" / "log.jsonl"), "--viz", "--bench")
+    proc = run_cli(
+        "report",
+        "--results",
+        str(results),
+        "--out",
+        str(tmp_path / "given"),
+        "--metrics",
+        *metrics,
+        "--runs",
+        str(results / "pretrain" / "tiny" / "log.jsonl"),
+        "--viz",
+        "--bench",
+    )
     assert proc.returncode == 0, proc.stderr
     for name in ("summary.csv", "summary.md", "report.html", "training_curves.png"):
         assert (tmp_path / "given" / name).read_bytes() == by_hand[name].read_bytes(), name

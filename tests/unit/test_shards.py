@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from esvit.data.shards import ShardError, ShardConfig, check_image, verify_shards, write_shards
+from esvit.data.shards import ShardConfig, ShardError, check_image, verify_shards, write_shards
 from esvit.data.sources import Record, Source, get_source
 from tests.conftest import REPO, env_with_python, make_jpeg, require_fashion_mnist, run_cli
 
@@ -90,7 +90,9 @@ def test_jpegs_are_copied_not_reencoded_and_byte_limit_holds(tmp_path):
     by_key = {f"{i:09d}": r.ref for i, r in enumerate(src.records("train"))}
     max_bytes = 40_000
     out = tmp_path / "out"
-    manifest = write_shards(src, "toy", "train", out, ShardConfig(max_samples=100, max_mb=max_bytes / 1e6, workers=2), progress=False)
+    manifest = write_shards(
+        src, "toy", "train", out, ShardConfig(max_samples=100, max_mb=max_bytes / 1e6, workers=2), progress=False
+    )
     assert len(manifest["shards"]) > 1
     for s in manifest["shards"]:
         assert (out / s["name"]).stat().st_size <= max_bytes
@@ -173,8 +175,23 @@ def test_killed_process_leaves_no_manifest_and_rerun_completes(tmp_path):
     """SIGKILL the real CLI mid-run; the folder must not look complete; a rerun finishes and verifies."""
     require_fashion_mnist()
     out = tmp_path / "fm"
-    cmd = [sys.executable, "-m", "esvit", "shard", "--dataset", "fashion_mnist", "--split", "train", "--out", str(out),
-           "--no-progress", "--workers", "1", f"data_dir={tmp_path / 'data'}", "shard.max_samples=3000"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "esvit",
+        "shard",
+        "--dataset",
+        "fashion_mnist",
+        "--split",
+        "train",
+        "--out",
+        str(out),
+        "--no-progress",
+        "--workers",
+        "1",
+        f"data_dir={tmp_path / 'data'}",
+        "shard.max_samples=3000",
+    ]
     proc = subprocess.Popen(cmd, cwd=REPO, env=env_with_python(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     deadline = time.time() + 120
     while time.time() < deadline and len(list((out / ".work").glob("chunk-*.json"))) < 2:
@@ -211,8 +228,19 @@ def test_verify_catches_a_flipped_byte_a_truncation_and_an_extra_file(tmp_path, 
 
 
 def test_cli_summary_line_and_unknown_dataset(tmp_path):
-    proc = run_cli("shard", "--dataset", "digits", "--split", "test", "--out", str(tmp_path / "d"), "--no-progress",
-                   f"data_dir={tmp_path}", "datasets.fashion_mnist.root=null", check=False)  # fmt: skip
+    proc = run_cli(
+        "shard",
+        "--dataset",
+        "digits",
+        "--split",
+        "test",
+        "--out",
+        str(tmp_path / "d"),
+        "--no-progress",
+        f"data_dir={tmp_path}",
+        "datasets.fashion_mnist.root=null",
+        check=False,
+    )
     if proc.returncode == 2 and "fashion" in proc.stderr:  # without the Debian package the default config is invalid
         require_fashion_mnist()
     assert proc.returncode == 0, proc.stderr

@@ -10,14 +10,16 @@ import time
 
 import yaml
 
-from tests.conftest import REPO, env_with_python, run_cli
+from tests.conftest import REPO, TINY, env_with_python, run_cli
 from tests.unit.test_report import _metrics
-from tests.conftest import TINY
 
 
 def _config(tmp_path, runs: dict) -> str:
-    cfg = {"datasets": {"digits": {"source": "digits", "splits": ["train", "test"]}}, "runs": runs,
-           "eval": {"datasets": ["digits"], "random_init_baseline": False}}  # fmt: skip
+    cfg = {
+        "datasets": {"digits": {"source": "digits", "splits": ["train", "test"]}},
+        "runs": runs,
+        "eval": {"datasets": ["digits"], "random_init_baseline": False},
+    }
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return str(path)
@@ -38,15 +40,40 @@ def _status(tmp_path, config: str) -> list[dict]:
 
 
 def test_a_local_run_is_seen_running_with_its_progress_then_done(tmp_path, digits_shards):
-    overrides = [*TINY, "optim.epochs=30", "run.threads=1", "data.num_workers=0", "run.log_every_steps=1",
-                 "loss.warmup_teacher_temp=0.04", "loss.teacher_temp=0.04"]  # a teacher neither uniform nor one-hot here
+    overrides = [
+        *TINY,
+        "optim.epochs=30",
+        "run.threads=1",
+        "data.num_workers=0",
+        "run.log_every_steps=1",
+        "loss.warmup_teacher_temp=0.04",
+        "loss.teacher_temp=0.04",
+    ]  # a teacher neither uniform nor one-hot here
     demo = str(REPO / "configs/pretrain/demo.yaml")
     config = _config(tmp_path, {"tiny": {"config": demo, "dataset": "digits", "overrides": overrides}})
     assert _status(tmp_path, config)[0]["state"] == "not started"
     out = tmp_path / "results/pretrain/tiny"
-    proc = subprocess.Popen([sys.executable, "-m", "esvit", "pretrain", "--config", demo, "--shards", str(digits_shards),
-                             "--out", str(out), "--no-progress", *overrides], cwd=tmp_path, env=env_with_python(),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "esvit",
+            "pretrain",
+            "--config",
+            demo,
+            "--shards",
+            str(digits_shards),
+            "--out",
+            str(out),
+            "--no-progress",
+            *overrides,
+        ],
+        cwd=tmp_path,
+        env=env_with_python(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     running = None
     deadline = time.monotonic() + 300
     while proc.poll() is None and time.monotonic() < deadline:
@@ -61,7 +88,9 @@ def test_a_local_run_is_seen_running_with_its_progress_then_done(tmp_path, digit
     assert running["where"].startswith("pid ") and running["epochs"] == 30 and running["step"] > 0
     assert running["loss"] > 0 and running["img_s"] > 0 and running["eta_s"] > 0 and running["collapse"] is None
     done = _status(tmp_path, config)[0]
-    assert done["state"] == "done" and done["step"] == 30 * 6 and done["results_done"] == 0 and done["results_total"] == 2
+    assert (
+        done["state"] == "done" and done["step"] == 30 * 6 and done["results_done"] == 0 and done["results_total"] == 2
+    )
     table = run_cli("status", "--config", config, "--results", str(tmp_path / "results"), cwd=tmp_path).stdout
     assert table.splitlines()[0].split()[:3] == ["run", "state", "where"] and "tiny  done" in table
     assert " 30/30 " in table  # the epoch shown 1-based, of how many
@@ -70,21 +99,30 @@ def test_a_local_run_is_seen_running_with_its_progress_then_done(tmp_path, digit
 
 def test_failed_collapsing_stale_and_not_downloaded_runs(tmp_path):
     demo = str(REPO / "configs/pretrain/demo.yaml")
-    config = _config(tmp_path, {
-        "crashed": {"config": demo, "dataset": "digits"}, "collapsing": {"config": demo, "dataset": "digits"},
-        "evaluated": {"config": demo, "dataset": "digits"}, "released": {"release": "swin_tiny_w7_vr"},
-    })  # fmt: skip
+    config = _config(
+        tmp_path,
+        {
+            "crashed": {"config": demo, "dataset": "digits"},
+            "collapsing": {"config": demo, "dataset": "digits"},
+            "evaluated": {"config": demo, "dataset": "digits"},
+            "released": {"release": "swin_tiny_w7_vr"},
+        },
+    )
     res = tmp_path / "results"
     _started_run(res, "crashed", "pretrain: epoch 3\nesvit: error: loss is nan at epoch 3, step 40; stopped\n")
     collapsing = res / "pretrain/collapsing"
     collapsing.mkdir(parents=True)
     signal = "teacher entropy 5.50 near log K = 5.55 (uniform outputs)"
-    (collapsing / "log.jsonl").write_text(json.dumps({"epoch": 2, "step": 12, "loss": 5.5, "img_s": 10.0, "collapse": signal}) + "\n")
+    (collapsing / "log.jsonl").write_text(
+        json.dumps({"epoch": 2, "step": 12, "loss": 5.5, "img_s": 10.0, "collapse": signal}) + "\n"
+    )
     evaluated = res / "pretrain/evaluated"
     evaluated.mkdir(parents=True)
     (evaluated / "done.json").write_text("{}")
     (evaluated / "final.pth").write_bytes(b"weights")
-    _metrics(res, "knn", "evaluated", "digits", 90.0, evaluated / "final.pth", sha="0" * 64)  # computed from other weights
+    _metrics(
+        res, "knn", "evaluated", "digits", 90.0, evaluated / "final.pth", sha="0" * 64
+    )  # computed from other weights
     rows = {r["run"]: r for r in _status(tmp_path, config)}
     assert rows["crashed"]["state"] == "failed" and "loss is nan at epoch 3" in rows["crashed"]["error"]
     assert rows["collapsing"]["collapse"] == signal and rows["collapsing"]["state"] == "stopped"
@@ -101,7 +139,9 @@ def test_stopped_runs_garbage_records_and_a_missing_results_folder(tmp_path):
     JSON and a broken job record are skipped (stdout stays one JSON object per run); a results folder that
     does not exist is warned about."""
     demo = str(REPO / "configs/pretrain/demo.yaml")
-    config = _config(tmp_path, {"interrupted": {"config": demo, "dataset": "digits"}, "odd": {"config": demo, "dataset": "digits"}})
+    config = _config(
+        tmp_path, {"interrupted": {"config": demo, "dataset": "digits"}, "odd": {"config": demo, "dataset": "digits"}}
+    )
     missing = run_cli("status", "--config", config, "--results", str(tmp_path / "resutls"), "--json", cwd=tmp_path)
     assert missing.returncode == 0 and "results folder" in missing.stderr and "does not exist" in missing.stderr
     res = tmp_path / "results"
@@ -126,20 +166,33 @@ def test_runs_of_one_architecture_share_one_random_baseline(tmp_path):
     from esvit.config import load_config
     from esvit.status import eval_models, eval_results
 
-    (tmp_path / "pico.yaml").write_text(yaml.safe_dump({"model": {"arch": "swin_pico"}, "crops": {"global_size": 32, "local_size": [16]}}))
-    (tmp_path / "nano.yaml").write_text(yaml.safe_dump({"model": {"arch": "swin_nano"}, "crops": {"global_size": 64, "local_size": [16]}}))
+    (tmp_path / "pico.yaml").write_text(
+        yaml.safe_dump({"model": {"arch": "swin_pico"}, "crops": {"global_size": 32, "local_size": [16]}})
+    )
+    (tmp_path / "nano.yaml").write_text(
+        yaml.safe_dump({"model": {"arch": "swin_nano"}, "crops": {"global_size": 64, "local_size": [16]}})
+    )
     run = {"config": str(tmp_path / "pico.yaml"), "dataset": "digits"}
-    cfg = load_config({"datasets": {"digits": {"source": "digits", "splits": ["train", "test"]}},
-                       "runs": {"vr": run, "v": {**run, "overrides": ["loss.region_loss_weight=0"]},
-                                "vr_seed1": {**run, "overrides": ["run.seed=1"]},
-                                "big": {**run, "overrides": ["crops.global_size=64"]},
-                                "nano": {"config": str(tmp_path / "nano.yaml"), "dataset": "digits"}},
-                       "eval": {"datasets": ["digits"]}})  # fmt: skip
+    cfg = load_config(
+        {
+            "datasets": {"digits": {"source": "digits", "splits": ["train", "test"]}},
+            "runs": {
+                "vr": run,
+                "v": {**run, "overrides": ["loss.region_loss_weight=0"]},
+                "vr_seed1": {**run, "overrides": ["run.seed=1"]},
+                "big": {**run, "overrides": ["crops.global_size=64"]},
+                "nano": {"config": str(tmp_path / "nano.yaml"), "dataset": "digits"},
+            },
+            "eval": {"datasets": ["digits"]},
+        }
+    )
     models = eval_models(cfg)
     randoms = {name: m for name, m in models.items() if m["checkpoint"] is None}
-    assert randoms == {"vr_random": {"arch": "swin_pico", "image_size": 32, "checkpoint": None},
-                       "big_random": {"arch": "swin_pico", "image_size": 64, "checkpoint": None},
-                       "nano_random": {"arch": "swin_nano", "image_size": 64, "checkpoint": None}}  # fmt: skip
+    assert randoms == {
+        "vr_random": {"arch": "swin_pico", "image_size": 32, "checkpoint": None},
+        "big_random": {"arch": "swin_pico", "image_size": 64, "checkpoint": None},
+        "nano_random": {"arch": "swin_nano", "image_size": 64, "checkpoint": None},
+    }
     assert models["v"] == {"arch": "swin_pico", "image_size": 32, "checkpoint": "results/pretrain/v/final.pth"}
     assert {m for m, _, _ in eval_results(cfg)} == set(models) and len(eval_results(cfg)) == 2 * len(models)
 

@@ -11,15 +11,13 @@ import numpy as np
 import pytest
 import torch
 
-from esvit.data.transforms import MultiCropAugmentation
+from esvit.checkpoint_file import CheckpointError, load_checkpoint, save_checkpoint
 from esvit.config import ConfigError
+from esvit.data.transforms import MultiCropAugmentation
 from esvit.train.config import load_train_config, per_device_batch
 from esvit.train.loop import Trainer, TrainingError, build_models, clip_gradients, param_groups, train
 from esvit.train.schedules import cosine_schedule
-from esvit.checkpoint_file import CheckpointError, load_checkpoint, save_checkpoint
 from tests.conftest import TINY, tiny_cfg
-
-
 
 # ------------------------------------------------------------------------------------------------ schedules
 
@@ -105,8 +103,13 @@ def test_clip_gradients_is_per_parameter_like_the_reference():
 
 def crops_batch(cfg, n=8, seed=0):
     torch.manual_seed(seed)
-    aug = MultiCropAugmentation(cfg.crops.global_size, cfg.crops.global_scale, cfg.crops.local_number,
-                                cfg.crops.local_size, cfg.crops.local_scale)  # fmt: skip
+    aug = MultiCropAugmentation(
+        cfg.crops.global_size,
+        cfg.crops.global_scale,
+        cfg.crops.local_number,
+        cfg.crops.local_size,
+        cfg.crops.local_scale,
+    )
     from PIL import Image
 
     rng = np.random.default_rng(seed)
@@ -138,7 +141,7 @@ def test_steps_with_chunked_heads_train_as_the_logits_path_does(digits_shards):
     a, b = Trainer(cfg_a, digits_shards, iters_per_epoch=6), Trainer(cfg_b, digits_shards, iters_per_epoch=6)
     assert a.student.chunked_heads and not b.student.chunked_heads
     a.epoch = b.epoch = 1  # past freeze_last_layer: the last layers' gradients count
-    for step in range(3):
+    for _ in range(3):
         crops = crops_batch(cfg_a)
         sa, sb = a.step(crops), b.step(crops)
         assert sa.loss == pytest.approx(sb.loss, rel=1e-5) and sa.region == pytest.approx(sb.region, rel=1e-5)
@@ -245,8 +248,17 @@ def test_pretrain_cli_writes_the_run_folder_and_names_bad_input(digits_shards, t
     from tests.conftest import run_cli
 
     out = tmp_path / "run"
-    proc = run_cli("pretrain", "--shards", str(digits_shards), "--out", str(out), "--no-progress", *TINY,
-                   "run.max_steps=3", "run.tensorboard=true")  # fmt: skip
+    proc = run_cli(
+        "pretrain",
+        "--shards",
+        str(digits_shards),
+        "--out",
+        str(out),
+        "--no-progress",
+        *TINY,
+        "run.max_steps=3",
+        "run.tensorboard=true",
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     for name in ("final.pth", "done.json", "checkpoint.pth", "config.yaml", "log.jsonl"):
         assert (out / name).is_file(), name
@@ -261,10 +273,12 @@ def test_pretrain_cli_writes_the_run_folder_and_names_bad_input(digits_shards, t
 PAPER_PARAMS_M = {"swin_tiny": 28, "swin_small": 49, "swin_base": 87}  # docs/algorithm.md §2 (backbone, millions)
 
 
-@pytest.mark.parametrize("preset", sorted(p.stem for p in (__import__("pathlib").Path(__file__).parents[2] / "configs/paper").glob("*.yaml")))
+@pytest.mark.parametrize(
+    "preset", sorted(p.stem for p in (__import__("pathlib").Path(__file__).parents[2] / "configs/paper").glob("*.yaml"))
+)
 def test_paper_presets_load_with_the_papers_settings(preset):
-    from tests.conftest import REPO
     from esvit.models import Backbone
+    from tests.conftest import REPO
 
     cfg = load_train_config(REPO / "configs/paper" / f"{preset}.yaml")
     assert cfg.optim.epochs == 300 and cfg.optim.lr == 5e-4 and cfg.model.out_dim == 65536
@@ -276,7 +290,9 @@ def test_paper_presets_load_with_the_papers_settings(preset):
     assert abs(n - PAPER_PARAMS_M[family]) < 1.0, (cfg.model.arch, n)
 
 
-@pytest.mark.parametrize("slurm_cpus,configured,workers", [(None, None, 2), ("10", None, 9), ("1", None, 1), ("10", 3, 3), ("10", 0, 0)])
+@pytest.mark.parametrize(
+    "slurm_cpus,configured,workers", [(None, None, 2), ("10", None, 9), ("1", None, 1), ("10", 3, 3), ("10", 0, 0)]
+)
 def test_loader_workers_follow_the_allocation_unless_set(monkeypatch, slurm_cpus, configured, workers):
     from esvit.train.config import loader_workers
 
@@ -327,15 +343,18 @@ def test_a_collapsing_run_is_flagged_in_its_log_as_it_happens(digits_shards, tmp
             assert all(r["teacher_entropy"] < 0.95 * math.log(256) for r in later)
 
 
-@pytest.mark.parametrize("record,expected", [
-    ({"epoch": 0, "teacher_entropy": 5.5, "loss": 5.5}, None),  # the first epoch is never flagged
-    ({"epoch": 1, "teacher_entropy": 5.4, "loss": 5.0}, "uniform"),
-    ({"epoch": 1, "teacher_entropy": 0.01, "loss": 3.0}, "one prototype"),
-    ({"epoch": 2, "teacher_entropy": 2.0, "loss": 5.5}, "nothing learnt"),
-    ({"epoch": 1, "teacher_entropy": 2.0, "loss": 5.5}, None),  # the loss only from the third epoch
-    ({"epoch": 4, "teacher_entropy": 2.0, "loss": 6.4}, None),  # above log K is not "near"
-    ({"epoch": 3, "teacher_entropy": 2.0, "loss": 3.0}, None),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "record,expected",
+    [
+        ({"epoch": 0, "teacher_entropy": 5.5, "loss": 5.5}, None),  # the first epoch is never flagged
+        ({"epoch": 1, "teacher_entropy": 5.4, "loss": 5.0}, "uniform"),
+        ({"epoch": 1, "teacher_entropy": 0.01, "loss": 3.0}, "one prototype"),
+        ({"epoch": 2, "teacher_entropy": 2.0, "loss": 5.5}, "nothing learnt"),
+        ({"epoch": 1, "teacher_entropy": 2.0, "loss": 5.5}, None),  # the loss only from the third epoch
+        ({"epoch": 4, "teacher_entropy": 2.0, "loss": 6.4}, None),  # above log K is not "near"
+        ({"epoch": 3, "teacher_entropy": 2.0, "loss": 3.0}, None),
+    ],
+)
 def test_collapse_signals(record, expected):
     from esvit.train.loop import collapse_signal
 

@@ -52,19 +52,35 @@ def _cifar(root: Path, folder: str, files: dict, meta_name: str, meta: dict, lab
 
 def build_cifar10(root: Path) -> dict:
     files = {f"data_batch_{i}": 2 for i in range(1, 6)} | {"test_batch": 3}
-    _cifar(root, "cifar-10-batches-py", files, "batches.meta", {"label_names": ["airplane", "automobile", "bird"]}, "labels")
+    _cifar(
+        root,
+        "cifar-10-batches-py",
+        files,
+        "batches.meta",
+        {"label_names": ["airplane", "automobile", "bird"]},
+        "labels",
+    )
     return {"train": 10, "test": 3}
 
 
 def build_cifar100(root: Path) -> dict:
-    _cifar(root, "cifar-100-python", {"train": 6, "test": 3}, "meta", {"fine_label_names": ["apple", "bear", "cup"]}, "fine_labels")
+    _cifar(
+        root,
+        "cifar-100-python",
+        {"train": 6, "test": 3},
+        "meta",
+        {"fine_label_names": ["apple", "bear", "cup"]},
+        "fine_labels",
+    )
     return {"train": 6, "test": 3}
 
 
 def build_stanford_cars(root: Path) -> dict:
     base = root / "stanford_cars"
     (base / "devkit").mkdir(parents=True)
-    scipy.io.savemat(base / "devkit" / "cars_meta.mat", {"class_names": np.array(["AM General Hummer", "Acura RL"], dtype=object)})
+    scipy.io.savemat(
+        base / "devkit" / "cars_meta.mat", {"class_names": np.array(["AM General Hummer", "Acura RL"], dtype=object)}
+    )
 
     def annos(path: Path, names: list[str]) -> None:
         rec = np.zeros(len(names), dtype=[("fname", object), ("class", np.uint8)])
@@ -91,7 +107,9 @@ def build_fgvc_aircraft(root: Path) -> dict:
         ids = [f"{1000000 + k + i}" for i in range(n)]
         k += n
         _jpgs(data / "images", ids)
-        (data / f"images_variant_{split}.txt").write_text("".join(f"{j} {variants[i % 2]}\n" for i, j in enumerate(ids)))
+        (data / f"images_variant_{split}.txt").write_text(
+            "".join(f"{j} {variants[i % 2]}\n" for i, j in enumerate(ids))
+        )
     return counts
 
 
@@ -108,7 +126,9 @@ def build_voc2007(root: Path) -> dict:
         (voc / "ImageSets" / "Main" / f"{split}.txt").write_text("\n".join(ids) + "\n")
         for i, name in enumerate(ids):
             objs = "".join(f"<object><name>{c}</name></object>" for c in (["dog", "person"] if i % 2 else ["car"]))
-            (voc / "Annotations" / f"{name}.xml").write_text(f"<annotation><filename>{name}.jpg</filename>{objs}</annotation>")
+            (voc / "Annotations" / f"{name}.xml").write_text(
+                f"<annotation><filename>{name}.jpg</filename>{objs}</annotation>"
+            )
     return counts
 
 
@@ -154,7 +174,9 @@ def build_flowers102(root: Path) -> dict:
     base = root / "flowers-102"
     _jpgs(base / "jpg", [f"image_{i:05d}" for i in range(1, 9)])
     scipy.io.savemat(base / "imagelabels.mat", {"labels": np.array([1, 2, 1, 2, 1, 2, 1, 2])})
-    scipy.io.savemat(base / "setid.mat", {"trnid": np.array([1, 2, 3, 4]), "valid": np.array([5, 6]), "tstid": np.array([7, 8])})
+    scipy.io.savemat(
+        base / "setid.mat", {"trnid": np.array([1, 2, 3, 4]), "valid": np.array([5, 6]), "tstid": np.array([7, 8])}
+    )
     return {"train": 4, "val": 2, "test": 2}
 
 
@@ -196,8 +218,10 @@ def build_gtsrb(root: Path) -> dict:
     for c in ("00000", "00001"):
         _jpgs(base / "GTSRB" / "Training" / c, [f"00000_0000{i}" for i in range(3)], ext="ppm")
     _jpgs(base / "GTSRB" / "Final_Test" / "Images", ["00000", "00001"], ext="ppm")
-    (base / "GT-final_test.csv").write_text("Filename;Width;Height;Roi.X1;Roi.Y1;Roi.X2;Roi.Y2;ClassId\n"
-                                           "00000.ppm;40;30;1;1;39;29;1\n00001.ppm;40;30;1;1;39;29;0\n")  # fmt: skip
+    (base / "GT-final_test.csv").write_text(
+        "Filename;Width;Height;Roi.X1;Roi.Y1;Roi.X2;Roi.Y2;ClassId\n"
+        "00000.ppm;40;30;1;1;39;29;1\n00001.ppm;40;30;1;1;39;29;0\n"
+    )
     return {"train": 6, "test": 2}
 
 
@@ -243,7 +267,7 @@ def build_pcam(root: Path) -> dict:
     return counts
 
 
-BUILDERS = {name[len("build_"):]: fn for name, fn in globals().items() if name.startswith("build_")}
+BUILDERS = {name[len("build_") :]: fn for name, fn in globals().items() if name.startswith("build_")}
 OPTIONS = {  # fake trees are tiny: smaller samples than the protocol's
     "eurosat": {"sample_sizes": {"train": 6, "test": 4}},
     "resisc45": {"sample_sizes": {"train": 4, "test": 5}},

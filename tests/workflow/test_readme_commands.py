@@ -49,8 +49,14 @@ def test_every_snakemake_command_in_the_readme_plans(command, whole):
     if "--report" in args:  # a report of finished results: planned as the run that makes them
         i = args.index("--report")
         del args[i : i + 2]
-    proc = subprocess.run([sys.executable, "-m", "snakemake", *args, "-n"], cwd=REPO, env=env_with_python(),
-                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-m", "snakemake", *args, "-n"],
+        cwd=REPO,
+        env=env_with_python(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, f"{command}\n{out[-3000:]}"
     assert "Job stats" in out or "Nothing to be done" in out
@@ -83,7 +89,9 @@ def test_every_esvit_command_in_the_readme_parses(command, whole, monkeypatch):
 
 
 def test_every_repo_path_the_readme_names_exists():
-    paths = set(re.findall(r"`((?:configs|docs|scripts|benchmarks|workflow|tests|esvit|cluster_profiles)/[\w./-]+)`", README))
+    paths = set(
+        re.findall(r"`((?:configs|docs|scripts|benchmarks|workflow|tests|esvit|cluster_profiles)/[\w./-]+)`", README)
+    )
     assert len(paths) > 10
     missing = sorted(p for p in paths if not (REPO / p.rstrip("/")).exists())
     assert not missing, missing

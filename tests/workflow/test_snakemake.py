@@ -16,13 +16,17 @@ from tests.conftest import REPO, env_with_python
 SNAKEMAKE = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile")]
 
 
-def snakemake(workdir: Path, *args: str, config: dict | None = None, timeout: float = 900) -> subprocess.CompletedProcess:
+def snakemake(
+    workdir: Path, *args: str, config: dict | None = None, timeout: float = 900
+) -> subprocess.CompletedProcess:
     cmd = [*SNAKEMAKE, "--directory", str(workdir)]
     if config is not None:
         path = workdir / "config.yaml"
         path.write_text(yaml.safe_dump(config))
         cmd += ["--configfile", str(path)]
-    return subprocess.run([*cmd, *args], cwd=workdir, env=env_with_python(), capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [*cmd, *args], cwd=workdir, env=env_with_python(), capture_output=True, text=True, timeout=timeout
+    )
 
 
 def job_counts(output: str) -> dict[str, int]:
@@ -34,7 +38,10 @@ def job_counts(output: str) -> dict[str, int]:
 def small_config() -> dict:
     return {
         "data_dir": "data",
-        "datasets": {"digits": {"source": "digits", "splits": ["train", "test"]}, "mnist5k": {"source": "mnist5k", "splits": ["test"]}},
+        "datasets": {
+            "digits": {"source": "digits", "splits": ["train", "test"]},
+            "mnist5k": {"source": "mnist5k", "splits": ["test"]},
+        },
         "shard": {"max_samples": 400},
     }
 
@@ -62,8 +69,14 @@ def test_dry_run_of_the_default_config_lists_one_shard_job_per_dataset_split(tmp
 def test_profile_dry_run_from_the_repo_root_as_users_type_it(profile):
     """`snakemake --profile slurm -n` (and local; the long paths keep working) on the embedded default, from the
     repo root, exactly as the README says it."""
-    proc = subprocess.run([sys.executable, "-m", "snakemake", "--profile", profile, "-n"],
-                          cwd=REPO, env=env_with_python(), capture_output=True, text=True, timeout=300)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-m", "snakemake", "--profile", profile, "-n"],
+        cwd=REPO,
+        env=env_with_python(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out
     assert "write_shards" in out or "Nothing to be done" in out
@@ -73,13 +86,25 @@ def test_a_config_file_stands_alone_from_the_repo_root(tmp_path):
     """`--configfile X` plans what X names and nothing of the embedded default (no demo pretraining, no demo
     datasets): Snakemake would merge X over the default's runs and datasets."""
     config = tmp_path / "only_digits.yaml"
-    config.write_text(yaml.safe_dump({"data_dir": str(tmp_path / "data"), **{k: v for k, v in small_config().items() if k != "data_dir"}}))
-    proc = subprocess.run([sys.executable, "-m", "snakemake", "--profile", "local", "-n", "--configfile", str(config)],
-                          cwd=REPO, env=env_with_python(), capture_output=True, text=True, timeout=300)  # fmt: skip
+    config.write_text(
+        yaml.safe_dump(
+            {"data_dir": str(tmp_path / "data"), **{k: v for k, v in small_config().items() if k != "data_dir"}}
+        )
+    )
+    proc = subprocess.run(
+        [sys.executable, "-m", "snakemake", "--profile", "local", "-n", "--configfile", str(config)],
+        cwd=REPO,
+        env=env_with_python(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out
     counts = job_counts(out)
-    assert counts.get("write_shards") == 3 and "pretrain_model" not in counts and "extract_features" not in counts, counts
+    assert counts.get("write_shards") == 3 and "pretrain_model" not in counts and "extract_features" not in counts, (
+        counts
+    )
 
 
 def test_shard_rule_runs_for_real_and_then_is_up_to_date(tmp_path):
@@ -104,7 +129,9 @@ def test_bad_config_stops_snakemake_with_the_key_named(tmp_path):
 
 
 def test_lint_has_no_findings_beyond_software_deployment():
-    proc = subprocess.run([*SNAKEMAKE, "--lint"], cwd=REPO, env=env_with_python(), capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [*SNAKEMAKE, "--lint"], cwd=REPO, env=env_with_python(), capture_output=True, text=True, timeout=300
+    )
     findings = re.findall(r"^\s+\* (.+?):?$", proc.stdout + proc.stderr, re.M)
     assert [f for f in findings if "conda environment or container" not in f] == []
 
@@ -125,7 +152,11 @@ def test_whole_pipeline_runs_for_real_and_a_forced_rerun_touches_nothing_else(tm
     cfg = small_config()
     cfg["runs"] = {
         "tiny_a": {"config": str(tmp_path / "tiny.yaml"), "dataset": "digits"},
-        "tiny_b": {"config": str(tmp_path / "tiny.yaml"), "dataset": "digits", "overrides": ["loss.region_loss_weight=0"]},
+        "tiny_b": {
+            "config": str(tmp_path / "tiny.yaml"),
+            "dataset": "digits",
+            "overrides": ["loss.region_loss_weight=0"],
+        },
     }
     cfg["eval"] = {"datasets": ["digits"], "random_init_baseline": False, "workers": 0}
     proc = snakemake(tmp_path, "--cores", "2", config=cfg)
@@ -155,7 +186,16 @@ def test_whole_pipeline_runs_for_real_and_a_forced_rerun_touches_nothing_else(tm
     again = snakemake(tmp_path, "-n", "--cores", "2", "results/probe/tiny_b/digits/metrics.json", "-f", config=cfg)
     assert job_counts(again.stdout + again.stderr) == {"fit_linear_probe": 1}
     # targets before --forcerun (it takes every name after it): the README's order reruns that one probe
-    again = snakemake(tmp_path, "-n", "--cores", "2", "results/probe/tiny_b/digits/metrics.json", "--forcerun", "fit_linear_probe", config=cfg)
+    again = snakemake(
+        tmp_path,
+        "-n",
+        "--cores",
+        "2",
+        "results/probe/tiny_b/digits/metrics.json",
+        "--forcerun",
+        "fit_linear_probe",
+        config=cfg,
+    )
     assert job_counts(again.stdout + again.stderr) == {"fit_linear_probe": 1}
     # one dataset again for real, then a plain run re-aggregates: the report and nothing else
     report_before = (tmp_path / "results/report/summary.csv").stat().st_mtime
@@ -191,13 +231,23 @@ def test_transfer_config_is_planned_verbatim_before_anything_is_downloaded():
     dataset the extraction of each split, a k-NN (not for multi-label VOC) and a probe that reads the val split if
     any; the sets needing a manual step are named in a warning, not a failure."""
     cfg = yaml.safe_load((REPO / "configs/transfer.yaml").read_text())
-    proc = subprocess.run([sys.executable, "-m", "snakemake", "--configfile", "configs/transfer.yaml", "--profile", "local", "-n", "-p"],
-                          cwd=REPO, env=env_with_python(), capture_output=True, text=True, timeout=300)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-m", "snakemake", "--configfile", "configs/transfer.yaml", "--profile", "local", "-n", "-p"],
+        cwd=REPO,
+        env=env_with_python(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-3000:]
     counts = job_counts(out)
     runs, sets = len(cfg["runs"]), len(cfg["eval"]["datasets"])
-    assert sets == 18 and counts["download_release"] == counts["import_checkpoint"] == runs and "pretrain_model" not in counts
+    assert (
+        sets == 18
+        and counts["download_release"] == counts["import_checkpoint"] == runs
+        and "pretrain_model" not in counts
+    )
     assert counts["download_dataset"] == sum(bool(d.get("download")) for d in cfg["datasets"].values()) == 14
     assert counts["fit_linear_probe"] == runs * sets and counts["classify_knn"] == runs * (sets - 1 + 1)  # + ImageNet
     assert counts["train_linear_protocol"] == runs  # ImageNet
@@ -255,8 +305,14 @@ def test_a_dataset_download_that_fails_its_checksum_stops_only_that_dataset(tmp_
     proc = snakemake(tmp_path, "--cores", "1", "--keep-going", config=cfg)
     assert proc.returncode != 0
     log = (tmp_path / "results/logs/download/dataset/mnist.log").read_text()
-    assert "train-images-idx3-ubyte.gz" in log and "expected f68b3c2dcbeaaa9fbdd348bbdeb94873" in log and "Traceback" not in log
-    assert not (tmp_path / "data/shards/mnist").exists() and not list((tmp_path / "data/transfer/mnist").rglob("*-ubyte"))
+    assert (
+        "train-images-idx3-ubyte.gz" in log
+        and "expected f68b3c2dcbeaaa9fbdd348bbdeb94873" in log
+        and "Traceback" not in log
+    )
+    assert not (tmp_path / "data/shards/mnist").exists() and not list(
+        (tmp_path / "data/transfer/mnist").rglob("*-ubyte")
+    )
     assert (tmp_path / "data/shards/digits/train/manifest.json").is_file()  # --keep-going: the others are done
 
 
@@ -268,7 +324,13 @@ def test_released_checkpoint_is_imported_and_evaluated_without_pretraining(tmp_p
     released = official_checkpoint(tmp_path, "official_layout_swin_vr")  # saved by the official code itself
     cfg = small_config()
     cfg["runs"] = {"released": {"checkpoint": str(released), "arch": "swin_test_w7", "image_size": 32}}
-    cfg["eval"] = {"datasets": ["digits"], "linear_datasets": ["digits"], "linear_epochs": 3, "random_init_baseline": False, "workers": 0}
+    cfg["eval"] = {
+        "datasets": ["digits"],
+        "linear_datasets": ["digits"],
+        "linear_epochs": 3,
+        "random_init_baseline": False,
+        "workers": 0,
+    }
     proc = snakemake(tmp_path, "--cores", "2", config=cfg)
     assert proc.returncode == 0, proc.stderr[-4000:]
     for ev in ("knn", "probe", "linear"):
@@ -284,7 +346,11 @@ def continual_config() -> dict:
     paper = REPO / "configs" / "paper"
     cfg["runs"] = {
         "t14_view": {"config": str(paper / "swin_tiny_w14_view.yaml"), "dataset": "digits"},
-        "t14": {"config": str(paper / "swin_tiny_w14.yaml"), "dataset": "digits", "continual_from": {"run": "t14_view", "epoch": 200}},
+        "t14": {
+            "config": str(paper / "swin_tiny_w14.yaml"),
+            "dataset": "digits",
+            "continual_from": {"run": "t14_view", "epoch": 200},
+        },
     }
     cfg["eval"] = {"random_init_baseline": False}
     return cfg
@@ -301,11 +367,14 @@ def test_requesting_a_continual_run_plans_its_view_only_run_first(tmp_path):
     assert "run.continual_from=results/pretrain/t14_view/checkpoint0200.pth" in shells[1]
 
 
-@pytest.mark.parametrize("cont,expected", [
-    ({"run": "t14_vew", "epoch": 200}, "runs.t14.continual_from.run: 't14_vew' is not another pretraining run"),
-    ({"run": "t14_view", "epoch": 400}, "runs.t14.continual_from.epoch 400: run 't14_view' trains only 300 epochs"),
-    ({"run": "t14_view"}, "runs.t14.continual_from: missing required key 'epoch'"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "cont,expected",
+    [
+        ({"run": "t14_vew", "epoch": 200}, "runs.t14.continual_from.run: 't14_vew' is not another pretraining run"),
+        ({"run": "t14_view", "epoch": 400}, "runs.t14.continual_from.epoch 400: run 't14_view' trains only 300 epochs"),
+        ({"run": "t14_view"}, "runs.t14.continual_from: missing required key 'epoch'"),
+    ],
+)
 def test_a_bad_continual_link_stops_the_plan_naming_the_key(tmp_path, cont, expected):
     cfg = continual_config()
     cfg["runs"]["t14"]["continual_from"] = cont
@@ -318,7 +387,12 @@ def test_evaluation_rules_pass_the_device(tmp_path):
     cfg = small_config()
     cfg["datasets"]["mnist5k"]["splits"] = ["train", "test"]
     cfg["runs"] = {"r": {"checkpoint": str(REPO / "README.md"), "arch": "swin_pico", "checkpoint_format": "esvit"}}
-    cfg["eval"] = {"datasets": ["digits"], "linear_datasets": ["mnist5k"], "random_init_baseline": False, "device": "cuda:1"}
+    cfg["eval"] = {
+        "datasets": ["digits"],
+        "linear_datasets": ["mnist5k"],
+        "random_init_baseline": False,
+        "device": "cuda:1",
+    }
     proc = snakemake(tmp_path, "-n", "-p", "--cores", "1", config=cfg)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out
@@ -328,7 +402,9 @@ def test_evaluation_rules_pass_the_device(tmp_path):
         assert lines and all("--device cuda:1" in ln for ln in lines), (cmd, lines)
     cfg["eval"]["device"] = "gpu"
     bad = snakemake(tmp_path, "-n", "--cores", "1", config=cfg)
-    assert bad.returncode != 0 and "eval.device must be auto, cpu, cuda or cuda:N (got 'gpu')" in bad.stdout + bad.stderr
+    assert (
+        bad.returncode != 0 and "eval.device must be auto, cpu, cuda or cuda:N (got 'gpu')" in bad.stdout + bad.stderr
+    )
 
 
 def test_values_with_spaces_and_quotes_reach_the_commands_intact(tmp_path):
@@ -337,8 +413,13 @@ def test_values_with_spaces_and_quotes_reach_the_commands_intact(tmp_path):
     cfg = small_config()
     cfg["data_dir"] = "my data/it's here"
     cfg["datasets"] = {"digits": {"source": "digits", "splits": ["train"]}}
-    cfg["runs"] = {"r": {"config": str(REPO / "configs/pretrain/demo.yaml"), "dataset": "digits",
-                         "overrides": ["run.continual_from=x'; touch pwned; echo 'y"]}}  # fmt: skip
+    cfg["runs"] = {
+        "r": {
+            "config": str(REPO / "configs/pretrain/demo.yaml"),
+            "dataset": "digits",
+            "overrides": ["run.continual_from=x'; touch pwned; echo 'y"],
+        }
+    }
     cfg["eval"] = {"random_init_baseline": False}
     proc = snakemake(tmp_path, "--cores", "1", "results/pretrain/r/final.pth", config=cfg)
     assert proc.returncode != 0  # the pretrain_model rule fails on the override's path...
@@ -368,9 +449,24 @@ def test_a_rule_text_change_reruns_nothing_and_a_training_config_change_is_refus
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg))
 
     def sm(*args):
-        cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(wf / "Snakefile"), "--directory", str(tmp_path),
-               "--configfile", str(tmp_path / "config.yaml"), "--cores", "2", *args, "--rerun-triggers", *triggers,
-               "--", "results/pretrain/r/final.pth"]  # fmt: skip
+        cmd = [
+            sys.executable,
+            "-m",
+            "snakemake",
+            "--snakefile",
+            str(wf / "Snakefile"),
+            "--directory",
+            str(tmp_path),
+            "--configfile",
+            str(tmp_path / "config.yaml"),
+            "--cores",
+            "2",
+            *args,
+            "--rerun-triggers",
+            *triggers,
+            "--",
+            "results/pretrain/r/final.pth",
+        ]
         return subprocess.run(cmd, cwd=tmp_path, env=env_with_python(), capture_output=True, text=True, timeout=600)
 
     assert sm().returncode == 0
