@@ -1,5 +1,5 @@
 # EsViT pipeline: (download ->) shard -> pretrain -> extract -> knn / probe -> report.
-# No logic here: configuration, validation and the target lists live in workflow/rules/common.smk.
+# No logic here: workflow/rules/common.smk validates the config and wires the rules to the plan in esvit/status.py.
 from snakemake.utils import min_version
 
 min_version("9.0")

@@ -25,6 +25,7 @@ from esvit.data.shards import ShardConfig
 from esvit.data.sources import SOURCES
 from esvit.download import load_releases
 from esvit.errors import ConfigError
+from esvit.eval.config import EvalConfig
 from esvit.fields import CHECK_PATHS, apply_overrides, did_you_mean, from_dict, load_yaml, option, to_dict
 from esvit.train.config import load_train_config
 
@@ -126,43 +127,6 @@ class PretrainRun:
 
 
 @dataclasses.dataclass
-class EvalConfig:
-    """Evaluation of every run on held-out datasets: cached features, k-NN and the linear probe."""
-
-    datasets: list[str] = option([], help="Datasets (keys of `datasets`, with train and test splits) to evaluate on.")
-    random_init_baseline: bool = option(
-        True,
-        help="Also evaluate the runs' architectures at random initialisation ({run}_random, once per architecture "
-        "and image size).",
-    )
-    batch_size: int = option(256, gt=0, help="Images per extraction batch.")
-    workers: int = option(2, min=0, help="Data-loader workers per extraction job.")
-    device: str = option(
-        "auto",
-        help="Device of extraction, probes and the linear protocol: auto (the GPU when the job sees one), cpu, cuda "
-        "or cuda:N.",
-    )
-    knn_ks: list[int] = option([10, 20, 100, 200], nonempty=True, help="k values of the k-NN (k=20 is reported).")
-    knn_temperature: float = option(0.07, gt=0, help="Temperature of the k-NN vote weights.")
-    linear_datasets: list[str] = option(
-        [],
-        help="Datasets (keys of `datasets`) for the ImageNet linear protocol on the last-4-blocks features, and its "
-        "k-NN.",
-    )
-    linear_mode: Literal["fast", "paper"] = option(
-        "fast", help="fast: cached centre-crop features; paper: augmented views through the frozen backbone."
-    )
-    linear_epochs: int = option(100, gt=0, help="Epochs of the linear protocol (paper: 100).")
-    linear_lr: float = option(1e-3, gt=0, help="Base learning rate of the linear protocol, scaled by batch / 256.")
-    linear_batch_size: int = option(256, gt=0, help="Batch size of the linear protocol.")
-    correspondence_dataset: str | None = option(
-        None,
-        help="Dataset (a key of `datasets`) whose held-out images the region correspondence diagnostic (esvit viz) "
-        "uses; null: the first of datasets, else of linear_datasets.",
-    )
-
-
-@dataclasses.dataclass
 class DownloadConfig:
     """Where downloads come from and are kept (released checkpoints, transfer datasets)."""
 
@@ -196,7 +160,7 @@ class PipelineConfig:
     data_dir: str = option("data", help="Where shards and prepared raw data are written.")
     launcher: Literal["local", "slurm"] = option(
         "local",
-        help="How the pretrain rule runs `esvit pretrain`: local (here) or slurm (a submitit job it follows; "
+        help="How the pretrain_model rule runs `esvit pretrain`: local (here) or slurm (a submitit job it follows; "
         "cluster_profiles/slurm sets it).",
     )
     launch_site: str = option(
@@ -348,7 +312,7 @@ def _check_continual(cfg: PipelineConfig, name: str, cont: ContinualFrom) -> Non
 
 
 def pretrain_overrides(cfg: PipelineConfig, name: str) -> list[str]:
-    """The training-config overrides the pretrain rule passes for run ``name``: the run's own, then the continual
+    """The training-config overrides the pretrain_model rule passes for run ``name``: the run's own, then the continual
     start (``run.continual_from`` = its base run's checkpoint) or, for a base run, the epochs to keep for the
     runs that continue from it."""
     run = cfg.runs[name]
@@ -364,5 +328,5 @@ def pretrain_overrides(cfg: PipelineConfig, name: str) -> list[str]:
 
 
 def continual_checkpoint(cont: ContinualFrom) -> str:
-    """Where the pretrain rule finds run ``cont.run``'s checkpoint after ``cont.epoch`` epochs."""
+    """Where the pretrain_model rule finds run ``cont.run``'s checkpoint after ``cont.epoch`` epochs."""
     return f"results/pretrain/{cont.run}/checkpoint{cont.epoch:04d}.pth"

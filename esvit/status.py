@@ -25,6 +25,9 @@ from typing import Any
 
 from esvit.config import PipelineConfig
 
+# Written by `esvit bench infer`; the report shows its throughputs beside the paper's.
+BENCH_INFER = "results/bench/infer.jsonl"
+
 __all__ = [
     "eval_models",
     "eval_results",
@@ -47,6 +50,8 @@ __all__ = [
     "viz_dataset",
     "viz_manifest",
     "viz_targets",
+    "report_inputs",
+    "launch_args",
     "report_args",
     "shard_settings_json",
     "run_status",
@@ -249,6 +254,25 @@ def viz_targets(cfg: PipelineConfig, models: list[str] | None = None) -> list[st
     return [f"results/viz/{model}/correspondence.json" for model in (eval_models(cfg) if models is None else models)]
 
 
+def report_inputs(cfg: PipelineConfig, models: list[str] | None = None) -> dict[str, list[str]]:
+    """Every file ``esvit report`` reads in the workflow, by its option: the metrics records, the correspondence
+    results (JSON and figure), the finished runs' ``done.json`` and, when ``esvit bench infer`` has written it,
+    the throughput file (only then: a plan must not wait for a benchmark nobody ran)."""
+    viz = viz_targets(cfg, models)
+    return {
+        "metrics": eval_targets(cfg, models),
+        "viz": viz,
+        "viz_png": [str(Path(p).with_suffix(".png")) for p in viz],
+        "pretrain_done": [f"results/pretrain/{run}/done.json" for run in pretrained_runs(cfg)],
+        "bench": [p for p in [BENCH_INFER] if Path(p).is_file()],
+    }
+
+
+def launch_args(cfg: PipelineConfig) -> list[str]:
+    """``esvit pretrain``'s launcher options in the workflow: Slurm with the site file, or local."""
+    return ["--launcher", "slurm", "--site", cfg.launch_site] if cfg.launcher == "slurm" else ["--launcher", "local"]
+
+
 def report_args(cfg: PipelineConfig) -> list[str]:
     """``esvit report``'s ``--baseline``, the run it counts transfer wins against: the first supervised release
     (a release in timm's format), as the paper counts them; none (``[]``) leaves the report's own default, a
@@ -382,9 +406,9 @@ def _pretrain_state(name: str, run_dir: Path, results: Path, st: RunStatus) -> N
         elif state.startswith(
             ("FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "PREEMPTED", "BOOT_FAIL", "DEADLINE")
         ):
-            from esvit.launch.submit import _job_error
+            from esvit.launch.submit import job_error
 
-            st.state, st.error = "failed", f"{state}: {_job_error(run_dir / 'slurm', job_id)}"
+            st.state, st.error = "failed", f"{state}: {job_error(run_dir / 'slurm', job_id)}"
         elif state == "COMPLETED":  # the job ended without finishing the run (a stop it asked for): resumable
             st.state = "stopped"
         else:

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The whole test suite (`make test`, which CI runs): the style check (ruff lint + format, as `make lint`), then
-# bring up the local two-node Slurm cluster the Slurm tests need (tests/slurm/up.sh; root with apt-get), run
+# The whole test suite (`make test`, which CI runs): bring up the local two-node Slurm cluster the Slurm tests
+# need (tests/slurm/up.sh; root with apt-get), run the style check (ruff lint + format, as `make lint`) and
 # pytest, and take down exactly what up.sh started. A style failure fails the run after the tests have run.
 # Without root the Slurm tests skip with the reason (on CI, where CI=true, they fail instead).
 set -uo pipefail

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
+import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -289,3 +291,57 @@ def results(tmp_path) -> Path:
     old.write_bytes(b"old")
     write_metrics(res, "knn", "tiny", "cifar10", 50.0, old, sha="0" * 64)
     return res
+
+
+# ------------------------------------------------------------------------------------- esvit status
+
+
+def status_config(tmp_path, runs: dict) -> str:
+    """A workflow config with the digits set and ``runs``, written to tmp_path (for `esvit status`)."""
+    cfg = {
+        "datasets": {"digits": {"source": "digits", "splits": ["train", "test"]}},
+        "runs": runs,
+        "eval": {"datasets": ["digits"], "random_init_baseline": False},
+    }
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return str(path)
+
+
+def status_rows(tmp_path, config: str) -> list[dict]:
+    """`esvit status --json` of ``config`` on tmp_path/results, one dict per run."""
+    proc = run_cli("status", "--config", config, "--results", str(tmp_path / "results"), "--json", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    return [json.loads(line) for line in proc.stdout.splitlines()]
+
+
+# --------------------------------------------------------------------------- MNIST's idx files
+
+
+def write_idx(path, arr: np.ndarray) -> None:
+    """Write an array in MNIST's idx format (big-endian header, uint8 payload)."""
+    header = struct.pack(">HBB", 0, 8, arr.ndim) + b"".join(struct.pack(">I", d) for d in arr.shape)
+    path.write_bytes(header + arr.astype(np.uint8).tobytes())
+
+
+def mnist_idx_gz(images: np.ndarray | None = None, labels: np.ndarray | None = None) -> bytes:
+    """MNIST's idx file format, gzipped as the MNIST site serves it."""
+    if images is not None:
+        raw = struct.pack(">IIII", 0x803, *images.shape) + images.astype(np.uint8).tobytes()
+    else:
+        raw = struct.pack(">II", 0x801, len(labels)) + labels.astype(np.uint8).tobytes()
+    return gzip.compress(raw, mtime=0)
+
+
+def serve_fake_mnist(server, n_train: int = 30, n_test: int = 10) -> dict[str, bytes]:
+    """Random MNIST-format files (30 train, 10 test) served by ``server`` at the paths torchvision fetches."""
+    rng = np.random.default_rng(0)
+    files = {
+        "train-images-idx3-ubyte.gz": mnist_idx_gz(rng.integers(0, 256, (n_train, 28, 28))),
+        "train-labels-idx1-ubyte.gz": mnist_idx_gz(labels=np.arange(n_train) % 10),
+        "t10k-images-idx3-ubyte.gz": mnist_idx_gz(rng.integers(0, 256, (n_test, 28, 28))),
+        "t10k-labels-idx1-ubyte.gz": mnist_idx_gz(labels=np.arange(n_test) % 10),
+    }
+    for name, body in files.items():
+        server.files[f"/ossci-datasets.s3.amazonaws.com/mnist/{name}"] = body
+    return files

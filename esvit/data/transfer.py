@@ -1,4 +1,4 @@
-"""The 18 transfer datasets as data sources, driven by the registry ``configs/datasets.yaml``.
+"""The 18 transfer datasets as data sources, driven by the registry ``esvit/resources/datasets.yaml``.
 
 Each registry entry becomes a source of the same name (``source: food101``, ``root: /data/food101``): the
 torchvision class it names is opened with ``download=False`` and the entry's split arguments; the rest of the
@@ -223,7 +223,7 @@ def _register_all() -> None:
         hint += (
             f"; or set download: true on the dataset to fetch it there (esvit download dataset {name} --root DIR)."
             if entry.get("auto_download")
-            else " (configs/datasets.yaml)."
+            else " (esvit/resources/datasets.yaml)."
         )
         doc = f"transfer set: {entry.get('class') or 'image folder'}, {entry['classes']} classes, {entry['metric']}."
         register_source(

@@ -1,7 +1,3 @@
-"""Evaluation: cached features, weighted k-NN, the transfer linear probe, metrics."""
-
-from esvit.eval.knn import KS, knn_classify
-from esvit.eval.metrics import METRICS
-from esvit.eval.probe import LAMBDA_GRID, run_probe
-
-__all__ = ["KS", "knn_classify", "METRICS", "LAMBDA_GRID", "run_probe"]
+"""Evaluation: cached features, weighted k-NN, the transfer linear probe, the linear protocol, metrics records,
+the region-correspondence diagnostic. Import the modules themselves (``esvit.eval.knn``, ...): this package
+imports nothing, so its plain-data config (``esvit.eval.config``) stays light."""

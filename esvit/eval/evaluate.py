@@ -15,8 +15,12 @@ from typing import Any
 import torch
 
 from esvit.errors import UsageError
+from esvit.eval import linear
+from esvit.eval.config import EvalConfig
 from esvit.eval.features import load_features, targets
 from esvit.eval.record import MetricsRecord
+
+DEVICE: str = EvalConfig().device  # where the evaluation runs by default: the workflow config's default
 
 __all__ = ["evaluate_knn", "evaluate_probe", "evaluate_linear", "pick_device", "check_same_checkpoint", "check_caches"]
 
@@ -154,7 +158,7 @@ def evaluate_probe(
     dataset: str,
     metric: str = "accuracy",
     val_file: str | Path | None = None,
-    device: str = "auto",
+    device: str = DEVICE,
 ) -> MetricsRecord:
     """The transfer linear probe with its lambda search (:func:`esvit.eval.probe.run_probe`) on the pooled
     features; ``val_file``: the validation split's cache (default: a stratified 20 % of train)."""
@@ -193,12 +197,12 @@ def evaluate_linear(
     dataset: str,
     mode: str = "fast",
     shards: str | Path | None = None,
-    epochs: int = 100,
-    batch_size: int = 256,
-    lr: float = 1e-3,
+    epochs: int = linear.EPOCHS,
+    batch_size: int = linear.BATCH_SIZE,
+    lr: float = linear.BASE_LR,
     seed: int = 0,
-    workers: int = 2,
-    device: str = "auto",
+    workers: int = linear.WORKERS,
+    device: str = DEVICE,
     show_progress: bool = True,
 ) -> MetricsRecord:
     """The ImageNet linear protocol on the last-4-blocks features: ``fast`` trains on the cached centre-crop

@@ -16,12 +16,12 @@ import torch
 
 from esvit.atomic import atomic_path
 from esvit.checkpoint_file import CheckpointError, load_checkpoint
-from esvit.config import EvalConfig
 from esvit.data.pipeline import eval_pipeline, make_loader, open_shards
 from esvit.data.shards import file_sha256
 from esvit.data.transforms import eval_transform
 from esvit.defaults import field_default
 from esvit.eval.checks import FeatureError, first_non_finite
+from esvit.eval.config import EvalConfig
 from esvit.models import Backbone
 from esvit.models.checkpoint import backbone_state
 from esvit.progress import progress

@@ -11,9 +11,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from esvit.config import EvalConfig
 from esvit.defaults import field_default
 from esvit.eval.checks import FeatureError, check_features
+from esvit.eval.config import EvalConfig
 from esvit.progress import progress
 
 __all__ = ["knn_classify", "KS", "TEMPERATURE"]

@@ -24,9 +24,9 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from esvit.config import EvalConfig
 from esvit.defaults import field_default
 from esvit.eval.checks import check_features
+from esvit.eval.config import EvalConfig
 from esvit.progress import progress
 
 __all__ = ["LinearResult", "linear_fast", "linear_paper", "augment_transform"]

@@ -35,9 +35,19 @@ import submitit
 
 from esvit.atomic import atomic_write_json, atomic_write_text
 from esvit.errors import LaunchError
-from esvit.train.config import LaunchConfig, TrainConfig, dump_train_config, load_train_config, per_device_batch
+from esvit.launch.config import LaunchConfig
+from esvit.train.config import TrainConfig, dump_train_config, load_train_config, per_device_batch
 
-__all__ = ["LaunchError", "PretrainJob", "preflight", "submit_or_reattach", "follow", "launch_slurm", "job_state"]
+__all__ = [
+    "LaunchError",
+    "PretrainJob",
+    "preflight",
+    "submit_or_reattach",
+    "follow",
+    "launch_slurm",
+    "job_state",
+    "job_error",
+]
 
 ACTIVE = {
     "PENDING",
@@ -389,10 +399,10 @@ def follow(
     final = run_dir / "final.pth"
     if st == "COMPLETED" and final.exists() and (run_dir / "done.json").exists():
         return final
-    raise LaunchError(f"Slurm job {job_id} ended {st}: {_job_error(folder, job_id)}")
+    raise LaunchError(f"Slurm job {job_id} ended {st}: {job_error(folder, job_id)}")
 
 
-def _job_error(folder: Path, job_id: str) -> str:
+def job_error(folder: Path, job_id: str) -> str:
     """The job's own error: the last line of rank 0's traceback (submitit's result file) or of its stderr."""
     from submitit.core.utils import pickle_load
 

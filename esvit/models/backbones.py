@@ -18,6 +18,8 @@ import torch
 import torch.nn as nn
 
 from esvit.archs import ARCHS
+from esvit.errors import ConfigError
+from esvit.fields import did_you_mean
 from esvit.models.features import Features
 from esvit.models.resnet import ResNetFeatures
 from esvit.models.swin import SwinFeatures
@@ -47,7 +49,7 @@ class Backbone(nn.Module):
     def __init__(self, arch: str, drop_path_rate: float = 0.0):
         super().__init__()
         if arch not in ARCHS:
-            raise ValueError(f"unknown arch {arch!r}; known: {', '.join(ARCHS)}")
+            raise ConfigError(f"unknown arch {arch!r}; known: {', '.join(ARCHS)}.{did_you_mean(arch, ARCHS)}")
         spec = ARCHS[arch]
         self.arch, self.family = arch, spec.family
         self.features = FEATURES[spec.family]()

@@ -2,7 +2,7 @@
 
 Writes ``summary.csv`` (one row per result, with the stale flag), ``summary.md``, ``report.html`` (tables and
 the figures embedded, a single self-contained file) and the figures as PNG. What it reads is a
-:class:`ReportInputs`: the files the workflow's ``report`` rule declares, or, by hand, everything under a
+:class:`ReportInputs`: the files the workflow's ``build_report`` rule declares, or, by hand, everything under a
 results folder.
 """
 

@@ -94,7 +94,7 @@ class CropsConfig:
 
 @dataclasses.dataclass
 class DataConfig:
-    shards: str = option("", help="Training shard folder (holding manifest.json); set by the pretrain rule.")
+    shards: str = option("", help="Training shard folder (holding manifest.json); set by the pretrain_model rule.")
     num_workers: int | None = option(
         None,
         min=0,

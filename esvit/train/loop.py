@@ -25,12 +25,12 @@ import torch.nn as nn
 
 from esvit.atomic import atomic_write_json, atomic_write_text
 from esvit.checkpoint_file import CheckpointError, load_checkpoint, save_checkpoint
-from esvit.config import to_dict
 from esvit.data.multicrop import FastMultiCrop
 from esvit.data.pipeline import EpochCursor, make_loader, open_shards, train_pipeline
 from esvit.data.transforms import MultiCropAugmentation
 from esvit.device import DeviceError, resolve_device
 from esvit.errors import TrainingError
+from esvit.fields import to_dict
 from esvit.lock import LockError, RunLock
 from esvit.losses import EsViTLoss
 from esvit.models import Backbone, EsViTNet

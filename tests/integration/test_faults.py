@@ -4,11 +4,16 @@ with one line naming the file or key and what to do, never give a wrong number w
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
 import torch
 
-from tests.conftest import run_cli
+from esvit.data.shards import verify_shards
+from tests.conftest import REPO, env_with_python, require_fashion_mnist, run_cli
 
 
 @pytest.fixture(scope="module")
@@ -695,3 +700,37 @@ def test_resume_allows_another_batch_split_of_the_same_total_and_refuses_other_s
     assert proc.returncode == 1 and len(err) == 1 and "the run was trained on other shards (digits/train" in err[0], (
         proc.stderr[-1500:]
     )
+
+
+def test_killed_process_leaves_no_manifest_and_rerun_completes(tmp_path):
+    """SIGKILL the real CLI mid-run; the folder must not look complete; a rerun finishes and verifies."""
+    require_fashion_mnist()
+    out = tmp_path / "fm"
+    cmd = [
+        sys.executable,
+        "-m",
+        "esvit",
+        "shard",
+        "--dataset",
+        "fashion_mnist",
+        "--split",
+        "train",
+        "--out",
+        str(out),
+        "--no-progress",
+        "--workers",
+        "1",
+        f"data_dir={tmp_path / 'data'}",
+        "shard.max_samples=3000",
+    ]
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env_with_python(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    deadline = time.time() + 120
+    while time.time() < deadline and len(list((out / ".work").glob("chunk-*.json"))) < 2:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert len(list((out / ".work").glob("chunk-*.json"))) >= 2, "the run never got going"
+    assert not (out / "manifest.json").exists() and not list(out.glob("*.tar"))
+    done = run_cli(*cmd[3:], check=True)
+    assert "60000 images" in done.stdout
+    assert verify_shards(out) == []

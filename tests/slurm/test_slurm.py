@@ -265,9 +265,7 @@ def test_no_requeues_left_fails_with_the_jobs_own_error(site, digits_shards, tmp
     subprocess.run(["scancel", "--signal=USR2", jid], check=True, capture_output=True)
     out = finish(proc)
     assert proc.returncode != 0
-    assert (
-        f"Slurm job {jid} ended FAILED: esvit.launch.submit.LaunchError: time limit reached after 0 requeues" in out
-    ), out
+    assert f"Slurm job {jid} ended FAILED: esvit.errors.LaunchError: time limit reached after 0 requeues" in out, out
     assert (run / "checkpoint.pth").exists() and not (run / "final.pth").exists()  # the checkpoint is kept
 
 

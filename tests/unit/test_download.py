@@ -4,17 +4,15 @@ torchvision dataset fetched through it in its real file format."""
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import json
 import os
-import struct
 
-import numpy as np
 import pytest
 
 from esvit.download import DownloadError, cache_path, fetch, fetch_dataset, load_releases, mirror_url
 from tests.conftest import run_cli
+from tests.conftest import serve_fake_mnist as _fake_mnist
 
 BODY = os.urandom(3 * (1 << 20) + 12345)  # a little over three read chunks
 MD5 = hashlib.md5(BODY).hexdigest()
@@ -195,28 +193,6 @@ def test_the_supervised_reference_is_timms_own_swin_t():
 
 
 # ----------------------------------------------------------------------------------------- a real dataset
-
-
-def _idx(images: np.ndarray | None = None, labels: np.ndarray | None = None) -> bytes:
-    """MNIST's idx file format, gzipped as the MNIST site serves it."""
-    if images is not None:
-        raw = struct.pack(">IIII", 0x803, *images.shape) + images.astype(np.uint8).tobytes()
-    else:
-        raw = struct.pack(">II", 0x801, len(labels)) + labels.astype(np.uint8).tobytes()
-    return gzip.compress(raw, mtime=0)
-
-
-def _fake_mnist(server, n_train: int = 30, n_test: int = 10) -> dict[str, bytes]:
-    rng = np.random.default_rng(0)
-    files = {
-        "train-images-idx3-ubyte.gz": _idx(rng.integers(0, 256, (n_train, 28, 28))),
-        "train-labels-idx1-ubyte.gz": _idx(labels=np.arange(n_train) % 10),
-        "t10k-images-idx3-ubyte.gz": _idx(rng.integers(0, 256, (n_test, 28, 28))),
-        "t10k-labels-idx1-ubyte.gz": _idx(labels=np.arange(n_test) % 10),
-    }
-    for name, body in files.items():
-        server.files[f"/ossci-datasets.s3.amazonaws.com/mnist/{name}"] = body
-    return files
 
 
 def test_a_torchvision_dataset_is_fetched_unpacked_and_sharded(tmp_path, file_server, monkeypatch):

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import struct
-
 import numpy as np
 import pytest
 
 from esvit.config import ConfigError, load_config
 from esvit.data.sources import SOURCES, SourceError, get_source, stratified_split
 from tests.conftest import FASHION_ROOT, make_jpeg, require_fashion_mnist
+from tests.conftest import write_idx as _write_idx
 
 
 def test_registry_has_the_required_sources():
@@ -68,12 +67,6 @@ def test_fashion_mnist_missing_package_says_what_to_install(tmp_path):
     cfg = {"datasets": {"fm": {"source": "fashion_mnist", "root": str(tmp_path)}}}
     with pytest.raises(ConfigError, match="apt-get install dataset-fashion-mnist"):
         load_config(cfg)
-
-
-def _write_idx(path, arr: np.ndarray) -> None:
-    """Write an array in MNIST's idx format (big-endian header, uint8 payload)."""
-    header = struct.pack(">HBB", 0, 8, arr.ndim) + b"".join(struct.pack(">I", d) for d in arr.shape)
-    path.write_bytes(header + arr.astype(np.uint8).tobytes())
 
 
 def test_torchvision_array_dataset_in_its_real_layout(tmp_path):

@@ -4,25 +4,13 @@ error, a collapsing run, missing and stale evaluation results, a release not yet
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-import time
 
 import yaml
 
-from tests.conftest import REPO, TINY, env_with_python, run_cli
-from tests.unit.test_report import _metrics
-
-
-def _config(tmp_path, runs: dict) -> str:
-    cfg = {
-        "datasets": {"digits": {"source": "digits", "splits": ["train", "test"]}},
-        "runs": runs,
-        "eval": {"datasets": ["digits"], "random_init_baseline": False},
-    }
-    path = tmp_path / "config.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    return str(path)
+from tests.conftest import REPO, run_cli
+from tests.conftest import status_config as _config
+from tests.conftest import status_rows as _status
+from tests.conftest import write_metrics as _metrics
 
 
 def _started_run(res, name: str, log: str) -> None:
@@ -31,70 +19,6 @@ def _started_run(res, name: str, log: str) -> None:
     (res / "pretrain" / name / "checkpoint.pth").write_bytes(b"x")
     (res / "logs/pretrain").mkdir(parents=True, exist_ok=True)
     (res / "logs/pretrain" / f"{name}.log").write_text(log)
-
-
-def _status(tmp_path, config: str) -> list[dict]:
-    proc = run_cli("status", "--config", config, "--results", str(tmp_path / "results"), "--json", cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr
-    return [json.loads(line) for line in proc.stdout.splitlines()]
-
-
-def test_a_local_run_is_seen_running_with_its_progress_then_done(tmp_path, digits_shards):
-    overrides = [
-        *TINY,
-        "optim.epochs=30",
-        "run.threads=1",
-        "data.num_workers=0",
-        "run.log_every_steps=1",
-        "loss.warmup_teacher_temp=0.04",
-        "loss.teacher_temp=0.04",
-    ]  # a teacher neither uniform nor one-hot here
-    demo = str(REPO / "configs/pretrain/demo.yaml")
-    config = _config(tmp_path, {"tiny": {"config": demo, "dataset": "digits", "overrides": overrides}})
-    assert _status(tmp_path, config)[0]["state"] == "not started"
-    out = tmp_path / "results/pretrain/tiny"
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "esvit",
-            "pretrain",
-            "--config",
-            demo,
-            "--shards",
-            str(digits_shards),
-            "--out",
-            str(out),
-            "--no-progress",
-            *overrides,
-        ],
-        cwd=tmp_path,
-        env=env_with_python(),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    running = None
-    deadline = time.monotonic() + 300
-    while proc.poll() is None and time.monotonic() < deadline:
-        row = _status(tmp_path, config)[0]
-        if row["state"] == "running" and row["epoch"] is not None and row["epoch"] >= 1:
-            running = row
-            break
-        time.sleep(0.5)
-    _, err = proc.communicate(timeout=600)
-    assert proc.returncode == 0, err[-2000:]
-    assert running is not None, "never seen running past its first epoch"
-    assert running["where"].startswith("pid ") and running["epochs"] == 30 and running["step"] > 0
-    assert running["loss"] > 0 and running["img_s"] > 0 and running["eta_s"] > 0 and running["collapse"] is None
-    done = _status(tmp_path, config)[0]
-    assert (
-        done["state"] == "done" and done["step"] == 30 * 6 and done["results_done"] == 0 and done["results_total"] == 2
-    )
-    table = run_cli("status", "--config", config, "--results", str(tmp_path / "results"), cwd=tmp_path).stdout
-    assert table.splitlines()[0].split()[:3] == ["run", "state", "where"] and "tiny  done" in table
-    assert " 30/30 " in table  # the epoch shown 1-based, of how many
-    assert "missing results: knn/tiny/digits, probe/tiny/digits" in table
 
 
 def test_failed_collapsing_stale_and_not_downloaded_runs(tmp_path):
@@ -298,6 +222,24 @@ def test_the_plan_without_evaluation_sets_releases_or_runs(tmp_path):
     # wildcard constraints: longest name first (`x_random` before `x`); a name no file has when there are none
     assert plan.wildcard_regex(["base", "base_random", "cont"]) == "base_random|base|cont"
     assert plan.wildcard_regex([], "no_runs") == "no_runs"
+
+
+def test_the_report_reads_what_the_plan_declares_and_the_bench_file_only_when_it_exists(tmp_path, monkeypatch):
+    from esvit import status as plan
+
+    cfg = _plan_config(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    inputs = plan.report_inputs(cfg)
+    assert inputs["metrics"] == plan.eval_targets(cfg) and inputs["viz"] == plan.viz_targets(cfg)
+    assert [p.removesuffix(".png") for p in inputs["viz_png"]] == [p.removesuffix(".json") for p in inputs["viz"]]
+    assert inputs["pretrain_done"] == [p.replace("final.pth", "done.json") for p in plan.pretrain_targets(cfg)]
+    assert inputs["bench"] == []
+    (tmp_path / "results/bench").mkdir(parents=True)
+    (tmp_path / plan.BENCH_INFER).write_text("{}\n")
+    assert plan.report_inputs(cfg)["bench"] == [plan.BENCH_INFER]
+    assert plan.launch_args(cfg) == ["--launcher", "local"]
+    cfg.launcher = "slurm"
+    assert plan.launch_args(cfg) == ["--launcher", "slurm", "--site", cfg.launch_site]
 
 
 def test_the_shard_settings_are_the_config_block_with_whole_numbers_as_written(tmp_path):

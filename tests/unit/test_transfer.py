@@ -19,7 +19,7 @@ from esvit.data.shards import ShardConfig, write_shards
 from esvit.data.sources import SourceError, get_source
 from esvit.data.transfer import VOC_CLASSES, decode_multilabel, kitti_distance_label, load_registry
 from tests.conftest import make_jpeg
-from tests.unit.test_sources import _write_idx
+from tests.conftest import write_idx as _write_idx
 
 
 def _jpgs(folder: Path, names, seed: int = 0, ext: str = "jpg") -> None:

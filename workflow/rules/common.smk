@@ -5,7 +5,8 @@ from pathlib import Path
 
 from snakemake.utils import validate
 
-from esvit.config import ConfigError, load_config, missing_paths, pretrain_overrides
+from esvit.config import load_config, missing_paths, pretrain_overrides
+from esvit.errors import ConfigError
 import esvit.status as plan
 from esvit.train.config import load_train_config, training_digest
 

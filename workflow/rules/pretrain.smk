@@ -21,7 +21,7 @@ rule pretrain_model:
         digest=training_config_digest,  # not on the command line: a changed training config reruns the job
         out=lambda w, output: Path(output.final).parent,
         shards=lambda w, input: ",".join(str(Path(m).parent) for m in input.manifest),
-        launch=lambda w: ["--launcher", "slurm", "--site", CFG.launch_site] if CFG.launcher == "slurm" else ["--launcher", "local"],
+        launch=lambda w: plan.launch_args(CFG),
     threads: pretrain_threads
     resources:
         mem_mb=8000,

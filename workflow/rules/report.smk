@@ -26,11 +26,7 @@ rule measure_correspondence:
 
 rule build_report:
     input:
-        metrics=EVAL_TARGETS,
-        viz=VIZ_TARGETS,
-        viz_png=[str(Path(p).with_suffix(".png")) for p in VIZ_TARGETS],
-        pretrain_done=[f"results/pretrain/{run}/done.json" for run in RUNS],
-        bench=[p for p in ["results/bench/infer.jsonl"] if Path(p).is_file()],  # esvit bench infer, when run
+        **plan.report_inputs(CFG, list(EVAL_MODELS)),
     output:
         summary_csv=report("results/report/summary.csv", caption="../report/summary.rst", category="Tables", labels={"table": "all results (csv)"}),
         summary_md="results/report/summary.md",

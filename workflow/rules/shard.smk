@@ -17,7 +17,8 @@ rule write_shards:
         root=lambda w: dataset_param("root")(w) or "",
         options=dataset_param("options"),
         settings=plan.shard_settings_json(CFG),
-        # data_dir as a function of the output, as the output's path holds it: no params rerun trigger of its own
+        # a function, as before it was one: a plain value would be a new param to the params rerun trigger, which
+        # would rerun every finished shard set once
         data_dir=lambda w, output: DATA_DIR,
         out=lambda w, output: Path(output.manifest).parent,
     threads: CFG.shard.workers
