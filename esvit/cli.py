@@ -8,7 +8,6 @@ traceback.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import re
 import sys
 from collections.abc import Callable
@@ -109,11 +108,7 @@ def run_shard(args: argparse.Namespace) -> int:
     import json
 
     from esvit.config import load_config
-    from esvit.data.shards import verify_shards, write_shards
-    from esvit.data.sources import get_source
-    from esvit.errors import ConfigError
-    from esvit.fields import did_you_mean
-    from esvit.lock import RunLock
+    from esvit.data.shards import shard_dataset, verify_shards
 
     if args.verify:
         problems = verify_shards(args.verify)
@@ -140,24 +135,7 @@ def run_shard(args: argparse.Namespace) -> int:
         cfg = load_config(data, args.overrides)
     else:
         cfg = load_config(args.config, args.overrides)
-    if args.dataset not in cfg.datasets:
-        raise ConfigError(
-            f"--dataset {args.dataset!r} is not in the config's datasets ({', '.join(cfg.datasets)})."
-            f"{did_you_mean(args.dataset, cfg.datasets)}"
-        )
-    ds = cfg.datasets[args.dataset]
-    if args.split and args.split not in ds.splits:
-        raise UsageError(f"--split {args.split!r} is not among datasets.{args.dataset}.splits ({', '.join(ds.splits)})")
-    splits = [args.split] if args.split else ds.splits
-    settings = dataclasses.replace(cfg.shard, workers=args.workers) if args.workers else cfg.shard
-    source = get_source(ds.source, ds.root, ds.options, cache_dir=str(Path(cfg.data_dir) / "raw" / args.dataset))
-    for split in splits:
-        if args.out:  # one split: that folder; every split: a folder per split inside it
-            out = Path(args.out) if args.split else Path(args.out) / split
-        else:
-            out = Path(cfg.data_dir) / "shards" / args.dataset / split
-        with RunLock(out, "shard folder"):
-            write_shards(source, args.dataset, split, out, settings, progress=not args.no_progress)
+    shard_dataset(cfg, args.dataset, args.split, args.out, args.workers, progress=not args.no_progress)
     return 0
 
 
@@ -302,22 +280,17 @@ def _pretrain_args(p: argparse.ArgumentParser) -> None:
 def _move_aside(run: Path) -> None:
     """``--restart``: rename a run folder out of the way (refused while a process holds it)."""
     import os
-    import time
 
-    from esvit.lock import RunLock
+    from esvit.lock import move_aside
 
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise UsageError(
             "--restart renames the run folder, which one process must do: rename it yourself (or use "
             "--launcher slurm, whose launcher does it), then start the distributed run"
         )
-    if not run.exists():
-        return
-    with RunLock(run, "run folder"):  # nobody is training in it
-        pass
-    old = run.with_name(f"{run.name}.old-{time.strftime('%Y%m%d-%H%M%S')}")
-    run.rename(old)
-    print(f"pretrain: --restart: the previous run is kept in {old}", flush=True)
+    old = move_aside(run)
+    if old is not None:
+        print(f"pretrain: --restart: the previous run is kept in {old}", flush=True)
 
 
 @command("pretrain", "EsViT self-supervised pretraining (resumes from <out>/checkpoint.pth)", _pretrain_args)

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from esvit.errors import LockError
 
-__all__ = ["LockError", "RunLock"]
+__all__ = ["LockError", "RunLock", "move_aside"]
 
 log = logging.getLogger("esvit")
 
@@ -86,3 +86,16 @@ def _describe(holder: str) -> str:
         return "another process"
     job = f", Slurm job {h['slurm_job']}" if h.get("slurm_job") else ""
     return f"pid {h.get('pid')} on {h.get('host')}{job} (since {h.get('since')})"
+
+
+def move_aside(folder: str | Path, what: str = "run folder") -> Path | None:
+    """Rename ``folder`` to ``<name>.old-<date-time>`` beside it, refused (:class:`LockError`) while a process
+    holds it; returns the new name, or None when there is no folder."""
+    folder = Path(folder)
+    if not folder.exists():
+        return None
+    with RunLock(folder, what):  # nobody is working in it
+        pass
+    old = folder.with_name(f"{folder.name}.old-{time.strftime('%Y%m%d-%H%M%S')}")
+    folder.rename(old)
+    return old

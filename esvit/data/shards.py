@@ -26,17 +26,30 @@ import shutil
 import tarfile
 import time
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
 from esvit import __version__
 from esvit.atomic import atomic_write_json
-from esvit.data.sources import Record, Source
-from esvit.errors import ShardError
-from esvit.fields import option
+from esvit.data.sources import Record, Source, get_source
+from esvit.errors import ConfigError, ShardError
+from esvit.fields import did_you_mean, option
+from esvit.lock import RunLock
 
-__all__ = ["ShardError", "ShardConfig", "write_shards", "verify_shards", "shard_pattern", "check_image", "file_sha256"]
+if TYPE_CHECKING:  # a type only: esvit.config imports this module
+    from esvit.config import PipelineConfig
+
+__all__ = [
+    "ShardError",
+    "ShardConfig",
+    "shard_dataset",
+    "write_shards",
+    "verify_shards",
+    "shard_pattern",
+    "check_image",
+    "file_sha256",
+]
 
 MANIFEST = "manifest.json"
 TAR_BLOCK = 512
@@ -478,3 +491,51 @@ def verify_shards(shard_dir: str | Path, deep: bool = True) -> list[str]:
     if not problems and total != manifest["total"]:
         problems.append(f"total {total} samples, manifest says {manifest['total']}")
     return problems
+
+
+def shard_dataset(
+    cfg: PipelineConfig,
+    dataset: str,
+    split: str | None = None,
+    out: str | Path | None = None,
+    workers: int | None = None,
+    progress: bool = True,
+) -> list[Path]:
+    """The sharding stage for one dataset of a workflow config (``esvit shard``): each split (or ``split``) to
+    ``<data_dir>/shards/<dataset>/<split>``, or to ``out`` (one split: that folder; every split: a folder per split
+    inside it), each folder locked while it is written.
+
+    Args:
+        cfg: the validated workflow config.
+        dataset: a key of ``cfg.datasets``.
+        split: one of its splits (default: all).
+        out: the output folder instead of the data folder's.
+        workers: writer processes instead of ``cfg.shard.workers``.
+        progress: show progress.
+
+    Returns:
+        The shard folders written.
+
+    Raises:
+        ConfigError: ``dataset`` or ``split`` is not in the config.
+    """
+    if dataset not in cfg.datasets:
+        raise ConfigError(
+            f"--dataset {dataset!r} is not in the config's datasets ({', '.join(cfg.datasets)})."
+            f"{did_you_mean(dataset, cfg.datasets)}"
+        )
+    ds = cfg.datasets[dataset]
+    if split and split not in ds.splits:
+        raise ConfigError(f"--split {split!r} is not among datasets.{dataset}.splits ({', '.join(ds.splits)})")
+    settings = dataclasses.replace(cfg.shard, workers=workers) if workers else cfg.shard
+    source = get_source(ds.source, ds.root, ds.options, cache_dir=str(Path(cfg.data_dir) / "raw" / dataset))
+    folders = []
+    for name in [split] if split else ds.splits:
+        if out:
+            folder = Path(out) if split else Path(out) / name
+        else:
+            folder = Path(cfg.data_dir) / "shards" / dataset / name
+        with RunLock(folder, "shard folder"):
+            write_shards(source, dataset, name, folder, settings, progress=progress)
+        folders.append(folder)
+    return folders
