@@ -61,7 +61,8 @@ def import_graph(root: Path = PACKAGE) -> dict[str, set[str]]:
                 targets.update(subs or {module})
         own = {".".join(name.split(".")[:i]) for i in range(1, name.count(".") + 2)}  # itself and its packages
         packages = {".".join(t.split(".")[:i]) for t in targets for i in range(1, t.count(".") + 1)}
-        graph[name] = {t for t in targets | packages if t in files and t not in own}
+        implicit = {p for p in packages if p not in own}  # an explicit import of its own package still counts
+        graph[name] = {t for t in targets | implicit if t in files and t != name}
     return graph
 
 

@@ -72,3 +72,14 @@ def test_command_prints_layers_and_exits_zero():
     first = out.stdout.splitlines()[0]
     assert first.startswith("layer 0:") and "esvit.errors" in first.split()
     assert "0 cycles" in out.stderr
+
+
+def test_checker_counts_a_submodule_importing_a_name_from_its_own_package(graph_tool, tmp_path):
+    """`from pkg import helper` in pkg/a.py while pkg/__init__.py imports a: a cycle that works only by import order."""
+    pkg = tmp_path / "pkg"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("def helper():\n    pass\n\nfrom pkg import a\n")
+    (pkg / "a.py").write_text("from pkg import helper\n")
+    graph = graph_tool.import_graph(pkg)
+    assert graph == {"pkg": {"pkg.a"}, "pkg.a": {"pkg"}}
+    assert graph_tool.cycles(graph) == [["pkg", "pkg.a"]]
