@@ -8,6 +8,7 @@ traceback.
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import sys
 from collections.abc import Callable
@@ -577,7 +578,9 @@ def _viz_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--arch", help="architecture (required with --random-init)")
     p.add_argument("--shards", required=True, help="shard folder to draw images from")
-    p.add_argument("--n", type=int, default=512, help="images for the correspondence accuracy (default %(default)s)")
+    p.add_argument(
+        "--n", type=_positive(int), default=512, help="images for the correspondence accuracy (default %(default)s)"
+    )
     p.add_argument("--image-size", type=_positive(int), default=224, help="view size (default %(default)s)")
     p.add_argument("--out", required=True, help="output folder: correspondence.json + correspondence.png")
 
@@ -712,6 +715,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return COMMANDS[args.command][2](args)
+    except BrokenPipeError:  # `esvit status | head`: the reader left; nothing more to say
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except EsvitError as exc:
         print(f"esvit: error: {_one_line(exc)}", file=sys.stderr)
         return exc.exit_code

@@ -24,6 +24,8 @@ import torch
 
 from esvit.atomic import atomic_path
 from esvit.checkpoint_file import CheckpointError, load_checkpoint, save_checkpoint
+from esvit.errors import ConfigError
+from esvit.fields import did_you_mean
 from esvit.models.backbones import ARCHS, Backbone
 
 __all__ = [
@@ -146,6 +148,12 @@ def _plain(value: Any) -> Any:
     return value if isinstance(value, (str, int, float, bool, type(None))) else repr(value)
 
 
+def _first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (torch appends advice that does not apply here)."""
+    text = str(exc).strip()
+    return text.splitlines()[0][:200] if text else ""
+
+
 def load_timm_weights(path: str | Path) -> dict[str, Any]:
     """A timm / torchvision-style state dict: a ``.safetensors`` file (timm's hub format; no pickle at all) or a
     ``.pth`` / ``.bin`` of tensors (``weights_only``), possibly under ``model`` or ``state_dict``."""
@@ -162,7 +170,8 @@ def load_timm_weights(path: str | Path) -> dict[str, Any]:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
         raise CheckpointError(
-            f"cannot load {str(path)!r} as timm weights ({type(exc).__name__}: {str(exc)[:200]}); is the file complete?"
+            f"cannot load {str(path)!r} as timm weights ({type(exc).__name__}: {_first_line(exc)}); is the file "
+            "complete?"
         ) from None
     if not isinstance(ckpt, dict):
         raise CheckpointError(f"{path}: holds a {type(ckpt).__name__}, not a state dict")
@@ -178,7 +187,7 @@ def import_official(path: str | Path, arch: str, out: str | Path, key: str = "te
         official run's ``args`` as plain data.
     """
     if arch not in ARCHS:
-        raise CheckpointError(f"unknown arch {arch!r}; known: {', '.join(ARCHS)}")
+        raise ConfigError(f"unknown arch {arch!r}; known: {', '.join(ARCHS)}.{did_you_mean(arch, ARCHS)}")
     if fmt not in ("official", "timm"):
         raise CheckpointError(f"unknown checkpoint format {fmt!r}; known: official, timm")
     from esvit.download import check_recorded

@@ -126,3 +126,23 @@ def test_transfer_registry_matches_the_reference_table():
         assert entry["metric"] == rows[key]["metric"], key
         assert entry["class"] is None or hasattr(tvd, entry["class"]), key
         assert entry["layout"] and entry["download"], key
+
+
+def test_a_reader_that_leaves_early_ends_the_listing_quietly():
+    """`esvit sources | head -1`: the reader is gone before the listing is written; no traceback, exit 0."""
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO, env_with_python
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "esvit", "sources"],
+        cwd=REPO,
+        env=env_with_python(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    proc.stdout.close()  # before the child has imported anything: its first write finds no reader
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 0, err
+    assert "Traceback" not in err and "BrokenPipeError" not in err, err
