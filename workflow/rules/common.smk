@@ -40,12 +40,9 @@ wildcard_constraints:
 # probe, per linear dataset the linear protocol: the same list `esvit status` checks.
 EVAL_TARGETS = plan.eval_targets(CFG, list(EVAL_MODELS))
 ALL_TARGETS = plan.shard_targets(CFG) + plan.pretrain_targets(CFG) + EVAL_TARGETS
-# The correspondence diagnostic (esvit viz) of every evaluated model, on eval.correspondence_dataset's held-out images.
-VIZ_TARGETS = plan.viz_targets(CFG, list(EVAL_MODELS))
 # The run the report counts transfer wins against: a supervised release, as the paper counts them (else the
 # report's default, a random initialisation).
 REPORT_BASELINE = plan.report_args(CFG)
-RUNS = plan.pretrained_runs(CFG)  # pretrained here
 
 
 def dataset_param(key):
