@@ -27,7 +27,7 @@ class Arch:
     """One architecture.
 
     Attributes:
-        family: the model family (``swin``, ``vit``, ``resnet``): which feature conventions apply.
+        family: the model family (``swin``, ``vil``, ``cvt``, ``vit``, ``resnet``): which feature conventions apply.
         timm_name: what ``timm.create_model`` builds (and what ``esvit export`` output loads into).
         min_input: the smallest input side in pixels the network takes (one patch; ResNet: its total stride).
     """
@@ -61,6 +61,10 @@ ARCHS: dict[str, Arch] = {
             "swin_test_w14",
         ),
     ),
+    # EsViT ViL (esvit/models/vil.py; total stride 32)
+    **_own("vil", min_input=32, names=("vil_tiny", "vil_nano", "vil_test")),
+    # EsViT CvT (esvit/models/cvt.py; first convolution stride 4)
+    **_own("cvt", min_input=4, names=("cvt_tiny", "cvt_nano", "cvt_test")),
     # timm's own models under a short name (feature conventions: esvit/models/vit.py, esvit/models/resnet.py)
     "vit_small": Arch("vit", timm_name="vit_small_patch16_224", min_input=16),
     "vit_base": Arch("vit", timm_name="vit_base_patch16_224", min_input=16),

@@ -5,6 +5,9 @@ read through its family's feature conventions (docs/algorithm.md §1.1, §2, §4
 
 - Swin (``esvit/models/swin.py``, the official EsViT block at any input size): tokens = last-stage map after
   the final LayerNorm (eps 1e-6), pooled = their mean.
+- ViL (``esvit/models/vil.py``, sliding-chunk + global-token attention) and CvT (``esvit/models/cvt.py``,
+  convolutional projections, window attention): tokens = last-stage tokens after the final LayerNorm, pooled =
+  their mean.
 - ViT / DeiT (``esvit/models/vit.py``): pooled = [CLS] after the final norm, tokens = the patch tokens.
 - ResNet-50 (``esvit/models/resnet.py``): tokens = the layer4 map flattened (no norm), pooled = their mean.
 
@@ -20,9 +23,11 @@ import torch.nn as nn
 from esvit.archs import ARCHS
 from esvit.errors import ConfigError
 from esvit.fields import did_you_mean
+from esvit.models.cvt import CvtFeatures
 from esvit.models.features import Features
 from esvit.models.resnet import ResNetFeatures
 from esvit.models.swin import SwinFeatures
+from esvit.models.vil import VilFeatures
 from esvit.models.vit import VitFeatures
 
 __all__ = ["ARCHS", "Backbone", "FEATURES"]
@@ -30,6 +35,8 @@ __all__ = ["ARCHS", "Backbone", "FEATURES"]
 # family (``esvit.archs.Arch.family``) -> its feature conventions
 FEATURES: dict[str, type[Features]] = {
     "swin": SwinFeatures,
+    "vil": VilFeatures,
+    "cvt": CvtFeatures,
     "vit": VitFeatures,
     "resnet": ResNetFeatures,
 }
@@ -41,7 +48,7 @@ class Backbone(nn.Module):
     Attributes:
         net: the timm model (its ``state_dict`` is what an export writes).
         arch: the architecture's name (``esvit.archs.ARCHS``).
-        family: ``swin``, ``vit`` or ``resnet``.
+        family: ``swin``, ``vil``, ``cvt``, ``vit`` or ``resnet``.
         features: the family's conventions (``SwinFeatures``, ...), chosen once here.
         num_features: channels C of the pooled feature and of each token.
     """
