@@ -27,9 +27,10 @@ class Arch:
     """One architecture.
 
     Attributes:
-        family: the model family (``swin``, ``vil``, ``cvt``, ``vit``, ``resnet``): which feature conventions apply.
+        family: the model family (``swin``, ``vil``, ``cvt``, ``pvt``, ``vit``, ``resnet``): which feature
+            conventions apply.
         timm_name: what ``timm.create_model`` builds (and what ``esvit export`` output loads into).
-        min_input: the smallest input side in pixels the network takes (one patch; ResNet: its total stride).
+        min_input: the smallest input side in pixels the network takes (one patch; ResNet, PvT: the total stride).
     """
 
     family: str
@@ -70,6 +71,15 @@ ARCHS: dict[str, Arch] = {
     "vit_base": Arch("vit", timm_name="vit_base_patch16_224", min_input=16),
     "deit_small": Arch("vit", timm_name="deit_small_patch16_224", min_input=16),
     "resnet50": Arch("resnet", timm_name="resnet50", min_input=32),
+    # PvT v1 (esvit/models/pvt.py; total stride 32: one last-stage token)
+    **_own(
+        "pvt",
+        min_input=32,
+        names=(
+            "pvt_tiny",  # the paper's PvT-T (Table 4): v1's PVT-Small depths 3-4-6-3, 24 M parameters
+            "pvt_test",  # 4-wide: the shape of the official-network fixture in tests/
+        ),
+    ),
 }
 
 

@@ -10,6 +10,8 @@ read through its family's feature conventions (docs/algorithm.md §1.1, §2, §4
   their mean.
 - ViT / DeiT (``esvit/models/vit.py``): pooled = [CLS] after the final norm, tokens = the patch tokens.
 - ResNet-50 (``esvit/models/resnet.py``): tokens = the layer4 map flattened (no norm), pooled = their mean.
+- PvT v1 (``esvit/models/pvt.py``): pooled = [CLS] after the final norm, tokens = the last-stage patch tokens
+  after it.
 
 Importing this module registers the EsViT variants with timm (``esvit_swin_tiny_w7``, ...), so
 ``timm.create_model(name, num_classes=0)`` builds the same network a checkpoint export loads into.
@@ -25,6 +27,7 @@ from esvit.errors import ConfigError
 from esvit.fields import did_you_mean
 from esvit.models.cvt import CvtFeatures
 from esvit.models.features import Features
+from esvit.models.pvt import PvtFeatures
 from esvit.models.resnet import ResNetFeatures
 from esvit.models.swin import SwinFeatures
 from esvit.models.vil import VilFeatures
@@ -39,6 +42,7 @@ FEATURES: dict[str, type[Features]] = {
     "cvt": CvtFeatures,
     "vit": VitFeatures,
     "resnet": ResNetFeatures,
+    "pvt": PvtFeatures,
 }
 
 
@@ -48,7 +52,7 @@ class Backbone(nn.Module):
     Attributes:
         net: the timm model (its ``state_dict`` is what an export writes).
         arch: the architecture's name (``esvit.archs.ARCHS``).
-        family: ``swin``, ``vil``, ``cvt``, ``vit`` or ``resnet``.
+        family: the architecture's family (``esvit.archs.Arch.family``: ``swin``, ``vit``, ...).
         features: the family's conventions (``SwinFeatures``, ...), chosen once here.
         num_features: channels C of the pooled feature and of each token.
     """
@@ -71,12 +75,13 @@ class Backbone(nn.Module):
         """The ImageNet linear-probe feature (docs/algorithm.md §4): the outputs of the last ``n`` blocks concatenated.
 
         Swin: each block's output average-pooled (the final LayerNorm applied to last-stage blocks only);
-        ViT: the [CLS] token of each of the last ``n`` blocks after the final norm; ResNet: the pooled feature.
+        ViT: the [CLS] token of each of the last ``n`` blocks after the final norm; ResNet: the pooled feature;
+        PvT: a last-stage block's [CLS] after the final norm, an earlier block's token mean.
         """
         return self.features.last_blocks(self.net, x, n)
 
     def pooled_and_last_blocks(self, x: torch.Tensor, n: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
         """Both evaluation features from one pass: the last block's chunk of ``last_blocks`` is the pooled
-        feature (Swin: final-norm average; ViT: final-norm [CLS]; ResNet: the pooled feature itself)."""
+        feature (Swin: final-norm average; ViT, PvT: final-norm [CLS]; ResNet: the pooled feature itself)."""
         blocks = self.last_blocks(x, n)
         return blocks[:, -self.num_features :], blocks

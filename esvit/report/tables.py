@@ -51,6 +51,7 @@ PAPER_ARCH = {
     "resnet50": ("ResNet-50", None),
     "vil_tiny": ("ViL-T", None),
     "cvt_tiny": ("CvT-T", None),
+    "pvt_tiny": ("PvT-T", None),
 }
 
 # The paper's Table 4 compares architectures at total batch 1024 (the others use 512): a run pretrained here at

@@ -33,6 +33,8 @@ EXPECTED = {
     "vit_base": (768, 196, 36),
     "deit_small": (384, 196, 36),
     "resnet50": (2048, 49, 9),
+    "pvt_tiny": (512, 49, 9),
+    "pvt_test": (32, 49, 9),
 }
 
 
@@ -65,7 +67,7 @@ def test_interface_shapes_at_global_and_local_sizes(arch):
         for size, tokens in ((224, t224), (96, t96)):
             pooled, toks = net(torch.randn(2, 3, size, size))
             assert pooled.shape == (2, c) and toks.shape == (2, tokens, c)
-            if net.family != "vit":  # multi-stage nets: the view feature is the mean of the region tokens
+            if net.family not in ("vit", "pvt"):  # no class token: the view feature is the mean of the region tokens
                 torch.testing.assert_close(pooled, toks.mean(1))
         x = torch.randn(2, 3, 96, 96)
         one_pass_pooled, blocks = net.pooled_and_last_blocks(x)  # what `esvit extract` caches, from one pass
