@@ -51,6 +51,16 @@ def close_distributed() -> None:
         dist.destroy_process_group()
 
 
+def broadcast_batch_norm_buffers(module: torch.nn.Module) -> None:
+    """Give every rank rank 0's BatchNorm running statistics (a collective). Without SyncBatchNorm (CPU ranks)
+    each rank estimates them from its own batches (DDP broadcasts the student's before each forward only); the
+    checkpoint holds rank 0's, and so do all ranks after this."""
+    for m in module.modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            for t in m.buffers():
+                dist.broadcast(t, src=0)
+
+
 def rank_fingerprints(*modules: torch.nn.Module) -> list[dict]:
     """Every rank's ``{rank, host, fingerprint}`` (SHA-256 of the modules' parameters and buffers), gathered.
 

@@ -36,7 +36,14 @@ from esvit.losses import EsViTLoss
 from esvit.models import Backbone, EsViTNet
 from esvit.progress import progress
 from esvit.train.config import TrainConfig, dump_train_config, loader_workers, per_device_batch, training_differences
-from esvit.train.distributed import DistInfo, close_distributed, gather_objects, init_distributed, rank_fingerprints
+from esvit.train.distributed import (
+    DistInfo,
+    broadcast_batch_norm_buffers,
+    close_distributed,
+    gather_objects,
+    init_distributed,
+    rank_fingerprints,
+)
 from esvit.train.ema import ema_update
 from esvit.train.memory import keep_freed_memory
 from esvit.train.schedules import cosine_schedule
@@ -178,7 +185,8 @@ class Trainer:
         torch.manual_seed(cfg.run.seed)
         self.student, self.teacher = build_models(cfg)
         torch.manual_seed(cfg.run.seed + self.dist.rank)  # drop path and anything random after: per rank
-        if self.dist.distributed and self.student.backbone.features.uses_batch_norm:
+        if self.dist.distributed and self.student.backbone.features.uses_batch_norm and self.device.type == "cuda":
+            # SyncBatchNorm runs on GPUs only; CPU (gloo) ranks keep per-process BatchNorm statistics
             self.student = nn.SyncBatchNorm.convert_sync_batchnorm(self.student)
             self.teacher = nn.SyncBatchNorm.convert_sync_batchnorm(self.teacher)
         self.student.to(self.device)
@@ -604,6 +612,9 @@ def _train(
     if stopped:
         return path
     # every rank's student + teacher must be bit-identical (gradients averaged, the same EMA): check, record
+    if dist_info.distributed and tr.student.backbone.features.uses_batch_norm and tr.device.type != "cuda":
+        for net in (tr.student, tr.teacher):  # per-rank BatchNorm statistics without SyncBatchNorm
+            broadcast_batch_norm_buffers(net)
     ranks = rank_fingerprints(tr.student, tr.teacher)
     if len({r["fingerprint"] for r in ranks}) > 1:
         raise TrainingError(f"the ranks' weights diverged ({ranks}); the checkpoint holds rank 0's")
