@@ -224,6 +224,22 @@ def test_two_nodes_train_one_model_with_synchronised_gradients(reference):
     assert [r["step"] for r in log][-1] == EPOCHS * 10 and log[-1]["loss"] < log[0]["loss"]
 
 
+@pytest.mark.parametrize("arch", ["vil_test", "cvt_test"])
+def test_other_backbone_families_train_across_two_nodes(site, digits_shards, tmp_path, arch):
+    """The launcher is the same for every family: ViL (sliding-chunk attention) and CvT (BatchNorm, per-node
+    statistics on CPU) train on both nodes and end with bit-identical weights."""
+    run = tmp_path / arch
+    proc = pretrain(
+        run, digits_shards, site, f"model.arch={arch}", "crops.global_size=64", "crops.local_size=[32]", epochs=1
+    )
+    out = finish(proc)
+    assert proc.returncode == 0, out
+    done = json.loads((run / "done.json").read_text())
+    assert done["arch"] == arch and done["world_size"] == 2 and done["global_step"] == 10
+    assert {r["host"] for r in done["ranks"]} == {"n1", "n2"}
+    assert len({r["fingerprint"] for r in done["ranks"]}) == 1
+
+
 def interrupted_run(run: Path, shards: Path, site: Path, *interrupt: str) -> tuple[subprocess.Popen, str, str]:
     """A run that ``interrupt`` (a command taking the job id last) hits after 10 steps; Slurm requeues it.
     Returns the launcher process, its output and the job id."""
