@@ -80,21 +80,20 @@ def _chunk_index(w: int, offsets: tuple[tuple[int, int], ...]) -> torch.Tensor:
 
 
 def _chunks(t: torch.Tensor, w: int) -> torch.Tensor:
-    """[b, c, mx*w, my*w] -> [b, c, mx, my, w*w]."""
-    b, c, hp, wp = t.shape
-    return t.view(b, c, hp // w, w, wp // w, w).permute(0, 1, 2, 4, 3, 5).reshape(b, c, hp // w, wp // w, w * w)
+    """[b, mx*w, my*w, c] -> [b, mx, my, w*w, c] (channels last: each chunk's tokens row-major)."""
+    b, hp, wp, c = t.shape
+    return t.view(b, hp // w, w, wp // w, w, c).transpose(2, 3).reshape(b, hp // w, wp // w, w * w, c)
 
 
 def _neighbours(t: torch.Tensor, w: int, offsets: tuple[tuple[int, int], ...]) -> torch.Tensor:
-    """[b, c, hp, wp] (hp, wp multiples of w) -> [b, c, mx, my, len(offsets)*w*w]: for each chunk, the tokens of
+    """[b, hp, wp, c] (hp, wp multiples of w) -> [b, mx, my, len(offsets)*w*w, c]: for each chunk, the tokens of
     the chunks at ``offsets`` (zeros beyond the map)."""
-    hp, wp = t.shape[-2:]
-    padded = F.pad(t, (w, w, w, w))
+    hp, wp = t.shape[1:3]
+    padded = F.pad(t, (0, 0, w, w, w, w))
     parts = [
-        _chunks(padded[..., (1 + dm) * w : (1 + dm) * w + hp, (1 + dn) * w : (1 + dn) * w + wp], w)
-        for dm, dn in offsets
+        _chunks(padded[:, (1 + dm) * w : (1 + dm) * w + hp, (1 + dn) * w : (1 + dn) * w + wp], w) for dm, dn in offsets
     ]
-    return torch.cat(parts, dim=-1)
+    return torch.cat(parts, dim=3)
 
 
 class SlidingChunkAttention(nn.Module):
@@ -136,47 +135,44 @@ class SlidingChunkAttention(nn.Module):
         b, n, c = x.shape
         g, h, m, w = self.num_global, self.num_heads, self.head_dim, self.window
         offsets = self._offsets()
-        q = self.scale * self.query(x[:, g:]).reshape(b, nx * ny, h, m).transpose(1, 2)  # b h L m
-        k, v = self.kv(x).reshape(b, n, 2, h, m).permute(2, 0, 3, 1, 4)  # b h N m each
+        q = self.scale * self.query(x[:, g:]).reshape(b, nx, ny, h, m)
+        k, v = self.kv(x).reshape(b, n, 2, h, m).unbind(2)  # b N h m each
         pad_x, pad_y = (w - nx % w) % w, (w - ny % w) % w
 
-        def image(t: torch.Tensor) -> torch.Tensor:  # b h L m -> (b h) m hp wp, zero-padded
-            return F.pad(t.transpose(-2, -1).reshape(b * h, m, nx, ny), (0, pad_y, 0, pad_x))
+        def image(t: torch.Tensor) -> torch.Tensor:  # b nx ny h m -> (b h) hp wp m, zero-padded
+            t = t.permute(0, 3, 1, 2, 4).reshape(b * h, nx, ny, m)
+            return F.pad(t, (0, 0, 0, pad_y, 0, pad_x))
 
-        q_img = _chunks(image(q), w)  # (bh) m mx my w2
-        k_nb = _neighbours(image(k[:, :, g:]), w, offsets)  # (bh) m mx my K
-        v_nb = _neighbours(image(v[:, :, g:]), w, offsets)
-        local = torch.einsum("bcmnl,bcmnt->bmnlt", q_img, k_nb)
+        q_img = _chunks(image(q), w)  # (bh) mx my w2 m
+        keys = _neighbours(image(k[:, g:].reshape(b, nx, ny, h, m)), w, offsets)  # (bh) mx my K m
+        values = _neighbours(image(v[:, g:].reshape(b, nx, ny, h, m)), w, offsets)
+        mx, my = q_img.shape[1:3]
         bias = self.local_relative_position_bias_table[_chunk_index(w, offsets).to(x.device).view(-1)]
         bias = bias.view(w * w, -1, h).permute(2, 0, 1)  # h w2 K
-        local = local + bias.repeat(b, 1, 1)[:, None, None]
-        valid = F.pad(torch.ones(1, 1, nx, ny, device=x.device, dtype=torch.bool), (0, pad_y, 0, pad_x))
-        valid = _neighbours(valid, w, offsets)[0, 0]  # mx my K (chunks beyond the map and padding: False)
-        local = local.masked_fill(~valid[None, :, :, None, :], float("-inf"))
-        scores = local
-        if g:
-            k_glo = k[:, :, :g].reshape(b * h, g, m)
-            to_glo = torch.einsum("bcmnl,btc->bmnlt", q_img, k_glo)
-            to_glo = to_glo + self.g2l_relative_position_bias[1].repeat(b, 1)[:, None, None, None, :]
-            scores = torch.cat([to_glo, local], dim=-1)
-        attn = scores.softmax(dim=-1)
-        out = torch.einsum("bmnlt,bcmnt->bcmnl", attn[..., g:], v_nb)
-        if g:
-            out = out + torch.einsum("bmnlt,btc->bcmnl", attn[..., :g], v[:, :, :g].reshape(b * h, g, m))
-        mx, my = out.shape[2:4]
-        out = out.view(b * h, m, mx, my, w, w).permute(0, 2, 4, 3, 5, 1).reshape(b * h, mx * w, my * w, m)
-        out = out[:, :nx, :ny].reshape(b, h, nx * ny, m).transpose(1, 2).reshape(b, nx * ny, c)
-        out = self.proj(out)
+        valid = F.pad(torch.ones(1, nx, ny, 1, device=x.device, dtype=torch.bool), (0, 0, 0, pad_y, 0, pad_x))
+        valid = _neighbours(valid, w, offsets)[0, :, :, :, 0]  # mx my K (beyond the map, padding: False)
+        mask = torch.zeros(valid.shape, device=x.device, dtype=bias.dtype).masked_fill_(~valid, float("-inf"))
+        bias = bias[:, None, None] + mask[None, :, :, None, :]  # h mx my w2 K
+        if g:  # the global tokens' keys and values in front of every chunk's, with the local->global bias
+            k_glo = k[:, :g].transpose(1, 2).reshape(b * h, 1, 1, g, m).expand(-1, mx, my, -1, -1)
+            v_glo = v[:, :g].transpose(1, 2).reshape(b * h, 1, 1, g, m).expand(-1, mx, my, -1, -1)
+            keys, values = torch.cat([k_glo, keys], dim=3), torch.cat([v_glo, values], dim=3)
+            to_glo = self.g2l_relative_position_bias[1][:, None, None, None, :].expand(-1, mx, my, w * w, -1)
+            bias = torch.cat([to_glo, bias], dim=-1)
+        scores = (q_img @ keys.transpose(-2, -1)).view(b, h, mx, my, w * w, -1) + bias
+        out = scores.softmax(dim=-1).view(b * h, mx, my, w * w, -1) @ values  # (bh) mx my w2 m
+        out = out.view(b, h, mx, my, w, w, m).permute(0, 2, 4, 3, 5, 1, 6).reshape(b, mx * w, my * w, c)
+        out = self.proj(out[:, :nx, :ny].reshape(b, nx * ny, c))
         if not g:
             return out
         q_glo = self.scale * self.query(x[:, :g]).reshape(b, g, h, m).transpose(1, 2)  # b h g m
-        glo = q_glo @ k.transpose(-2, -1)  # b h g N
+        glo = q_glo @ k.permute(0, 2, 3, 1)  # b h g N
         glo_bias = torch.cat(
             [self.g2g_relative_position_bias, self.g2l_relative_position_bias[0][:, :, None].expand(-1, -1, nx * ny)],
             dim=-1,
         )
         glo = (glo + glo_bias[None]).softmax(dim=-1)
-        out_glo = self.proj((glo @ v).transpose(1, 2).reshape(b, g, c))
+        out_glo = self.proj((glo @ v.transpose(1, 2)).transpose(1, 2).reshape(b, g, c))
         return torch.cat([out_glo, out], dim=1)
 
 
