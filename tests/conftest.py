@@ -223,7 +223,15 @@ def tiny_cfg(shards, *extra):
 
 
 def write_metrics(
-    results: Path, ev: str, run: str, dataset: str, value: float, ckpt: Path | None, metric="top1", sha=None
+    results: Path,
+    ev: str,
+    run: str,
+    dataset: str,
+    value: float,
+    ckpt: Path | None,
+    metric="top1",
+    sha=None,
+    arch="swin_tiny_w7",
 ):
     """One metrics record as the evaluation commands write it, at results/<ev>/<run>/<dataset>/metrics.json."""
     from esvit.data.shards import file_sha256
@@ -234,7 +242,7 @@ def write_metrics(
         json.dumps(
             {
                 "run": run,
-                "arch": "swin_tiny_w7",
+                "arch": arch,
                 "dataset": dataset,
                 "eval": ev,
                 "metric_name": metric,

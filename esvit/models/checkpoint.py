@@ -22,10 +22,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from esvit.atomic import atomic_path
+from esvit.atomic import atomic_path, atomic_write_json
 from esvit.checkpoint_file import CheckpointError, load_checkpoint, save_checkpoint
 from esvit.errors import ConfigError
 from esvit.fields import did_you_mean
+from esvit.imported import import_record_path
 from esvit.models.backbones import ARCHS, Backbone
 
 __all__ = [
@@ -229,6 +230,18 @@ def import_official(path: str | Path, arch: str, out: str | Path, key: str = "te
     if isinstance(ckpt.get("epoch"), int):
         record["official_epoch"] = ckpt["epoch"]
     save_checkpoint(out, record)
+    # what the report needs without loading the weights: the tasks the official run trained (its own args)
+    dense = getattr(ckpt.get("args"), "use_dense_prediction", None)
+    atomic_write_json(
+        import_record_path(out),
+        {
+            "arch": arch,
+            "format": fmt,
+            "imported_from": str(path),
+            "tasks": None if dense is None else ("V+R" if dense else "V"),
+            "official_epoch": record.get("official_epoch"),
+        },
+    )
     return Path(out)
 
 

@@ -18,6 +18,7 @@ import yaml
 
 from esvit.data.shards import file_sha256
 from esvit.eval.record import RecordError, read_record
+from esvit.imported import read_import_record
 from esvit.resources import resource_path
 
 __all__ = [
@@ -170,8 +171,15 @@ def run_descriptions(results: str | Path, df: pd.DataFrame, run_dirs: Mapping[st
             batch = cfg.get("optim", {}).get("total_batch_size")
         elif run.endswith("_random"):
             tasks, source = None, "random initialisation"
-        else:
-            tasks = "V+R"
+        else:  # a released / imported checkpoint: the tasks its official run trained, from its import record
+            record = next(filter(None, map(read_import_record, _checkpoints(df, run, results))), None)
+            arch = record.get("arch", arch) if record else arch
+            if record and record.get("tasks"):
+                tasks, source = record["tasks"], f"imported ({record['tasks']}: the official run's own arguments)"
+            elif record and record.get("format") == "timm":
+                tasks, source = None, "imported timm weights (supervised)"
+            else:
+                tasks = "V+R"
         paper_arch, window = PAPER_ARCH.get(arch, (None, None))
         rows.append(
             {
@@ -184,7 +192,18 @@ def run_descriptions(results: str | Path, df: pd.DataFrame, run_dirs: Mapping[st
                 "batch": batch,
             }
         )
-    return pd.DataFrame(rows, columns=["run", "arch", "paper_arch", "window", "tasks", "source", "batch"])
+    out = pd.DataFrame(rows, columns=["run", "arch", "paper_arch", "window", "tasks", "source", "batch"])
+    return out.astype({"batch": "Int64"})
+
+
+def _checkpoints(df: pd.DataFrame, run: str, results: str | Path) -> list[Path]:
+    """The checkpoint files a run's results were computed from (relative paths: relative to the workflow folder,
+    which holds ``results``)."""
+    paths = []
+    for ck in df[df.run == run]["checkpoint"].dropna().unique():
+        if isinstance(ck, str) and ck:
+            paths.append(Path(ck) if Path(ck).is_absolute() else Path(results).parent / ck)
+    return paths
 
 
 def _paper_row(paper: pd.DataFrame, desc: pd.Series) -> pd.Series | None:
@@ -196,12 +215,12 @@ def _paper_row(paper: pd.DataFrame, desc: pd.Series) -> pd.Series | None:
         & (paper.tasks == desc["tasks"])
         & (paper.pretrain_data == "ImageNet-1K")
     ]
-    if desc["window"] is not None:
+    if pd.notna(desc["window"]):  # (None becomes NaN in the descriptions' frame: an arch without a window)
         rows = rows[rows.window == desc["window"]]
     rows = rows.sort_values("table")  # Table 1 (the headline) first
     batch = desc.get("batch")
     for table, table_batch in ARCH_TABLE_BATCH.items():  # a run at Table 4's batch: its Table 4 row first
-        if batch == table_batch and (rows.table == table).any():
+        if pd.notna(batch) and int(batch) == table_batch and (rows.table == table).any():
             rows = rows[rows.table == table]
     return rows.iloc[0] if len(rows) else None
 

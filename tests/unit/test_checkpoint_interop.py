@@ -144,6 +144,18 @@ def test_official_checkpoint_imports_and_is_evaluated_by_extract(tmp_path, digit
     assert feats["pooled"].shape == (1438, 32) and torch.isfinite(feats["pooled"].float()).all()
 
 
+def test_the_import_record_names_the_tasks_the_official_run_trained(tmp_path):
+    """``final.import.json`` beside an import: V for a view-only run, V+R for --use_dense_prediction True (the
+    official run's own arguments), so the report compares a release with the right row of the paper."""
+    import json
+
+    for name, tasks in (("official_layout_swin_view", "V"), ("official_layout_swin_vr", "V+R")):
+        out = tmp_path / name / "final.pth"
+        import_official(official_file(tmp_path, name), "swin_test_w7", out)
+        record = json.loads((out.parent / "final.import.json").read_text())
+        assert record["tasks"] == tasks and record["format"] == "official", name
+
+
 def test_a_checkpoint_of_another_window_is_refused_not_resized(tmp_path):
     official = official_file(tmp_path, "official_layout_swin_vr")
     with pytest.raises(CheckpointError, match="relative_position_bias_table has shape .*another window size"):

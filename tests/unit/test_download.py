@@ -176,9 +176,11 @@ def test_the_release_table_names_known_architectures_and_the_official_urls():
     assert {"swin_tiny_w7_vr", "swin_base_w14_vr", "swin_tiny_w7_v", "swin_tiny_supervised"} <= set(releases)
     for name, entry in releases.items():
         assert entry["arch"] in ARCHS and entry["format"] in ("official", "timm"), name
-        if entry["format"] == "official":
-            assert entry["url"].startswith("https://chunyleu.blob.core.windows.net/output/ckpts/esvit/swin/")
-            assert entry["url"].endswith("checkpoint_best.pth" if entry["tasks"] == "V+R" else "checkpoint.pth")
+        if entry["format"] == "official":  # the official README's links (Swin's V+R files: checkpoint_best.pth)
+            family = entry["arch"].split("_")[0]
+            assert entry["url"].startswith(f"https://chunyleu.blob.core.windows.net/output/ckpts/esvit/{family}/")
+            best = entry["tasks"] == "V+R" and family == "swin"
+            assert entry["url"].endswith("checkpoint_best.pth" if best else "checkpoint.pth"), name
 
 
 def test_the_supervised_reference_is_timms_own_swin_t():

@@ -46,6 +46,60 @@ def test_report_tables_against_the_paper(results, tmp_path):
     assert page.count("<img") == 3 and page.count("<table") >= 5 and "data:image/png;base64," in page
 
 
+def test_table4_runs_and_released_checkpoints_meet_their_own_paper_rows(tmp_path):
+    """A run pretrained at Table 4's batch (1024) meets its Table 4 row, one at 512 Table 1's; a released
+    checkpoint meets the row of the tasks its official run trained (its import record), a supervised one none."""
+    paper = pd.read_csv(PAPER_CSV)
+    res = tmp_path / "results"
+
+    def pretrained(run, arch, region, batch):
+        d = res / "pretrain" / run
+        d.mkdir(parents=True)
+        cfg = {"model": {"arch": arch}, "loss": {"region_loss_weight": region}, "optim": {"epochs": 300}}
+        cfg["optim"]["total_batch_size"] = batch
+        (d / "config.yaml").write_text(yaml.safe_dump(cfg))
+        (d / "final.pth").write_bytes(b"w")
+        _metrics(res, "linear", run, "imagenet", 70.0, d / "final.pth", arch=arch)
+
+    def imported(run, arch, tasks, fmt="official"):
+        d = res / "imported" / run
+        d.mkdir(parents=True)
+        (d / "final.pth").write_bytes(b"w")
+        (d / "final.import.json").write_text(json.dumps({"arch": arch, "format": fmt, "tasks": tasks}))
+        _metrics(res, "linear", run, "imagenet", 70.0, d / "final.pth", arch="swin_tiny_w7")
+
+    pretrained("cvt_vr", "cvt_tiny", 0.5, 1024)
+    pretrained("swin_view_b1024", "swin_tiny_w7", 0.0, 1024)
+    pretrained("swin_vr_b512", "swin_tiny_w7", 0.5, 512)
+    imported("released_vil_v", "vil_tiny", "V")
+    imported("released_cvt_vr", "cvt_tiny", "V+R")
+    imported("supervised", "swin_tiny_w7", None, fmt="timm")
+    md = build_report(res, tmp_path / "report")["summary.md"].read_text()
+    imagenet = md.split("ImageNet-1K: this project beside the paper", 1)[1].split("\n#", 1)[0]
+
+    def row(run):
+        return next(line for line in imagenet.splitlines() if line.startswith(f"| {run} |"))
+
+    def ref(table, arch, tasks):
+        return paper[(paper.table == table) & (paper.arch == arch) & (paper.tasks == tasks)].iloc[0]
+
+    for run, table, arch, tasks in [
+        ("cvt_vr", 4, "CvT-T", "V+R"),
+        ("swin_view_b1024", 4, "Swin-T", "V"),
+        ("swin_vr_b512", 1, "Swin-T", "V+R"),
+        ("released_vil_v", 4, "ViL-T", "V"),
+        ("released_cvt_vr", 4, "CvT-T", "V+R"),
+    ]:
+        want = ref(table, arch, tasks)
+        line = row(run)
+        assert f"Table {table}: EsViT {arch}" in line and f" {tasks} |" in line, line
+        assert f"{want.imagenet_linear:.2f}" in line and f"{70.0 - want.imagenet_linear:.2f}" in line, line
+    assert "Table" not in row("supervised")  # timm's supervised weights: no EsViT row to meet
+    assert "ViL-T/W" not in md  # no window shown for an architecture without one
+    runs = md.split("ImageNet-1K: this project beside the paper", 1)[0]
+    assert "| 1024 |" in next(line for line in runs.splitlines() if line.startswith("| cvt_vr |"))
+
+
 def test_wins_count_strictly_better_datasets():
     df = pd.DataFrame(
         [

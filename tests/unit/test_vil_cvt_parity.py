@@ -10,6 +10,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import timm
 import torch
@@ -112,6 +114,8 @@ def test_official_checkpoint_imports_extracts_and_exports(tmp_path, digits_shard
     out = tmp_path / "imported.pth"
     proc = run_cli("import", "--official", str(official), "--arch", f"{family}_test", "--out", str(out))
     assert proc.returncode == 0, proc.stderr
+    record = json.loads((tmp_path / "imported.import.json").read_text())  # what the report reads
+    assert record["tasks"] == "V+R" and record["arch"] == f"{family}_test"  # from the run's --use_dense_prediction
     imported = load_checkpoint(out)["teacher"]
     assert torch.equal(imported[f"backbone.net.{ours}"], ckpt["teacher"][theirs])
     prefix = "module." if theirs.startswith("module.") else ""
