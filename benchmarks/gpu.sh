@@ -7,7 +7,8 @@
 #      (the default) and with whole [tokens, K] logits (--no-chunked-heads): images/s, TFLOP/s, MFU (= achieved /
 #      the peak of step 1), the step's peak memory and where its time goes; then Swin-T's step with
 #      deterministic kernels (run.deterministic), for their cost,
-#   3. inference images/s of Swin-T/S/B (batch 128, 224 px, as the paper's Table 1) in fp32 and bf16,
+#   3. inference images/s of Swin-T/S/B (batch 128, 224 px, as the paper's Table 1) and of ViL-T, CvT-T, PvT-T
+#      (the paper's Table 4 architectures) in fp32 and bf16,
 #   4. the fast multi-crop loader on this machine's CPU cores (are the GPUs going to wait for input?),
 #   5. the transfer probe's lambda search + refit on the GPU vs scikit-learn on 8 CPU threads (the goal:
 #      >= 10x at equal accuracy).
@@ -32,7 +33,7 @@ if "$PY" -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)"
   archs=(swin_tiny_w7 swin_base_w7)
   train=(--device cuda --precision bf16 --batch auto --max-batch 512 --locals 8
          --global-size 224 --local-size 96 --steps 10 --threads 8 --breakdown)
-  infer=(--archs swin_tiny_w7,swin_small_w7,swin_base_w7 --device cuda --batch 128 --steps 10)
+  infer=(--archs swin_tiny_w7,swin_small_w7,swin_base_w7,vil_tiny,cvt_tiny,pvt_tiny --device cuda --batch 128 --steps 10)
   loader=(--workers "$(nproc)" --batches 20 --batch 32 --repeats 1)
   probe=(--device cuda --threads 8)
 elif [ "${ESVIT_BENCH_CPU:-0}" = 1 ]; then
@@ -41,7 +42,7 @@ elif [ "${ESVIT_BENCH_CPU:-0}" = 1 ]; then
   archs=(swin_pico)
   train=(--device cpu --precision bf16 --batch auto --max-batch 2 --locals 2 --global-size 64
          --local-size 32 --out-dim 1024 --steps 1 --threads 2 --breakdown)
-  infer=(--archs swin_pico --device cpu --batch 4 --size 64 --steps 1)
+  infer=(--archs swin_pico,vil_test,cvt_test,pvt_test --device cpu --batch 4 --size 64 --steps 1)
   loader=(--images 40 --batches 1 --batch 4 --locals 2 --global-size 64 --local-size 32 --repeats 1)
   probe=(--device cpu --n 2000 --n-test 500 --dim 32 --classes 5)
 else

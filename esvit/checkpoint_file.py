@@ -35,6 +35,11 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     except Exception as exc:  # UnpicklingError for unsafe globals, RuntimeError/EOFError for torn files
         lines = [ln for ln in str(exc).splitlines() if "GLOBAL" in ln or "Unsupported" in ln]
         msg = (lines[0] if lines else str(exc).splitlines()[0]).strip()[:300]
+        if "argparse.Namespace" in msg or "numpy" in msg:  # what main_esvit.py's checkpoints hold beyond tensors
+            raise CheckpointError(
+                f"{str(path)!r} looks like an official EsViT checkpoint (main_esvit.py's layout: its args and "
+                "numpy scalars); convert it first: esvit import --official FILE --arch ARCH --out OUT"
+            ) from None
         raise CheckpointError(
             f"cannot load checkpoint {str(path)!r} safely ({type(exc).__name__}: {msg}). It is truncated, "
             "corrupt, or holds Python objects beyond tensors and plain containers; re-export it with tensors only"

@@ -168,9 +168,10 @@ def run_correspondence(
     from esvit.atomic import atomic_write_json
     from esvit.data.pipeline import eval_pipeline, make_loader, open_shards
     from esvit.errors import CheckpointError
-    from esvit.eval.features import load_backbone
+    from esvit.eval.features import check_input_size, load_backbone
 
     teacher, meta = load_backbone(checkpoint, arch)
+    check_input_size(teacher.arch, size, "--image-size")
     student, has_student = teacher, False
     if checkpoint:
         try:  # imported (released) checkpoints keep only the teacher

@@ -14,12 +14,14 @@ from typing import Any
 
 import torch
 
+from esvit.archs import ARCHS
 from esvit.atomic import atomic_path
 from esvit.checkpoint_file import CheckpointError, load_checkpoint
 from esvit.data.pipeline import eval_pipeline, make_loader, open_shards
 from esvit.data.shards import file_sha256
 from esvit.data.transforms import eval_transform
 from esvit.defaults import field_default
+from esvit.errors import UsageError
 from esvit.eval.checks import FeatureError, first_non_finite
 from esvit.eval.config import EvalConfig
 from esvit.models import Backbone
@@ -75,6 +77,13 @@ def load_backbone(
     return net.eval(), meta
 
 
+def check_input_size(arch: str, size: int, what: str) -> None:
+    """Refuse an image side below the architecture's smallest input (one last-stage token) in one message."""
+    smallest = ARCHS[arch].min_input
+    if size < smallest:
+        raise UsageError(f"{what} {size}: {arch} needs images of at least {smallest} px (one token at its last stage)")
+
+
 @torch.no_grad()
 def extract(
     backbone: Backbone,
@@ -94,6 +103,7 @@ def extract(
     Returns:
         The cache dict (also written to ``out``): pooled, last_blocks (float16), labels, keys, meta.
     """
+    check_input_size(backbone.arch, image_size, "--image-size")
     out = Path(out)
     shards = open_shards(shard_dir)
     meta = {

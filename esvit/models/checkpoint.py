@@ -95,6 +95,33 @@ def _strip(key: str) -> str:
     return key
 
 
+# family -> the name messages use, and key fragments only that family's official / timm state dicts have
+FAMILY_NAMES = {"swin": "Swin", "vil": "ViL", "cvt": "CvT", "pvt": "PvT", "vit": "ViT / DeiT", "resnet": "ResNet"}
+_FAMILY_KEYS = {
+    "vil": (
+        ".attn.query.weight",
+        "layer1.0.norm_embed.",
+        ".attn.local_relative_position_bias_table",
+        "stages.0.embed.cls_token",
+    ),
+    "cvt": (".fn.qkv.dw.weight", ".attn.qkv.dw.weight"),
+    "pvt": ("pos_embed1", "block1.0.attn.sr", "patch_embed1.proj."),
+    "swin": (".attn.relative_position_bias_table", ".downsample.reduction.weight"),
+    "vit": ("blocks.0.attn.qkv.weight",),
+    "resnet": ("layer1.0.conv1.weight",),
+}
+
+
+def guess_family(state: dict[str, torch.Tensor]) -> str | None:
+    """The model family a backbone state dict (official or this project's layout, prefixes allowed) belongs to,
+    from key fragments only that family has; None when no family's keys are found."""
+    keys = [_strip(k) for k in state]
+    for family, marks in _FAMILY_KEYS.items():  # ViL / CvT / PvT first: their keys are the most specific
+        if any(mark in k for k in keys for mark in marks):
+            return family
+    return None
+
+
 def filter_state_dict(state: dict[str, torch.Tensor], backbone: Backbone) -> dict[str, torch.Tensor]:
     """An official (or DINO-style) backbone state dict -> the timm model's keys.
 
@@ -199,6 +226,11 @@ def import_official(path: str | Path, arch: str, out: str | Path, key: str = "te
         raise CheckpointError(
             f"{path}: already one of this project's checkpoints; give it to `esvit extract --checkpoint` as it is"
         )
+    if fmt == "official" and key not in ckpt and ckpt and all(isinstance(v, torch.Tensor) for v in ckpt.values()):
+        raise CheckpointError(
+            f"{path}: a plain backbone state dict, not an official EsViT checkpoint (no {key!r}, no args: nothing "
+            "says how it was trained); import it with --format timm"
+        )
     if fmt == "official" and key not in ckpt and any(k.startswith("layers.") or k.startswith("model") for k in ckpt):
         raise CheckpointError(
             f"{path}: a plain backbone state dict, not an official EsViT checkpoint (no {key!r}); "
@@ -208,7 +240,19 @@ def import_official(path: str | Path, arch: str, out: str | Path, key: str = "te
     if not isinstance(state, dict) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise CheckpointError(f"{path}: no {key!r} state dict inside (keys: {sorted(map(str, ckpt))[:8]})")
     backbone = Backbone(arch)
-    converted = filter_state_dict(state, backbone)
+    found = guess_family(state)
+    if found is not None and found != backbone.family:
+        names = ", ".join(a for a, spec in ARCHS.items() if spec.family == found)
+        raise CheckpointError(
+            f"{path}: holds a {FAMILY_NAMES[found]} network (its keys), not {arch} ({FAMILY_NAMES[backbone.family]}); "
+            f"check --arch ({names})"
+        )
+    try:
+        converted = filter_state_dict(state, backbone)
+    except (AttributeError, KeyError, RuntimeError, ValueError) as exc:  # a family filter meeting foreign keys
+        raise CheckpointError(
+            f"{path}: does not fit {arch} ({type(exc).__name__}: {_first_line(exc)}); check --arch"
+        ) from None
     try:
         missing, unexpected = backbone.net.load_state_dict(converted, strict=False)
     except RuntimeError as exc:  # size mismatches

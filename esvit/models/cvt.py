@@ -46,8 +46,10 @@ class ChannelNorm(nn.LayerNorm):
     """LayerNorm over the channels of a [B, C, H, W] map (computed in float32, as the official one)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = super().forward(x.permute(0, 2, 3, 1).float()).to(x.dtype)
-        return y.permute(0, 3, 1, 2)
+        weight = self.weight.float() if self.weight is not None else None
+        bias = self.bias.float() if self.bias is not None else None
+        y = F.layer_norm(x.permute(0, 2, 3, 1).float(), self.normalized_shape, weight, bias, self.eps)
+        return y.to(x.dtype).permute(0, 3, 1, 2)
 
 
 class ConvProjection(nn.Module):

@@ -279,8 +279,8 @@ class VisionLongformer(nn.Module):
         img_size: the design input size: fixes the full-attention stages' bias tables (224 for the released nets).
         num_classes: classifier outputs (0: none; ``forward`` returns the pooled feature).
         drop_path_rate: stochastic depth, linear over all blocks.
-        sample_neighbour: training attends to one random neighbouring chunk (official MODE 1) instead of all
-            eight (MODE 0); evaluation always uses all eight.
+        sample_neighbour: training attends to a chunk's own tokens plus one random neighbouring chunk (official
+            MODE 1) instead of all nine chunks (MODE 0); evaluation always uses all nine.
     """
 
     def __init__(

@@ -237,6 +237,9 @@ def build_report(
         headline=paper_shown[paper.table == 1][
             ["method", "arch", "window", "tasks", "params_m", "throughput_img_s", "imagenet_linear", "imagenet_knn"]
         ],
+        architectures=paper_shown[paper.table == 4][
+            ["arch", "tasks", "params_m", "throughput_img_s", "imagenet_linear", "imagenet_knn"]
+        ],
         transfer={ev: (t, shown_transfer(t)) for ev, t in tables.items() if not t.table.empty},
         linear=linear_table(df),
         transfer_ref=paper_shown[paper.table == 3][

@@ -29,7 +29,8 @@ class ReportData:
     Attributes:
         results: the results folder named on the page; n_metrics: how many metrics records were read.
         runs: the run descriptions; imagenet: ImageNet per run beside the paper (``has_imagenet``: any value).
-        headline, transfer_ref, paper_ablation: the paper's Tables 1, 3 and 5.
+        headline, architectures, transfer_ref, paper_ablation: the paper's Tables 1, 4, 3 and 5 (Table 4, the
+            architectures at batch 1024, is shown when a run meets one of its rows).
         transfer: per evaluation (probe, knn) with results, its table and the table as shown.
         correspondence: each model's correspondence record; correspondence_table: them as a table.
         figures: (PNG, caption); out: the report folder (the markdown links only the figures in it).
@@ -41,6 +42,7 @@ class ReportData:
     imagenet: pd.DataFrame
     has_imagenet: bool
     headline: pd.DataFrame
+    architectures: pd.DataFrame
     transfer: dict[str, tuple[TransferTable, pd.DataFrame]]
     linear: pd.DataFrame
     transfer_ref: pd.DataFrame
@@ -155,6 +157,14 @@ def report_sections(d: ReportData) -> list[Section]:
             [Table(d.headline, "paper", index=False)],
         )
     )
+    if d.has_imagenet and d.imagenet["paper_row"].astype(str).str.startswith("Table 4").any():
+        sections.append(
+            Section(
+                ("The paper's Table 4", Detail(" (architectures at batch 1024: ImageNet-1K linear / k-NN top-1)")),
+                3,
+                [Table(d.architectures, "paper", index=False)],
+            )
+        )
     sections += _transfer_sections(d)
     if len(d.linear):
         sections.append(

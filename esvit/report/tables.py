@@ -8,6 +8,7 @@ The metrics files and run folders are given, or, by hand, every one under a resu
 
 from __future__ import annotations
 
+import json
 import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -162,13 +163,14 @@ def run_descriptions(results: str | Path, df: pd.DataFrame, run_dirs: Mapping[st
     rows = []
     for run, arch in df.groupby("run")["arch"].first().items():
         cfg_path = Path(dirs[run]) / "config.yaml" if run in dirs else None
-        tasks, source, batch = None, "released checkpoint (assumed view + region)", None
+        tasks, batch = None, None
+        source = "a checkpoint without an import record (tasks unknown: re-import it with `esvit import`)"
         if cfg_path is not None and cfg_path.is_file():
             cfg = yaml.safe_load(cfg_path.read_text())
             tasks = "V+R" if cfg.get("loss", {}).get("region_loss_weight", 0) > 0 else "V"
             arch = cfg.get("model", {}).get("arch", arch)
             source = f"pretrained here ({cfg.get('optim', {}).get('epochs')} epochs)"
-            batch = cfg.get("optim", {}).get("total_batch_size")
+            batch = _total_batch(cfg, Path(dirs[run]))
         elif run.endswith("_random"):
             tasks, source = None, "random initialisation"
         else:  # a released / imported checkpoint: the tasks its official run trained, from its import record
@@ -177,9 +179,9 @@ def run_descriptions(results: str | Path, df: pd.DataFrame, run_dirs: Mapping[st
             if record and record.get("tasks"):
                 tasks, source = record["tasks"], f"imported ({record['tasks']}: the official run's own arguments)"
             elif record and record.get("format") == "timm":
-                tasks, source = None, "imported timm weights (supervised)"
-            else:
-                tasks = "V+R"
+                source = "imported timm weights (supervised)"
+            elif record:
+                source = "imported (its arguments do not say V or V+R: no paper row)"
         paper_arch, window = PAPER_ARCH.get(arch, (None, None))
         rows.append(
             {
@@ -194,6 +196,20 @@ def run_descriptions(results: str | Path, df: pd.DataFrame, run_dirs: Mapping[st
         )
     out = pd.DataFrame(rows, columns=["run", "arch", "paper_arch", "window", "tasks", "source", "batch"])
     return out.astype({"batch": "Int64"})
+
+
+def _total_batch(cfg: dict, run_dir: Path) -> int | None:
+    """The total batch a run trained at: ``optim.total_batch_size``, else the per-device batch times the
+    processes its ``done.json`` names (None for a run not finished or not recorded)."""
+    optim = cfg.get("optim", {})
+    if optim.get("total_batch_size"):
+        return int(optim["total_batch_size"])
+    per_device = optim.get("batch_size_per_device")
+    try:
+        world = json.loads((run_dir / "done.json").read_text()).get("world_size")
+    except (OSError, ValueError):
+        world = None
+    return int(per_device) * int(world) if per_device and world else None
 
 
 def _checkpoints(df: pd.DataFrame, run: str, results: str | Path) -> list[Path]:

@@ -202,8 +202,7 @@ class TrainConfig:
         if c.global_size < smallest or any(s < smallest for n, s in zip(c.local_number, c.local_size) if n):
             raise ConfigError(
                 f"crops.global_size {c.global_size} / crops.local_size {c.local_size}: {self.model.arch} needs crops "
-                "of "
-                f"at least {smallest} px (one patch)"
+                f"of at least {smallest} px (one token at its last stage); raise the smaller one"
             )
         if any(s > c.global_size for n, s in zip(c.local_number, c.local_size) if n):
             raise ConfigError(

@@ -46,11 +46,11 @@ def test_trains_with_both_losses_and_resumes_bitwise(digits_shards, tmp_path, ar
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("arch", ["vil_test", "cvt_test"])
+@pytest.mark.parametrize("arch", ["vil_test", "cvt_test", "pvt_test"])
 def test_two_process_ddp_run(digits_shards, tmp_path, arch):
     """torchrun (gloo on CPU): both ranks end with bit-identical weights. ViL draws its training-time neighbour
     chunk per rank; CvT's BatchNorm statistics are per rank on CPU (SyncBatchNorm needs GPUs) and the ranks
-    agree on rank 0's at the end."""
+    agree on rank 0's at the end; PvT's class token and position embeddings get their gradients averaged."""
     out = tmp_path / "ddp"
     cmd = [
         sys.executable,

@@ -96,6 +96,8 @@ def test_table4_runs_and_released_checkpoints_meet_their_own_paper_rows(tmp_path
         assert f"{want.imagenet_linear:.2f}" in line and f"{70.0 - want.imagenet_linear:.2f}" in line, line
     assert "Table" not in row("supervised")  # timm's supervised weights: no EsViT row to meet
     assert "ViL-T/W" not in md  # no window shown for an architecture without one
+    table4 = md.split("The paper's Table 4", 1)[1].split("\n#", 1)[0]  # the reference rows, shown
+    assert "| CvT-T | V+R | 29 | 848 | 78.50 | 76.70 |" in table4.replace(".0 |", " |"), table4
     runs = md.split("ImageNet-1K: this project beside the paper", 1)[0]
     assert "| 1024 |" in next(line for line in runs.splitlines() if line.startswith("| cvt_vr |"))
 

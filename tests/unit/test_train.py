@@ -270,7 +270,17 @@ def test_pretrain_cli_writes_the_run_folder_and_names_bad_input(digits_shards, t
     assert bad.returncode == 2 and "Did you mean 'swin_tiny_w7'" in bad.stderr
 
 
-PAPER_PARAMS_M = {"swin_tiny": 28, "swin_small": 49, "swin_base": 87}  # docs/algorithm.md §2 (backbone, millions)
+# docs/algorithm.md §2 and the paper's Table 4 (backbone, millions)
+PAPER_PARAMS_M = {
+    "swin_tiny": 28,
+    "swin_small": 49,
+    "swin_base": 87,
+    "vil_tiny": 28,
+    "cvt_tiny": 29,
+    "pvt_tiny": 24,
+    "resnet50": 24,
+    "deit_small": 21,
+}
 
 
 @pytest.mark.parametrize(
@@ -285,6 +295,7 @@ def test_paper_presets_load_with_the_papers_settings(preset):
     assert cfg.crops.local_number == [8] and cfg.crops.local_size == [96] and cfg.crops.global_scale == [0.4, 1.0]
     assert cfg.loss.teacher_temp == 0.07 and cfg.loss.warmup_teacher_temp_epochs == 30 and not cfg.model.norm_last_layer
     assert cfg.loss.region_loss_weight == (0.0 if preset.endswith("_view") else 0.5)
+    assert cfg.optim.total_batch_size == (1024 if preset.startswith("table4_") else 512)  # Table 4: batch 1024
     family = "_".join(cfg.model.arch.split("_")[:2])
     n = sum(p.numel() for p in Backbone(cfg.model.arch).parameters()) / 1e6
     assert abs(n - PAPER_PARAMS_M[family]) < 1.0, (cfg.model.arch, n)

@@ -148,9 +148,54 @@ def test_official_checkpoint_imports_extracts_and_exports(tmp_path, digits_shard
         torch.testing.assert_close(model(x), net(x)[0], rtol=0, atol=0)
 
 
-def test_a_vil_checkpoint_is_refused_by_another_arch(tmp_path):
-    """A ViL file named as a CvT (or a Swin) is one clear message, not a partial load."""
+@pytest.mark.parametrize("arch", ["cvt_test", "swin_test_w7", "pvt_test", "resnet50"])
+def test_a_vil_checkpoint_named_as_another_family_is_refused_naming_both(tmp_path, arch):
+    """A ViL file given another family's arch: one message naming what the file holds and the archs to use, not a
+    traceback (timm's Swin filter used to raise AttributeError on ViL keys) nor a partial load."""
     official = official_file(tmp_path, "official_layout_vil_vr")
-    proc = run_cli("import", "--official", str(official), "--arch", "cvt_test", "--out", str(tmp_path / "x.pth"))
-    assert proc.returncode != 0 and "does not fit cvt_test" in proc.stderr and "Traceback" not in proc.stderr
+    proc = run_cli("import", "--official", str(official), "--arch", arch, "--out", str(tmp_path / "x.pth"))
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr
+    assert f"holds a ViL network (its keys), not {arch}" in proc.stderr and "vil_tiny" in proc.stderr
     assert not (tmp_path / "x.pth").exists()
+
+
+@pytest.mark.parametrize("family", ["vil", "cvt"])
+def test_a_bare_state_dict_is_not_taken_for_an_official_training_checkpoint(tmp_path, official, family):
+    """A plain backbone state dict says nothing about how it was trained: as ``--format official`` it is refused
+    (it would otherwise be reported beside the paper's EsViT row), ``--format timm`` imports it without tasks."""
+    bare = tmp_path / "bare.pth"
+    torch.save(official[family]["state_dict"], bare)
+    proc = run_cli("import", "--official", str(bare), "--arch", f"{family}_test", "--out", str(tmp_path / "x.pth"))
+    assert proc.returncode != 0 and "plain backbone state dict" in proc.stderr and "--format timm" in proc.stderr
+    out = tmp_path / "y.pth"
+    args = ("import", "--official", str(bare), "--format", "timm", "--arch", f"{family}_test", "--out", str(out))
+    proc = run_cli(*args)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads((tmp_path / "y.import.json").read_text())["tasks"] is None
+
+
+def test_an_official_checkpoint_given_to_export_says_to_import_it_first(tmp_path):
+    official = official_file(tmp_path, "official_layout_cvt_vr")
+    proc = run_cli("export", "--checkpoint", str(official), "--out", str(tmp_path / "b.pth"))
+    assert proc.returncode != 0 and "looks like an official EsViT checkpoint" in proc.stderr
+    assert "esvit import --official" in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("family", ["vil", "cvt"])
+def test_the_timm_model_runs_cast_to_bfloat16(official, family):
+    """``model.bfloat16()`` (CvT's channel LayerNorm computes in float32 and must cast its own weights too)."""
+    ref = official[family]
+    model = timm.create_model(f"esvit_{family}_test", num_classes=0).eval()
+    model.load_state_dict(filter_state_dict(ref["state_dict"], Backbone(f"{family}_test")), strict=True)
+    x = normalised(ref["outputs"]["96"]["image"])
+    with torch.no_grad():
+        got = model.bfloat16()(x.bfloat16())
+    assert got.dtype == torch.bfloat16
+    torch.testing.assert_close(got.float(), ref["outputs"]["96"]["pooled"], rtol=0.05, atol=0.1)
+
+
+def test_extract_below_the_smallest_input_is_one_message(tmp_path, digits_shards):
+    args = ("--random-init", "--arch", "vil_test", "--shards", str(digits_shards), "--image-size", "24")
+    proc = run_cli("extract", *args, "--out", str(tmp_path / "f.pt"), "--no-progress")
+    assert proc.returncode == 2 and "vil_test needs images of at least 32 px" in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr and not (tmp_path / "f.pt").exists()

@@ -39,6 +39,7 @@ rule import_checkpoint:
         official=import_source,
     output:
         final=ensure("results/imported/{run}/final.pth", non_empty=True),
+        record="results/imported/{run}/final.import.json",  # what the report reads (tasks V / V+R)
     log:
         "results/logs/import/{run}.log",
     params:
