@@ -71,6 +71,14 @@ def official_checkpoint(tmp_path: Path, name: str) -> Path:
     return out
 
 
+def torchrun_pretrain(shards: Path, out: Path, *overrides: str, env: dict | None = None, timeout: float = 600):
+    """``esvit pretrain`` on :data:`TINY` (plus ``overrides``) as two processes under torchrun (env:// rendezvous,
+    gloo on CPU); the finished ``subprocess.CompletedProcess``."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "esvit"]
+    cmd += ["pretrain", "--shards", str(shards), "--out", str(out), "--no-progress", *TINY, *overrides]
+    return subprocess.run(cmd, cwd=REPO, env=env or env_with_python(), capture_output=True, text=True, timeout=timeout)
+
+
 def env_with_python() -> dict[str, str]:
     """Environment whose PATH starts with this interpreter's bin dir (Snakemake rules call `python`)."""
     env = dict(os.environ)

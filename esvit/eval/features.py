@@ -103,7 +103,8 @@ def extract(
     Returns:
         The cache dict (also written to ``out``): pooled, last_blocks (float16), labels, keys, meta.
     """
-    check_input_size(backbone.arch, image_size, "--image-size")
+    if isinstance(backbone, Backbone):  # (a wrapped network, e.g. in tests, is taken as it is)
+        check_input_size(backbone.arch, image_size, "--image-size")
     out = Path(out)
     shards = open_shards(shard_dir)
     meta = {

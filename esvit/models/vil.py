@@ -96,6 +96,24 @@ def _neighbours(t: torch.Tensor, w: int, offsets: tuple[tuple[int, int], ...]) -
     return torch.cat(parts, dim=3)
 
 
+def _add_bias_tables(module: nn.Module, table_size: int, num_heads: int, num_global: int) -> None:
+    """The official bias parameters of a ViL attention: the local relative-position table and, with global
+    tokens, the global -> local / local -> global (``g2l``: [2, heads, g]) and global -> global biases."""
+    module.local_relative_position_bias_table = nn.Parameter(torch.zeros(table_size, num_heads))
+    trunc_normal_(module.local_relative_position_bias_table, std=0.02)
+    if num_global:
+        module.g2l_relative_position_bias = nn.Parameter(torch.zeros(2, num_heads, num_global))
+        module.g2g_relative_position_bias = nn.Parameter(torch.zeros(num_heads, num_global, num_global))
+        trunc_normal_(module.g2l_relative_position_bias, std=0.02)
+        trunc_normal_(module.g2g_relative_position_bias, std=0.02)
+
+
+def _global_rows(module: nn.Module, n_local: int) -> torch.Tensor:
+    """[heads, g, g + n_local]: the bias of the global tokens' queries (global keys first, then local)."""
+    to_local = module.g2l_relative_position_bias[0][:, :, None].expand(-1, -1, n_local)
+    return torch.cat([module.g2g_relative_position_bias, to_local], dim=-1)
+
+
 class SlidingChunkAttention(nn.Module):
     """2-D sliding-chunk attention with global tokens (the official ``Long2DSCSelfAttention`` with shared global
     weights, zero padding, no dilation): local tokens attend to the global tokens and to the chunks around
@@ -117,13 +135,7 @@ class SlidingChunkAttention(nn.Module):
         self.query = nn.Linear(dim, dim, bias=qkv_bias)
         self.kv = nn.Linear(dim, dim * 2, bias=qkv_bias)
         self.proj = nn.Linear(dim, dim)
-        self.local_relative_position_bias_table = nn.Parameter(torch.zeros((4 * window - 1) ** 2, num_heads))
-        trunc_normal_(self.local_relative_position_bias_table, std=0.02)
-        if num_global:
-            self.g2l_relative_position_bias = nn.Parameter(torch.zeros(2, num_heads, num_global))
-            self.g2g_relative_position_bias = nn.Parameter(torch.zeros(num_heads, num_global, num_global))
-            trunc_normal_(self.g2l_relative_position_bias, std=0.02)
-            trunc_normal_(self.g2g_relative_position_bias, std=0.02)
+        _add_bias_tables(self, (4 * window - 1) ** 2, num_heads, num_global)
 
     def _offsets(self) -> tuple[tuple[int, int], ...]:
         if self.training and self.sample_neighbour:  # own chunk + one random neighbour (official MODE > 0)
@@ -166,12 +178,7 @@ class SlidingChunkAttention(nn.Module):
         if not g:
             return out
         q_glo = self.scale * self.query(x[:, :g]).reshape(b, g, h, m).transpose(1, 2)  # b h g m
-        glo = q_glo @ k.permute(0, 2, 3, 1)  # b h g N
-        glo_bias = torch.cat(
-            [self.g2g_relative_position_bias, self.g2l_relative_position_bias[0][:, :, None].expand(-1, -1, nx * ny)],
-            dim=-1,
-        )
-        glo = (glo + glo_bias[None]).softmax(dim=-1)
+        glo = (q_glo @ k.permute(0, 2, 3, 1) + _global_rows(self, nx * ny)[None]).softmax(dim=-1)  # b h g N
         out_glo = self.proj((glo @ v.transpose(1, 2)).transpose(1, 2).reshape(b, g, c))
         return torch.cat([out_glo, out], dim=1)
 
@@ -188,13 +195,7 @@ class FullAttention(nn.Module):
         self.design_map, self.num_global = design_map, num_global
         self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
         self.proj = nn.Linear(dim, dim)
-        self.local_relative_position_bias_table = nn.Parameter(torch.zeros((2 * design_map - 1) ** 2, num_heads))
-        trunc_normal_(self.local_relative_position_bias_table, std=0.02)
-        if num_global:
-            self.g2l_relative_position_bias = nn.Parameter(torch.zeros(2, num_heads, num_global))
-            self.g2g_relative_position_bias = nn.Parameter(torch.zeros(num_heads, num_global, num_global))
-            trunc_normal_(self.g2l_relative_position_bias, std=0.02)
-            trunc_normal_(self.g2g_relative_position_bias, std=0.02)
+        _add_bias_tables(self, (2 * design_map - 1) ** 2, num_heads, num_global)
 
     def _local_bias(self, n_local: int, device: torch.device) -> torch.Tensor:
         """[h, n_local, n_local]: the design map's bias, resampled when the map has another size."""
@@ -215,13 +216,7 @@ class FullAttention(nn.Module):
         q, k, v = self.qkv(x).reshape(b, n, 3, h, c // h).permute(2, 0, 3, 1, 4)
         bias = self._local_bias(nx * ny, x.device)
         if g:
-            glo_rows = torch.cat(
-                [
-                    self.g2g_relative_position_bias,
-                    self.g2l_relative_position_bias[0][:, :, None].expand(-1, -1, nx * ny),
-                ],
-                dim=-1,
-            )
+            glo_rows = _global_rows(self, nx * ny)
             loc_rows = torch.cat([self.g2l_relative_position_bias[1][:, None, :].expand(-1, nx * ny, -1), bias], dim=-1)
             bias = torch.cat([glo_rows, loc_rows], dim=1)
         attn = ((q @ k.transpose(-2, -1)) * self.scale + bias[None]).softmax(dim=-1)

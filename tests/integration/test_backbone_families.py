@@ -9,15 +9,13 @@ from __future__ import annotations
 
 import json
 import math
-import subprocess
-import sys
 
 import pytest
 import torch
 
 from esvit.checkpoint_file import load_checkpoint
 from esvit.train.loop import train
-from tests.conftest import REPO, TINY, env_with_python, tiny_cfg
+from tests.conftest import tiny_cfg, torchrun_pretrain
 
 CROPS = ["crops.global_size=64", "crops.local_size=[32]"]
 
@@ -52,28 +50,8 @@ def test_two_process_ddp_run(digits_shards, tmp_path, arch):
     chunk per rank; CvT's BatchNorm statistics are per rank on CPU (SyncBatchNorm needs GPUs) and the ranks
     agree on rank 0's at the end; PvT's class token and position embeddings get their gradients averaged."""
     out = tmp_path / "ddp"
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node=2",
-        "-m",
-        "esvit",
-        "pretrain",
-        "--shards",
-        str(digits_shards),
-        "--out",
-        str(out),
-        "--no-progress",
-        *TINY,
-        f"model.arch={arch}",
-        *CROPS,
-        "data.num_workers=0",
-        "run.threads=1",
-        "optim.epochs=1",
-    ]
-    proc = subprocess.run(cmd, cwd=REPO, env=env_with_python(), capture_output=True, text=True, timeout=600)
+    overrides = (f"model.arch={arch}", *CROPS, "data.num_workers=0", "run.threads=1", "optim.epochs=1")
+    proc = torchrun_pretrain(digits_shards, out, *overrides)
     assert proc.returncode == 0, proc.stderr[-3000:]
     done = json.loads((out / "done.json").read_text())
     assert done["arch"] == arch and done["world_size"] == 2 and done["global_step"] == 3

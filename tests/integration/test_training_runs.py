@@ -16,7 +16,7 @@ import torch
 from esvit.checkpoint_file import load_checkpoint
 from esvit.train.config import load_train_config
 from esvit.train.loop import Trainer, train
-from tests.conftest import TINY, tiny_cfg
+from tests.conftest import tiny_cfg
 
 
 def _weights(run_dir):
@@ -104,32 +104,10 @@ def test_short_cpu_run_on_fashion_mnist_shards_lowers_the_loss(tmp_path):
 @pytest.mark.slow
 def test_two_process_ddp_run_with_env_rendezvous(digits_shards, tmp_path):
     """torchrun (env:// rendezvous, gloo on CPU): 2 ranks split the epoch and finish together."""
-    import subprocess
-    import sys
-
-    from tests.conftest import REPO, env_with_python
+    from tests.conftest import torchrun_pretrain
 
     out = tmp_path / "ddp"
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node=2",
-        "-m",
-        "esvit",
-        "pretrain",
-        "--shards",
-        str(digits_shards),
-        "--out",
-        str(out),
-        "--no-progress",
-        *TINY,
-        "data.num_workers=0",
-        "run.threads=1",
-        "optim.epochs=1",
-    ]
-    proc = subprocess.run(cmd, cwd=REPO, env=env_with_python(), capture_output=True, text=True, timeout=600)
+    proc = torchrun_pretrain(digits_shards, out, "data.num_workers=0", "run.threads=1", "optim.epochs=1")
     assert proc.returncode == 0, proc.stderr[-3000:]
     ckpt = load_checkpoint(out / "final.pth")
     assert ckpt["iters_per_epoch"] == 48 // (8 * 2) and ckpt["global_step"] == 3
@@ -143,10 +121,7 @@ def test_a_nan_loss_on_one_rank_stops_every_rank_together_naming_it(digits_shard
     """One rank's non-finite loss used to stop that rank alone, before the backward pass, while the others waited
     in DDP's gradient all-reduce until the collective timeout. Now the ranks agree after the backward pass: all
     stop at the same step with the same message naming the rank; the last good checkpoint is kept."""
-    import subprocess
-    import sys
-
-    from tests.conftest import POISON_RANK_1, REPO, env_with_python
+    from tests.conftest import POISON_RANK_1, REPO, env_with_python, torchrun_pretrain
 
     hook = tmp_path / "hook"
     hook.mkdir()
@@ -154,27 +129,8 @@ def test_a_nan_loss_on_one_rank_stops_every_rank_together_naming_it(digits_shard
     env = env_with_python()
     env["PYTHONPATH"] = os.pathsep.join([str(hook), str(REPO), env.get("PYTHONPATH", "")])
     out = tmp_path / "ddp"
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node=2",
-        "-m",
-        "esvit",
-        "pretrain",
-        "--shards",
-        str(digits_shards),
-        "--out",
-        str(out),
-        "--no-progress",
-        *TINY,
-        "data.num_workers=0",
-        "run.threads=1",
-        "run.checkpoint_every_steps=1",
-        "run.dist_timeout_min=5",
-    ]
-    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=240)  # < the 5-min timeout
+    overrides = ("data.num_workers=0", "run.threads=1", "run.checkpoint_every_steps=1", "run.dist_timeout_min=5")
+    proc = torchrun_pretrain(digits_shards, out, *overrides, env=env, timeout=240)  # < the 5-min timeout
     assert proc.returncode != 0
     said = [ln for ln in proc.stderr.splitlines() if ln.startswith("esvit: error: loss is nan")]
     # (torchrun ends the other worker once one has failed, so one or both of the identical lines get printed)
