@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import math
 import re
-from functools import lru_cache, partial
+from functools import partial
 from typing import Any
 
 import torch
@@ -56,20 +56,19 @@ def parse_vil_arch(arch: str) -> list[dict[str, int]]:
     return stages
 
 
-@lru_cache(maxsize=32)
 def _window_index(wx: int, wy: int) -> torch.Tensor:
-    """[wx*wy, wx*wy] index into a (2wx-1)(2wy-1) relative-position table (row-major tokens)."""
-    ys, xs = torch.meshgrid(torch.arange(wx), torch.arange(wy), indexing="ij")
+    """[wx*wy, wx*wy] index into a (2wx-1)(2wy-1) relative-position table (row-major tokens), on the CPU."""
+    ys, xs = torch.meshgrid(torch.arange(wx, device="cpu"), torch.arange(wy, device="cpu"), indexing="ij")
     coords = torch.stack([ys.flatten(), xs.flatten()])
     rel = coords[:, :, None] - coords[:, None, :]
     return (rel[0] + wx - 1) * (2 * wy - 1) + (rel[1] + wy - 1)
 
 
-@lru_cache(maxsize=32)
 def _chunk_index(w: int, offsets: tuple[tuple[int, int], ...]) -> torch.Tensor:
     """[w*w, len(offsets)*w*w] index into a (4w-1)^2 table: query (qx, qy) of a chunk vs key (kx, ky) of the
-    neighbouring chunk at ``offset`` (chunk-major, then row-major within the chunk)."""
-    qy, qx = torch.meshgrid(torch.arange(w), torch.arange(w), indexing="ij")
+    neighbouring chunk at ``offset`` (chunk-major, then row-major within the chunk), on the CPU."""
+    cpu = torch.arange(w, device="cpu")
+    qy, qx = torch.meshgrid(cpu, cpu, indexing="ij")
     q = torch.stack([qy.flatten(), qx.flatten()])  # 2, w^2
     cols = []
     for dm, dn in offsets:
@@ -136,17 +135,21 @@ class SlidingChunkAttention(nn.Module):
         self.kv = nn.Linear(dim, dim * 2, bias=qkv_bias)
         self.proj = nn.Linear(dim, dim)
         _add_bias_tables(self, (4 * window - 1) ** 2, num_heads, num_global)
+        # [w^2, 9 w^2]: each chunk's queries vs the keys of the nine chunks (moves with the module's device)
+        self.register_buffer("relative_position_index", _chunk_index(window, _OFFSETS), persistent=False)
 
-    def _offsets(self) -> tuple[tuple[int, int], ...]:
+    def _chunks_used(self) -> tuple[int, ...]:
+        """Which of the nine chunks (``_OFFSETS``) the local tokens attend to in this forward."""
         if self.training and self.sample_neighbour:  # own chunk + one random neighbour (official MODE > 0)
             pick = int(torch.randint(8, (1,)))
-            return (_OFFSETS[4], _OFFSETS[pick if pick < 4 else pick + 1])
-        return _OFFSETS
+            return (4, pick if pick < 4 else pick + 1)
+        return tuple(range(9))
 
     def forward(self, x: torch.Tensor, nx: int, ny: int) -> torch.Tensor:
         b, n, c = x.shape
         g, h, m, w = self.num_global, self.num_heads, self.head_dim, self.window
-        offsets = self._offsets()
+        used = self._chunks_used()
+        offsets = tuple(_OFFSETS[i] for i in used)
         q = self.scale * self.query(x[:, g:]).reshape(b, nx, ny, h, m)
         k, v = self.kv(x).reshape(b, n, 2, h, m).unbind(2)  # b N h m each
         pad_x, pad_y = (w - nx % w) % w, (w - ny % w) % w
@@ -159,7 +162,10 @@ class SlidingChunkAttention(nn.Module):
         keys = _neighbours(image(k[:, g:].reshape(b, nx, ny, h, m)), w, offsets)  # (bh) mx my K m
         values = _neighbours(image(v[:, g:].reshape(b, nx, ny, h, m)), w, offsets)
         mx, my = q_img.shape[1:3]
-        bias = self.local_relative_position_bias_table[_chunk_index(w, offsets).to(x.device).view(-1)]
+        idx = self.relative_position_index
+        if len(used) < 9:
+            idx = idx.view(w * w, 9, w * w)[:, list(used)]
+        bias = self.local_relative_position_bias_table[idx.reshape(-1)]
         bias = bias.view(w * w, -1, h).permute(2, 0, 1)  # h w2 K
         valid = F.pad(torch.ones(1, nx, ny, 1, device=x.device, dtype=torch.bool), (0, 0, 0, pad_y, 0, pad_x))
         valid = _neighbours(valid, w, offsets)[0, :, :, :, 0]  # mx my K (beyond the map, padding: False)
@@ -196,12 +202,13 @@ class FullAttention(nn.Module):
         self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
         self.proj = nn.Linear(dim, dim)
         _add_bias_tables(self, (2 * design_map - 1) ** 2, num_heads, num_global)
+        self.register_buffer("relative_position_index", _window_index(design_map, design_map), persistent=False)
 
-    def _local_bias(self, n_local: int, device: torch.device) -> torch.Tensor:
+    def _local_bias(self, n_local: int) -> torch.Tensor:
         """[h, n_local, n_local]: the design map's bias, resampled when the map has another size."""
         n0 = self.design_map**2
-        idx = _window_index(self.design_map, self.design_map).to(device)
-        bias = self.local_relative_position_bias_table[idx.view(-1)].view(n0, n0, -1).permute(2, 0, 1)
+        bias = self.local_relative_position_bias_table[self.relative_position_index.view(-1)]
+        bias = bias.view(n0, n0, -1).permute(2, 0, 1)
         if n_local != n0:
             scale = n_local / n0
             if math.floor(n0 * scale) == n_local:  # the official resampling: the bias as an image, scaled
@@ -214,7 +221,7 @@ class FullAttention(nn.Module):
         b, n, c = x.shape
         h, g = self.num_heads, self.num_global
         q, k, v = self.qkv(x).reshape(b, n, 3, h, c // h).permute(2, 0, 3, 1, 4)
-        bias = self._local_bias(nx * ny, x.device)
+        bias = self._local_bias(nx * ny)
         if g:
             glo_rows = _global_rows(self, nx * ny)
             loc_rows = torch.cat([self.g2l_relative_position_bias[1][:, None, :].expand(-1, nx * ny, -1), bias], dim=-1)
